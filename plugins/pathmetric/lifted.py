@@ -1,0 +1,243 @@
+"""Lifted evaluation: run a captured graph through its lifted network, in scaled arithmetic.
+
+Two evaluations share the rules:
+
+- :class:`NormLifting` (one value per neuron): every parameter ``w`` becomes ``|w|^q``; with an
+  all-ones input the sum of the outputs is ``||Phi(theta)||_q^q``. Optionally the lifted
+  parameters are autograd leaves, so one backward gives ``dN/d|theta|`` for every parameter.
+- :class:`PairLifting` (two values per neuron): with ``U = max(|theta|, |theta'|)`` and
+  ``L = min(...)``, it carries ``A`` (mass under U) and ``D`` (mass under U minus mass under L)
+  through ``A' = U A``, ``D' = (U - L) A + L D`` for parametrised maps and ``op(.)`` for fixed ones,
+  so the sum of the ``D`` outputs is ``N(U) - N(L)`` without cancellation.
+
+Every lifted value is a tuple of :class:`~pathmetric.scaled.Scaled` components (one or two).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils import _pytree as pytree
+
+from . import rules
+from .capture import Buffer, Graph, Param, Value
+from .errors import UnsupportedModelError
+from .scaled import Scaled, scaled_sum, scaled_total
+
+
+def named_tensors(model) -> dict:
+    """Parameters and buffers of ``model`` by name."""
+    named = dict(model.named_parameters())
+    named.update(model.named_buffers())
+    return named
+
+
+class Lifting:
+    """The primitives rules are written in; subclasses say what a parameter becomes."""
+
+    components = 1
+    q = 1.0
+
+    def __init__(self, graph: Graph, dtype=torch.float64, device=None):
+        self.graph = graph
+        self.dtype = dtype
+        self.device = device
+        self.node = None
+        self.summed_terms = 0
+
+    # -- primitives used by rules
+    def fixed(self, x, fn):
+        outs = [fn(c.m) for c in x]
+        if isinstance(outs[0], torch.Tensor):
+            return tuple(Scaled.normalized(o, c.e) for o, c in zip(outs, x))
+        return [tuple(Scaled(o[k], c.e) for o, c in zip(outs, x)) for k in range(len(outs[0]))]
+
+    def add(self, values):
+        return tuple(scaled_sum(parts) for parts in zip(*values))
+
+    def join(self, values, fn):
+        """Concatenate or stack lifted values with ``fn`` after aligning their exponents."""
+        out = []
+        for parts in zip(*values):
+            exponent = max(p.e for p in parts)
+            out.append(Scaled.normalized(fn([_at(p, exponent) for p in parts]), exponent))
+        return tuple(out)
+
+    def terms(self, n):
+        self.summed_terms += n
+
+    def shape(self, x):
+        return tuple(x[0].m.shape)
+
+    def out_shape(self):
+        return self.node.shape
+
+    def param_shape(self, ref):
+        return tuple(self.raw(ref, 0).shape)
+
+    def unsupported(self, why):
+        return UnsupportedModelError(
+            f"{self.node.rule} in '{self.node.module or '<model>'}' ({self.node.module_type}): {why}",
+            [(self.node.rule, self.node.module, why)])
+
+    # -- parameters
+    def raw(self, ref, which):
+        """The signed value of ``ref`` (parameter, buffer or constant) in model ``which``."""
+        if isinstance(ref, (Param, Buffer)):
+            return self.tensors[which][ref.name]
+        return ref
+
+    def computed(self, fn, refs, which):
+        values = [self.raw(r, which).detach().to(self.device, self.dtype) for r in refs]
+        out = values[0] if fn is None else fn(*values)
+        if not torch.isfinite(out).all():
+            names = ", ".join(r.name for r in refs if isinstance(r, (Param, Buffer)))
+            raise ValueError(f"{names or 'a constant'} used by '{self.node.module or '<model>'}' "
+                             "holds NaN or infinite values")
+        return out
+
+    # -- evaluation
+    def inputs(self, shape):
+        raise NotImplementedError
+
+    def run(self, keep=()):
+        """Evaluate the graph; return the lifted outputs (and the values of ``keep`` nodes)."""
+        values: list = []
+        kept = {}
+
+        def resolve(x):
+            if isinstance(x, Value):
+                v = values[x.node]
+                return v if x.item is None else v[x.item]
+            return x
+
+        for index, node in enumerate(self.graph.nodes):
+            self.node = node
+            if node.rule == "input":
+                values.append(self.inputs(node.shape))
+                continue
+            args, kwargs = pytree.tree_map(resolve, (node.args, node.kwargs),
+                                           is_leaf=lambda x: isinstance(x, Value))
+            out = rules.RULES[node.rule].lift(self, *args, func=node.func, **kwargs)
+            values.append(out)
+            if index in keep:
+                kept[index] = out
+        self.node = None
+        outputs = [values[v.node] if v.item is None else values[v.node][v.item]
+                   for v in self.graph.outputs]
+        return outputs, kept
+
+    def relative_error(self) -> float:
+        """A priori bound on the relative rounding error of a sum of lifted outputs.
+
+        Every computed entry is a sum of at most ``n`` non-negative products, so it carries a
+        relative error at most ``gamma_n = n u / (1 - n u)`` (u the unit roundoff); errors compose
+        multiplicatively along paths, hence ``exp(sum of gamma) - 1`` over all ops bounds the total.
+        """
+        u = torch.finfo(self.dtype).eps / 2
+        n = self.summed_terms + 2 * len(self.graph.nodes) + 16
+        if n * u >= 0.5:
+            return math.inf
+        return math.expm1(2.0 * n * u / (1.0 - n * u))
+
+
+def _at(part: Scaled, exponent: int):
+    from .scaled import aligned
+    return aligned([part], exponent)[0]
+
+
+class NormLifting(Lifting):
+    """Lifted network for ``||Phi(theta)||_q^q``: parameters ``|w|^q``, all-ones input.
+
+    ``overrides`` replaces named parameters or buffers by other signed tensors (a quantised copy,
+    say) without building a model; ``track`` makes each lifted parameter of a named tensor an
+    autograd leaf, collected in ``self.leaves`` by name (derived ones, such as a folded BatchNorm
+    scale, under ``module path + '.scale'`` / ``'.shift'``).
+    """
+
+    def __init__(self, graph, model, q=1.0, dtype=torch.float64, overrides=None, track=False):
+        device = next(iter(named_tensors(model).values())).device
+        super().__init__(graph, dtype, device)
+        self.q = float(q)
+        tensors = named_tensors(model)
+        tensors.update(overrides or {})
+        self.tensors = (tensors,)
+        self.leaves = {} if track else None
+
+    def inputs(self, shape):
+        return (Scaled(torch.ones(shape, dtype=self.dtype, device=self.device), 0),)
+
+    def param(self, fn, *refs):
+        value = self.computed(fn, refs, 0).abs()
+        if self.q != 1.0:
+            value = value ** self.q
+        if self.leaves is not None and isinstance(refs[0], (Param, Buffer)):
+            value = value.detach().requires_grad_()
+            self.leaves[_leaf_key(fn, refs, self.node)] = value
+        return value
+
+    def linear(self, x, fn, p):
+        return (Scaled.normalized(fn(x[0].m, p), x[0].e),)
+
+    def bias(self, p, fn):
+        return (Scaled.normalized(fn(p), 0),)
+
+
+def _leaf_key(fn, refs, node):
+    if fn is None:
+        return refs[0].name
+    return f"{node.module}.{fn.__name__}" if node.module else fn.__name__
+
+
+class PairLifting(Lifting):
+    """Lifted (A, D) pair for ``N(U) - N(L)`` between two parameter sets of one graph.
+
+    ``stage`` selects the pair of DESIGN.md's sign rule: ``'direct'`` compares theta with theta'
+    and records in ``self.conflicts`` whether a coordinate changes sign; ``'to_mid'`` compares
+    theta with theta'' (theta with the sign-conflicting coordinates zeroed) and ``'from_mid'``
+    theta'' with theta'. ``d(theta, theta') <= d(theta, theta'') + d(theta'', theta')``, each of
+    them exact for a same-orthant pair.
+    """
+
+    components = 2
+
+    def __init__(self, graph, tensors_a: dict, tensors_b: dict, stage="direct", dtype=torch.float64):
+        device = next(iter(tensors_a.values())).device
+        super().__init__(graph, dtype, device)
+        self.tensors = (tensors_a, tensors_b)
+        self.stage = stage
+        self.conflicts = 0
+
+    def inputs(self, shape):
+        ones = torch.ones(shape, dtype=self.dtype, device=self.device)
+        return (Scaled(ones, 0), Scaled(torch.zeros_like(ones), 0))
+
+    def param(self, fn, *refs):
+        a, b = self.computed(fn, refs, 0), self.computed(fn, refs, 1)
+        if a.shape != b.shape:
+            raise ValueError(f"'{self.node.module}' has parameters of shape {tuple(a.shape)} and "
+                             f"{tuple(b.shape)} in the two models")
+        conflict = a * b < 0
+        self.conflicts += int(conflict.sum())
+        if self.stage == "to_mid":
+            b = torch.where(conflict, torch.zeros_like(a), a)
+        elif self.stage == "from_mid":
+            a = torch.where(conflict, torch.zeros_like(a), a)
+        a, b = a.abs(), b.abs()
+        upper, lower = torch.maximum(a, b), torch.minimum(a, b)
+        return upper, upper - lower, lower
+
+    def linear(self, x, fn, p):
+        (a, d), (upper, gap, lower) = x, p
+        self.terms(1)
+        return (Scaled.normalized(fn(a.m, upper), a.e),
+                scaled_sum([Scaled(fn(a.m, gap), a.e), Scaled(fn(d.m, lower), d.e)]))
+
+    def bias(self, p, fn):
+        upper, gap, _ = p
+        return (Scaled.normalized(fn(upper), 0), Scaled.normalized(fn(gap), 0))
+
+
+def total_of(outputs, component=0) -> Scaled:
+    """Sum of every entry of every output tensor (component 0: A or N; 1: D)."""
+    return scaled_total([out[component] for out in outputs])

@@ -1,0 +1,49 @@
+"""L_q path-norms in one pass through the lifted network."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .capture import capture
+from .lifted import NormLifting, total_of
+
+
+def _resolve_dtype(precision) -> torch.dtype:
+    if precision in ("float64", torch.float64, "double"):
+        return torch.float64
+    if precision in ("float32", torch.float32, "float"):
+        return torch.float32
+    raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+
+
+def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=None):
+    """``||Phi(theta)||_q^q`` as a scaled scalar (``Scaled``), from one lifted forward pass."""
+    if not q > 0:
+        raise ValueError(f"q must be positive, got {q}")
+    graph = capture(model, example_inputs)
+    ev = NormLifting(graph, model, q=q, dtype=_resolve_dtype(precision), overrides=overrides)
+    with torch.no_grad():
+        outputs, _ = ev.run()
+    return total_of(outputs)
+
+
+def log_path_norm(model, example_inputs, q=1.0, precision="float64") -> float:
+    """Natural log of ``||Phi(theta)||_q = (sum of the lifted outputs)^(1/q)``; finite for any depth.
+
+    The lifted network replaces every parameter ``w`` by ``|w|^q`` and every fixed coefficient
+    ``c`` by ``|c|^q``, keeps ReLUs as identities, turns max-pooling into sum-pooling and is fed
+    with ones (DESIGN.md section 1). Outputs of a tuple, list or dict are all summed.
+    """
+    return lifted_mass(model, example_inputs, q, precision).log() / q
+
+
+def path_norm(model, example_inputs, q=1.0, precision="float64") -> float:
+    """``||Phi(theta)||_q``; ``math.inf`` only when the value exceeds float64's range."""
+    total = lifted_mass(model, example_inputs, q, precision)
+    mantissa = float(total.m)
+    if mantissa == 0.0:
+        return 0.0
+    if (math.log(mantissa) + total.e * math.log(2.0)) / q > 709.78:
+        return math.inf
+    return mantissa ** (1.0 / q) * 2.0 ** (total.e / q)
