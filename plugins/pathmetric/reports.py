@@ -1,0 +1,402 @@
+"""Reports: generalization bound, classical parameter-Lipschitz bound, symmetry counts.
+
+Every quantity is read off the engine's captured graph (:func:`pathmetric.capture.capture`) and
+computed in log space, so it stays finite for any depth. Bounds for ImageNet-size networks are
+vacuous in absolute terms; they are reported as they are.
+
+Conventions for reading a DAG ReLU network (arXiv 2310.01225, section 2) off the graph: every
+``conv``, ``conv_transpose``, ``linear``, ``batch_norm`` (frozen: an identity neuron with weight
+``s = gamma/sqrt(var+eps)`` and bias ``t = beta - mean*s``), pooling, ``mean``/``sum`` reduction,
+interpolation, ``add`` and ``sub`` node is one layer of neurons; ReLU is the activation of the
+layer before it; reshapes, concatenation, padding and constant scales only re-index neurons or
+carry a fixed edge coefficient. LeakyReLU/PReLU, ``max(x, a*x)``, is an identity neuron ``a*x``
+followed by a max-pooling neuron over two inputs (two layers). This is a valid DAG-ReLU
+description of the model; the bounds hold for it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .capture import Buffer, Param, Value, as_tuple, capture
+
+NEURON_LAYERS = {"conv": 1, "conv_transpose": 1, "linear": 1, "batch_norm": 1, "max_pool": 1,
+                 "adaptive_max_pool": 1, "avg_pool": 1, "adaptive_avg_pool": 1, "mean": 1,
+                 "sum": 1, "add": 1, "sub": 1, "interpolate": 1, "upsample_linear": 1,
+                 "leaky_relu": 2, "prelu": 2}
+MAX_POOLING = {"max_pool", "adaptive_max_pool", "leaky_relu", "prelu"}
+AFFINE = {"conv", "conv_transpose", "linear"}
+
+# argument names of the functional forms, to read positional or keyword arguments alike
+_SIGNATURES = {
+    "conv": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "conv_transpose": ("input", "weight", "bias", "stride", "padding", "output_padding", "groups"),
+    "linear": ("input", "weight", "bias"),
+    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training",
+                   "momentum", "eps"),
+    "max_pool": ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    "adaptive_max_pool": ("input", "output_size"),
+    "mean": ("input", "dim", "keepdim"),
+    "sum": ("input", "dim", "keepdim"),
+}
+
+
+def _bind(node) -> dict:
+    names = _SIGNATURES[node.rule]
+    bound = dict(zip(names, node.args))
+    bound.update(node.kwargs)
+    return bound
+
+
+def _value_inputs(node) -> list:
+    return [v.node for v in pytree.tree_leaves((node.args, node.kwargs)) if isinstance(v, Value)]
+
+
+def _shape(graph, value: Value):
+    shape = graph.nodes[value.node].shape
+    return tuple(shape if value.item is None else shape[value.item])
+
+
+# --------------------------------------------------------------------------- graph facts
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """Architecture constants of Theorem 3.1 of arXiv 2310.01225.
+
+    ``depth`` D: neuron layers on the longest input-to-output path; ``pool_types`` P: distinct
+    *-max-pooling neuron types (k-max-pooling with distinct k; max-pooling and LeakyReLU are both
+    1-max-pooling); ``kernel`` K: largest number of inputs of a max-pooling neuron (1 if none);
+    ``max_pools_on_path`` M: most max-pooling neurons on one path; ``d_in``, ``d_out``: input and
+    output coordinates per sample; ``affine_depth``: conv/linear layers on the longest path;
+    ``width``: largest number of neurons of one conv/linear/BatchNorm layer or of the input.
+    """
+    depth: int
+    pool_types: int
+    kernel: int
+    max_pools_on_path: int
+    d_in: int
+    d_out: int
+    affine_depth: int
+    width: int
+
+
+def _pool_kernel(graph, node) -> int:
+    """Largest number of inputs of one max-pooling neuron of ``node``."""
+    if node.rule in ("leaky_relu", "prelu"):
+        return 2
+    bound = _bind(node)
+    spatial_in = _shape(graph, bound["input"])[2:]
+    if node.rule == "max_pool":
+        kernel = bound["kernel_size"]
+        kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,) * len(spatial_in)
+        return math.prod(min(k, n) for k, n in zip(kernel, spatial_in))
+    spatial_out = node.shape[0][2:] if isinstance(node.shape[0], tuple) else node.shape[2:]
+    size = 1
+    for n_in, n_out in zip(spatial_in, spatial_out):
+        size *= max(-(-(i + 1) * n_in // n_out) - (i * n_in // n_out) for i in range(n_out))
+    return size
+
+
+def graph_facts(model, example_inputs) -> GraphFacts:
+    """Read D, P, K, M, d_in, d_out (and affine depth, width) off the captured graph."""
+    graph = capture(model, example_inputs)
+    depth, pools, affine = [], [], []
+    kernel, kinds, width = 1, set(), 0
+    for node in graph.nodes:
+        ins = _value_inputs(node)
+        before = lambda values: max((values[i] for i in ins), default=0)  # noqa: E731
+        depth.append(before(depth) + NEURON_LAYERS.get(node.rule, 0))
+        pools.append(before(pools) + (node.rule in MAX_POOLING))
+        affine.append(before(affine) + (node.rule in AFFINE))
+        if node.rule in MAX_POOLING:
+            kinds.add(1)  # every supported max-pooling op is a 1-max-pooling (k = 1)
+            kernel = max(kernel, _pool_kernel(graph, node))
+        if node.rule in AFFINE | {"batch_norm", "input"}:
+            width = max(width, math.prod(node.shape[1:]))
+    outs = [v.node for v in graph.outputs]
+    return GraphFacts(
+        depth=max(depth[i] for i in outs), pool_types=len(kinds), kernel=kernel,
+        max_pools_on_path=max(pools[i] for i in outs),
+        d_in=sum(math.prod(s[1:]) for s in graph.input_shapes),
+        d_out=sum(math.prod(_shape(graph, v)[1:]) for v in graph.outputs),
+        affine_depth=max(affine[i] for i in outs), width=width)
+
+
+# --------------------------------------------------------------------------- generalization
+
+def generalization_constants(depth, pool_types, kernel, max_pools_on_path, d_in, d_out):
+    """``(C, C')`` of arXiv 2310.01225, Theorem 3.1 and the remark sharpening it.
+
+    ``C  = sqrt(D ln((3+2P) K) + ln((3+2P)/(1+P) (d_in+1) d_out))``
+    ``C' = sqrt(D ln 3 + M ln K + ln((d_in+1) d_out))``
+    """
+    D, P, K, M = depth, pool_types, kernel, max_pools_on_path
+    c = math.sqrt(D * math.log((3 + 2 * P) * K)
+                  + math.log((3 + 2 * P) / (1 + P)) + math.log(d_in + 1) + math.log(d_out))
+    c_sharp = math.sqrt(D * math.log(3) + M * math.log(K) + math.log(d_in + 1) + math.log(d_out))
+    return c, c_sharp
+
+
+def generalization_bound(model, example_inputs, n, input_bound=1.0, lipschitz=1.0) -> dict:
+    """Rademacher part of the generalization gap, arXiv 2310.01225, Theorem 3.1:
+
+    ``gap <= L_loss * 4 * C * B * ||Phi(theta)||_1 / sqrt(n)``
+
+    with ``C`` of :func:`generalization_constants` (and ``C'`` of the remark, the sharper of
+    the two), ``n`` training samples, ``B = max(sup_x ||x||_inf, 1)`` (paths starting at a
+    bias see the input 1) and ``L_loss`` the Lipschitz constant of the loss in the output.
+    Returned as natural logs (``log_bound``, ``log_bound_sharp``) and as floats (``inf`` only
+    past float64), with the constants and the L1 path-norm's log.
+    """
+    from .norms import log_path_norm
+
+    if n < 1 or lipschitz <= 0:
+        raise ValueError("n must be >= 1 and lipschitz > 0")
+    facts = graph_facts(model, example_inputs)
+    c, c_sharp = generalization_constants(facts.depth, facts.pool_types, facts.kernel,
+                                          facts.max_pools_on_path, facts.d_in, facts.d_out)
+    log_norm = log_path_norm(model, example_inputs)
+    common = (math.log(4 * lipschitz) + math.log(max(input_bound, 1.0)) + log_norm
+              - 0.5 * math.log(n))
+    out = {"D": facts.depth, "P": facts.pool_types, "K": facts.kernel,
+           "M": facts.max_pools_on_path, "d_in": facts.d_in, "d_out": facts.d_out,
+           "n": n, "B": max(input_bound, 1.0), "lipschitz": lipschitz, "C": c, "C_sharp": c_sharp,
+           "log_path_norm": log_norm, "log_bound": common + math.log(c),
+           "log_bound_sharp": common + math.log(c_sharp)}
+    out["bound"] = _exp(out["log_bound"])
+    out["bound_sharp"] = _exp(out["log_bound_sharp"])
+    return out
+
+
+def _exp(log_value: float) -> float:
+    return math.exp(log_value) if log_value < 709.78 else math.inf
+
+
+# --------------------------------------------------------------------------- classical bound
+
+def _named(model, other=None) -> dict:
+    named = dict(model.named_parameters())
+    named.update(model.named_buffers())
+    if other is None:
+        return named
+    if isinstance(other, torch.nn.Module):
+        replaced = dict(other.named_parameters())
+        replaced.update(other.named_buffers())
+    else:
+        replaced = dict(other)
+    unknown = sorted(set(replaced) - set(named))
+    if unknown:
+        raise KeyError(f"`other` names tensors the model does not have: {unknown[:5]}")
+    named.update(replaced)
+    return named
+
+
+def _resolve(ref, named):
+    if isinstance(ref, (Param, Buffer)):
+        return named[ref.name].detach().double()
+    return ref.double() if isinstance(ref, torch.Tensor) else ref
+
+
+def _layers(graph, named) -> list:
+    """Flat parameter vectors of the affine layers, BatchNorm folded into the conv/linear it
+    follows when that conv/linear feeds only it: ``W' = s W``, ``b' = s b + t``."""
+    consumers: dict = {}
+    for j, node in enumerate(graph.nodes):
+        for i in _value_inputs(node):
+            consumers.setdefault(i, []).append(j)
+    folded, layers = {}, []
+    for j, node in enumerate(graph.nodes):
+        if node.rule != "batch_norm":
+            continue
+        bn = _bind(node)
+        var = _resolve(bn["running_var"], named)
+        s = 1.0 / torch.sqrt(var + bn.get("eps", 1e-5))
+        if bn.get("weight") is not None:
+            s = s * _resolve(bn["weight"], named)
+        t = -_resolve(bn["running_mean"], named) * s
+        if bn.get("bias") is not None:
+            t = t + _resolve(bn["bias"], named)
+        source = bn["input"].node
+        if graph.nodes[source].rule in ("conv", "linear") and consumers.get(source) == [j]:
+            folded[source] = (s, t)
+        else:
+            layers.append(torch.cat([s, t]))
+    for i, node in enumerate(graph.nodes):
+        if node.rule not in AFFINE:
+            continue
+        bound = _bind(node)
+        w = _resolve(bound["weight"], named)
+        b = _resolve(bound.get("bias"), named)
+        b = torch.zeros(w.shape[1] if node.rule == "conv_transpose" else w.shape[0],
+                        dtype=w.dtype) if b is None else b
+        if i in folded:
+            s, t = folded[i]
+            w = w * s.reshape((-1,) + (1,) * (w.dim() - 1))
+            b = s * b + t
+        layers.append(torch.cat([w.flatten(), b.flatten()]))
+    return layers
+
+
+def classical_bound(model, other, example_inputs, input_bound=1.0) -> dict:
+    """Classical parameter-Lipschitz bound (arXiv 2205.11874, Theorem III.1, in the form
+    recalled in the introduction of arXiv 2405.15006) for the change ``theta -> theta'``:
+
+    ``||R_theta(x) - R_theta'(x)||_1 <= (W ||x||_inf + 1) W L^2 R^(L-1) ||theta - theta'||_inf``
+
+    for a layered ReLU network with ``L`` affine layers, width ``W`` (most neurons in one layer,
+    input included) and ``||theta||_inf, ||theta'||_inf <= R``, ``R >= 1``. Read off the graph:
+    ``L`` = conv/linear layers on the longest path, ``W`` = :attr:`GraphFacts.width`, and
+    ``theta`` = all conv/linear weights and biases with each frozen BatchNorm folded into the
+    conv/linear before it (a standalone BatchNorm is its own diagonal layer ``(s, t)``).
+    The theorem is proved for layered fully-connected networks (a conv is one, with shared
+    weights); for DAGs (residual adds, concatenations) it is the customary heuristic comparison.
+    ``other``: module of the same architecture or ``{tensor name: replacement}``.
+    Natural logs; ``log_bound`` is ``-inf`` when nothing changes.
+    """
+    graph = capture(model, example_inputs)
+    facts = graph_facts(model, example_inputs)
+    before = _layers(graph, _named(model))
+    after = _layers(graph, _named(model, other))
+    radius = max(1.0, max(float(v.abs().max()) for v in before + after if v.numel()))
+    delta = max(float((a - b).abs().max()) for a, b in zip(before, after) if a.numel())
+    L, W = facts.affine_depth, facts.width
+    log_bound = (math.log(W * input_bound + 1) + math.log(W) + 2 * math.log(L)
+                 + (L - 1) * math.log(radius) + (math.log(delta) if delta > 0 else -math.inf))
+    return {"L": L, "W": W, "R": radius, "delta_inf": delta, "input_bound": input_bound,
+            "log_bound": log_bound}
+
+
+def classical_vs_path(model, other, example_inputs, input_bound=1.0) -> dict:
+    """Both certificates on ``||R_theta(x) - R_theta'(x)||_1`` for ``||x||_inf <= input_bound``:
+    the path-metric one ``max(input_bound, 1) * d(theta, theta')`` (arXiv 2405.15006, with
+    ``d`` from :func:`pathmetric.path_metric`) and :func:`classical_bound`; ``log_ratio`` =
+    ln(classical / path-metric) (positive: the path-metric bound is sharper)."""
+    from . import path_metric
+
+    classical = classical_bound(model, other, example_inputs, input_bound)
+    metric = path_metric(model, other, example_inputs)
+    log_path = math.log(max(input_bound, 1.0)) + (math.log(metric) if metric > 0 else -math.inf)
+    finite = math.isfinite(classical["log_bound"]) and math.isfinite(log_path)
+    return {**{f"classical_{k}": v for k, v in classical.items()},
+            "path_metric": metric, "log_path_bound": log_path,
+            "log_ratio": classical["log_bound"] - log_path if finite else math.nan}
+
+
+# --------------------------------------------------------------------------- symmetries
+
+PASS_THROUGH = {"relu", "dropout", "max_pool", "adaptive_max_pool", "avg_pool",
+                "adaptive_avg_pool", "pad", "interpolate", "upsample_linear", "cast",
+                "rearrange", "mul", "div", "neg", "leaky_relu", "prelu"}
+
+
+def _channel_groups(graph, bn_diagonal: bool) -> list:
+    """Channel counts of the groups of hidden channels that can be transformed jointly.
+
+    A group is a set of layer outputs tied by ``add``/``sub`` (a residual stream) and by the
+    channel-wise ops between them. It counts when every layer that creates it has parameters on
+    its incoming edges (conv, linear, BatchNorm), and everything it feeds either has parameters
+    (which absorb the inverse transform) or commutes with it: it must not reach the output, the
+    input, a reduction over channels, or a concatenation whose result does.
+    ``bn_diagonal``: BatchNorm ties its input and output channels (true for permutations; for
+    rescalings a BatchNorm layer is its own neuron).
+    """
+    parent: dict = {}
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    space, channels, parametrised, children, bad = {}, {}, {}, {}, set()
+
+    def new(i, count, param):
+        parent[i], channels[i], parametrised[i] = i, count, param
+        space[i] = i
+
+    for i, node in enumerate(graph.nodes):
+        ins = [space[j] for j in _value_inputs(node)]
+        rule = node.rule
+        if rule == "input":
+            new(i, None, False)
+        elif rule in AFFINE or rule == "batch_norm" and not bn_diagonal:
+            count = node.shape[-1] if rule == "linear" else node.shape[1]
+            groups = _bind(node).get("groups", 1) if rule in ("conv", "conv_transpose") else 1
+            in_count = _shape(graph, _bind(node)["input"])[1] if groups != 1 else None
+            if groups != 1 and bn_diagonal and groups == count == in_count:
+                space[i] = ins[0]            # depthwise: a diagonal map of channels
+            else:
+                new(i, count, True)
+                if groups != 1 and bn_diagonal:
+                    bad.update((find(ins[0]), i))  # grouped: permutations only within groups
+        elif rule in PASS_THROUGH or rule == "batch_norm":
+            space[i] = ins[0]
+        elif rule in ("add", "sub"):
+            root = find(ins[0])
+            for other in ins[1:]:
+                other = find(other)
+                if other != root:
+                    parent[other] = root
+                    parametrised[root] = parametrised[root] and parametrised[other]
+            space[i] = root
+        elif rule in ("mean", "sum") and _keeps_channels(_bind(node), len(_shape(graph, _bind(node)["input"]))):
+            space[i] = ins[0]
+        else:                                 # cat, stack, reductions over channels
+            new(i, None, False)
+            children[i] = ins
+            if rule not in ("cat", "stack"):
+                bad.update(ins)
+    bad.update(space[v.node] for v in graph.outputs)
+    bad = {find(b) for b in bad}
+    changed = True
+    while changed:                            # a bad concatenation spoils what it concatenates
+        changed = False
+        for composite, parts in children.items():
+            if find(composite) in bad:
+                for part in parts:
+                    if find(part) not in bad:
+                        bad.add(find(part))
+                        changed = True
+    roots = {find(s) for s in parent}
+    return [channels[r] for r in sorted(roots) if r not in bad and parametrised[r]]
+
+
+def _keeps_channels(bound, ndim) -> bool:
+    dim = bound.get("dim")
+    if dim is None:
+        return False
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return 1 not in {d % ndim for d in dims}
+
+
+def symmetries(model, example_inputs) -> dict:
+    """Rescaling and permutation symmetries of the architecture (arXiv 2305.11417).
+
+    Permutations: each group of ``n_g`` hidden channels (:func:`_channel_groups`) can be
+    permuted jointly, giving a finite group of order ``prod_g n_g!`` of parameter changes that
+    leave the function unchanged; a covering of the parameter set at any scale covers the
+    function class with ``|G|`` times fewer balls, i.e. it removes ``ln|G| = sum_g ln(n_g!)``
+    (``permutation_log_factor``, natural log) from the log covering number.
+    Rescalings: every hidden channel of a conv/linear/BatchNorm layer whose group counts can be
+    multiplied by ``lambda > 0`` and its outgoing weights by ``1/lambda`` (ReLU is positively
+    homogeneous): a continuous group of dimension ``H`` (``rescaling_dims``), which lowers the
+    dimension entering the covering number from ``parameters`` to ``parameters - H``, removing
+    ``H ln(1/eps)`` (up to constants) from the log covering number at scale ``eps``.
+    """
+    graph = capture(model, example_inputs)
+    perm_groups = _channel_groups(graph, bn_diagonal=True)
+    rescale_groups = _channel_groups(graph, bn_diagonal=False)
+    parameters = sum(p.numel() for n, p in model.named_parameters() if n in graph.uses)
+    return {"parameters": parameters,
+            "rescaling_dims": sum(rescale_groups),
+            "permutation_groups": len(perm_groups),
+            "permutation_log_factor": sum(math.lgamma(n + 1) for n in perm_groups),
+            "permutation_log10_order": sum(math.lgamma(n + 1) for n in perm_groups) / math.log(10)}
+
+
+def input_sup_norm(example_inputs) -> float:
+    """``max ||x||_inf`` over the given tensors (e.g. a data set), used as ``B``."""
+    return max(float(x.abs().max()) for x in as_tuple(example_inputs))
