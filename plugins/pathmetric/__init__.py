@@ -1,7 +1,16 @@
 """pathmetric: path-metrics of ReLU networks for pruning and quantization (see DESIGN.md)."""
 from .capture import check_support
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
+from .metric import output_bound, path_metric, quantization_bound
 from .norms import log_path_norm, path_norm
+from .prune import PruneResult, prune
+from .quantize import quantize_weights
+from .rescale import random_rescale
+from .scores import PathMasses, channel_scores, group_mass, prunable_layers, weight_scores
+from .sensitivity import Plan, Sensitivity, layer_sensitivity, mixed_precision_plan
 
 __all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError",
-           "ModelCaptureError", "SupportReport"]
+           "ModelCaptureError", "SupportReport", "path_metric", "output_bound",
+           "quantization_bound", "quantize_weights", "weight_scores", "channel_scores",
+           "group_mass", "PathMasses", "prunable_layers", "layer_sensitivity", "Sensitivity",
+           "mixed_precision_plan", "Plan", "prune", "PruneResult", "random_rescale"]

@@ -71,6 +71,30 @@ class Graph:
     def shared_parameters(self) -> list:
         return sorted(name for name, count in self.uses.items() if count > 1)
 
+    def users(self) -> dict:
+        """Node index -> indices of the nodes that read its output."""
+        out: dict = {i: [] for i in range(len(self.nodes))}
+        for j, node in enumerate(self.nodes):
+            for ref in pytree.tree_leaves((node.args, node.kwargs)):
+                if isinstance(ref, Value) and j not in out[ref.node]:
+                    out[ref.node].append(j)
+        return out
+
+    def layers(self) -> dict:
+        """Conv, transposed conv and linear layers: layer name -> (node index, weight, bias names).
+
+        A layer is named after its weight parameter without the ``.weight`` suffix, which is the
+        module path for ``nn.Conv2d``/``nn.Linear`` and stays meaningful for functional calls.
+        """
+        out = {}
+        for index, node in enumerate(self.nodes):
+            if node.rule in ("conv", "conv_transpose", "linear") and isinstance(node.args[1], Param):
+                weight = node.args[1].name
+                bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+                name = weight[:-len(".weight")] if weight.endswith(".weight") else weight
+                out[name] = (index, weight, bias.name if isinstance(bias, Param) else None)
+        return out
+
     def rule_counts(self) -> dict:
         counts: dict = {}
         for node in self.nodes:

@@ -51,7 +51,7 @@ class Scaled:
 
     def log(self) -> float:
         """Natural log of the sum of all entries (``-inf`` for an all-zero tensor)."""
-        total = float(self.m.sum())
+        total = float(self.m.detach().sum())
         if total == 0.0:
             return -math.inf
         return math.log(total) + self.e * math.log(2.0)

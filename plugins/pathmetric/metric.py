@@ -1,0 +1,126 @@
+"""Certified path-metrics between two parameter sets of one architecture (arXiv 2405.15006)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .capture import as_tuple, capture
+from .lifted import PairLifting, named_tensors, total_of
+from .norms import _resolve_dtype
+from .quantize import quantize_weights
+
+
+def round_up(value: float, relative_error: float) -> float:
+    """``value * (1 + relative_error)``, rounded towards +inf: a certificate is never rounded down."""
+    if value == 0.0:
+        return 0.0
+    return math.nextafter(value * (1.0 + relative_error), math.inf)
+
+
+def _other_tensors(model, other, example_inputs, graph) -> dict:
+    mine = named_tensors(model)
+    if isinstance(other, nn.Module):
+        other_graph = capture(other, example_inputs)
+        if other_graph.signature() != graph.signature():
+            first = next((a, b) for a, b in zip(graph.signature(), other_graph.signature())
+                         if a != b) if len(graph.nodes) == len(other_graph.nodes) else None
+            detail = (f"first difference: {first[0][:3]} vs {first[1][:3]}" if first else
+                      f"{len(graph.nodes)} vs {len(other_graph.nodes)} operations")
+            raise ValueError("the two models do not have the same architecture "
+                             f"(captured graphs differ; {detail})")
+        return named_tensors(other)
+    if isinstance(other, dict):
+        unknown = sorted(set(other) - set(mine))
+        if unknown:
+            raise KeyError(f"replacement tensors for unknown parameters/buffers: {unknown[:5]}")
+        merged = dict(mine)
+        for name, tensor in other.items():
+            if tuple(tensor.shape) != tuple(mine[name].shape):
+                raise ValueError(f"replacement for '{name}' has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(mine[name].shape)}")
+            merged[name] = tensor.detach().to(mine[name].device)
+        return merged
+    raise TypeError("other must be an nn.Module of the same architecture or a dict "
+                    "{parameter name: tensor}")
+
+
+def certified_distance(graph, tensors_a: dict, tensors_b: dict, dtype=torch.float64):
+    """Certified ``||Phi(theta) - Phi(theta')||_1`` as a scaled scalar plus its error bound.
+
+    One (A, D) pass between theta'' (theta with sign-conflicting coordinates zeroed) and theta';
+    when no coordinate changes sign theta'' = theta and this pass is the whole answer, exact
+    when ``|theta'| <= |theta|``. Otherwise a second pass adds ``d(theta, theta'')``.
+    """
+    with torch.no_grad():
+        ev = PairLifting(graph, tensors_a, tensors_b, stage="from_mid", dtype=dtype)
+        outputs, _ = ev.run()
+        parts = [total_of(outputs, 1)]
+        error = ev.relative_error()
+        if ev.conflicts:
+            ev = PairLifting(graph, tensors_a, tensors_b, stage="to_mid", dtype=dtype)
+            outputs, _ = ev.run()
+            parts.append(total_of(outputs, 1))
+    return parts, error
+
+
+def _to_float(parts, error) -> float:
+    total = 0.0
+    for part in parts:
+        try:
+            total += math.ldexp(float(part.m), part.e)
+        except OverflowError:
+            return math.inf
+    return round_up(total, error)
+
+
+def path_metric(model: nn.Module, other, example_inputs, precision="float64") -> float:
+    """Certified upper bound on ``||Phi(theta) - Phi(theta')||_1`` (rounded up).
+
+    ``other`` is a model of the same architecture or a dict ``{parameter or buffer name: tensor}``
+    of replacements. Exact (up to the outward rounding) when every lifted parameter keeps its sign
+    and does not grow in magnitude (pruning, shrinking, rounding toward zero); otherwise the
+    ``N(max) - N(min)`` bound, through theta'' where signs conflict (DESIGN.md section 1).
+    """
+    graph = capture(model, example_inputs)
+    tensors_b = _other_tensors(model, other, example_inputs, graph)
+    parts, error = certified_distance(graph, named_tensors(model), tensors_b,
+                                      _resolve_dtype(precision))
+    return _to_float(parts, error)
+
+
+def output_bound(model: nn.Module, other, x) -> torch.Tensor:
+    """Per-sample certified bound on ``||R_theta(x) - R_theta'(x)||_1``:
+    ``max(||x||_inf, 1) * path_metric(model, other)`` (sup-norm over every input tensor)."""
+    inputs = as_tuple(x)
+    metric = path_metric(model, other, inputs)
+    sup = torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double()
+                       for t in inputs]).amax(dim=0)
+    bound = torch.clamp(sup, min=1.0) * metric
+    return torch.nextafter(bound, torch.full_like(bound, math.inf))
+
+
+def quantized_weights(model, example_inputs, bits, scheme="symmetric", granularity="per_channel",
+                      group_size=None, layers=None) -> dict:
+    """``{weight name: quantized weight}`` for the conv/linear ``layers`` (default: all)."""
+    graph = capture(model, example_inputs)
+    table = graph.layers()
+    chosen = list(table) if layers is None else list(layers)
+    unknown = [name for name in chosen if name not in table]
+    if unknown:
+        raise KeyError(f"unknown layers {unknown[:5]}; known: {list(table)[:8]}...")
+    named = dict(model.named_parameters())
+    return {table[name][1]: quantize_weights(named[table[name][1]], bits, scheme, granularity,
+                                             group_size) for name in chosen}
+
+
+def quantization_bound(model: nn.Module, example_inputs, bits=8, scheme="symmetric",
+                       granularity="per_channel", group_size=None, layers=None,
+                       precision="float64") -> float:
+    """Certified path-metric between ``model`` and its round-to-nearest weight quantization
+    (``pm.quantize_weights`` on the weights of ``layers``, default every conv/linear layer;
+    biases and BatchNorm stay in full precision), without building the quantized model."""
+    replaced = quantized_weights(model, example_inputs, bits, scheme, granularity, group_size,
+                                 layers)
+    return path_metric(model, replaced, example_inputs, precision)

@@ -1,0 +1,133 @@
+"""Path-magnitude pruning without a framework, with its certificate."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .capture import capture
+from .metric import path_metric
+from .scores import PathMasses
+
+
+@dataclass
+class PruneResult:
+    """``model``: the pruned model (a copy unless ``inplace``); ``masks``: parameter name ->
+    boolean keep-mask; ``certified_bound``: the exact path-metric between the original and the
+    pruned model (rounded up), i.e. ``||R(x) - R_pruned(x)||_1 <= max(||x||_inf, 1) * bound``."""
+    model: torch.nn.Module
+    masks: dict
+    certified_bound: float
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zeroed entries among the masked parameters."""
+        kept = sum(int(m.sum()) for m in self.masks.values())
+        total = sum(m.numel() for m in self.masks.values())
+        return 1.0 - kept / total
+
+
+def _select(scores: dict, target: float, scope: str, max_layer_sparsity: float) -> dict:
+    """Keep-masks removing the ``target`` fraction of lowest scores, no layer beyond the cap.
+
+    ``scores``: layer -> 1-D scores (already-pruned entries are ``-inf`` and stay pruned). In a
+    layer of ``n`` entries the ``ceil(n * (1 - max_layer_sparsity))`` best are always kept (at
+    least one), so no layer is emptied. Ties are broken by position, deterministically.
+    """
+    keep_floor = {k: max(1, math.ceil(v.numel() * (1 - max_layer_sparsity))) for k, v in scores.items()}
+    masks = {}
+    if scope == "layer":
+        for key, s in scores.items():
+            n_prune = min(round(target * s.numel()), s.numel() - keep_floor[key])
+            order = torch.argsort(s, stable=True)
+            mask = torch.ones(s.numel(), dtype=torch.bool)
+            mask[order[:max(n_prune, int((s == -math.inf).sum()))]] = False
+            masks[key] = mask
+        return masks
+    if scope != "global":
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    candidates = []
+    for key, s in scores.items():
+        protected = torch.argsort(s, descending=True, stable=True)[:keep_floor[key]]
+        capped = s.clone()
+        capped[protected] = math.inf
+        candidates.append(capped)
+    flat = torch.cat(candidates)
+    n_prune = round(target * flat.numel())
+    order = torch.argsort(flat, stable=True)
+    prune = torch.zeros(flat.numel(), dtype=torch.bool)
+    prune[order[:n_prune]] = True
+    prune &= flat != math.inf
+    start = 0
+    for key, s in scores.items():
+        masks[key] = ~prune[start:start + s.numel()]
+        start += s.numel()
+    return masks
+
+
+def _structured_targets(masses: PathMasses):
+    """Layer -> parameters zeroed with each output channel (weight rows, bias, next BatchNorm)."""
+    named = {}
+    for layer, (index, weight, bias) in masses.layers.items():
+        if layer in masses.output_layers or masses.graph.nodes[index].rule == "conv_transpose":
+            continue
+        params = [weight] + ([bias] if bias else [])
+        bn = masses._followers.get(layer)
+        if bn is not None:
+            params += [f"{bn}.weight", f"{bn}.bias"]
+        named[layer] = params
+    return named
+
+
+def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=False,
+          scope="global", max_layer_sparsity=0.95, rounds=1, layers=None, inplace=False,
+          precision="float64") -> PruneResult:
+    """Path-magnitude pruning: remove the weights (or channels) carrying the least path mass.
+
+    - unstructured: scores are ``pm.weight_scores`` of conv/linear weights;
+    - ``structured=True``: scores are ``pm.channel_scores``; an output channel is removed with
+      its bias and the BatchNorm channel right after it (the network's output layers are kept);
+    - ``scope='global'`` ranks all layers together (masses are in one unit), ``'layer'`` prunes
+      each layer by ``sparsity``; ``max_layer_sparsity`` caps any single layer;
+    - ``rounds > 1`` prunes iteratively to ``1 - (1 - sparsity)^(r/rounds)``, re-scoring the
+      pruned network each round (scores of pruned entries are zero, they stay pruned).
+
+    Path masses are invariant under neuron rescaling, so the masks are too (up to ties).
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pruned = model if inplace else copy.deepcopy(model)
+    graph = capture(pruned, example_inputs)
+    table = graph.layers()
+    chosen = list(table) if layers is None else list(layers)
+    params = dict(pruned.named_parameters())
+    masks = {}
+    for r in range(1, rounds + 1):
+        target = 1.0 - (1.0 - sparsity) ** (r / rounds)
+        masses = PathMasses(pruned, example_inputs, precision)
+        if structured:
+            targets = {k: v for k, v in _structured_targets(masses).items() if k in chosen}
+            scores = {k: masses.channel_share(k).detach().double().cpu() for k in targets}
+        else:
+            targets = {k: [table[k][1]] for k in chosen}
+            scores = {k: masses.share(table[k][1]).detach().double().cpu().reshape(-1)
+                      for k in targets}
+        for key, s in scores.items():
+            previous = masks.get(targets[key][0])
+            if previous is not None:
+                flat = previous.reshape(previous.shape[0], -1).all(dim=1) if structured else previous.reshape(-1)
+                s[~flat] = -math.inf
+        keep = _select(scores, target, scope, max_layer_sparsity)
+        with torch.no_grad():
+            for key, mask in keep.items():
+                for name in targets[key]:
+                    p = params[name]
+                    full = mask.reshape((-1,) + (1,) * (p.dim() - 1)).expand_as(p) if structured \
+                        else mask.reshape(p.shape)
+                    masks[name] = full.to(p.device).clone()
+                    p.mul_(masks[name])
+    bound = path_metric(pruned, original, example_inputs, precision)
+    return PruneResult(pruned, masks, bound)

@@ -1,0 +1,128 @@
+"""Function-preserving random neuron rescaling (the symmetry path-metrics are invariant to).
+
+For a ReLU network, multiplying the incoming weights and bias of a neuron by ``lambda > 0`` and
+its outgoing weights by ``1/lambda`` leaves the function unchanged, since ReLU, leaky ReLU, max-
+and average-pooling commute with positive scaling. Magnitude scores change; path masses do not.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from .capture import Value, _CACHE, capture
+
+# Ops a rescaled channel may cross on its way to the next layer: positively homogeneous and
+# channel-preserving.
+_HOMOGENEOUS = {"relu", "leaky_relu", "max_pool", "adaptive_max_pool", "avg_pool",
+                "adaptive_avg_pool", "dropout", "cast", "interpolate"}
+
+
+def _flatten_factor(graph, index, node):
+    """Entries per channel when ``node`` flattens a (1, C, ...) tensor to (1, C * ...), else None."""
+    if node.rule != "rearrange" or len(node.shape) != 2:
+        return None
+    source = node.args[0]
+    if not isinstance(source, Value):
+        return None
+    shape = graph.nodes[source.node].shape
+    if len(shape) < 3 or not isinstance(shape[0], int) or node.shape[1] != math.prod(shape[1:]):
+        return None
+    return math.prod(shape[2:])
+
+
+def _consumers(graph, users, start):
+    """Layers reading the channels of node ``start`` through homogeneous ops.
+
+    Returns ``[(layer node index, entries per channel)]`` or None when a channel reaches
+    anything else (a residual add, a concatenation, an output, a BatchNorm, ...).
+    """
+    found, frontier = [], [(start, 1)]
+    outputs = {v.node for v in graph.outputs}
+    while frontier:
+        index, factor = frontier.pop()
+        if index in outputs:
+            return None
+        for j in users[index]:
+            node = graph.nodes[j]
+            if node.args[0] != Value(index):
+                return None
+            if node.rule in ("conv", "linear") and node.args[1].__class__.__name__ == "Param":
+                groups = node.args[6] if node.rule == "conv" and len(node.args) > 6 else \
+                    node.kwargs.get("groups", 1)
+                if groups != 1 or (node.rule == "linear" and len(graph.nodes[index].shape) != 2):
+                    return None
+                found.append((j, factor))
+            elif node.rule in _HOMOGENEOUS:
+                frontier.append((j, factor))
+            elif _flatten_factor(graph, j, node) is not None and factor == 1:
+                frontier.append((j, _flatten_factor(graph, j, node)))
+            else:
+                return None
+    return found or None
+
+
+def _producer_params(graph, index):
+    """Parameters scaled with output channel ``c`` of node ``index`` (dim 0), or None."""
+    node = graph.nodes[index]
+    names = [a.name for a in node.args[1:5] if a.__class__.__name__ == "Param"]
+    if node.rule in ("conv", "linear"):
+        return names[:2]
+    if node.rule == "batch_norm":
+        return [a.name for a in node.args[3:5] if a.__class__.__name__ == "Param"] or None
+    return None
+
+
+def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_of_two=True,
+                   max_log2=3.0) -> torch.nn.Module:
+    """A deep copy of ``model`` with every rescalable neuron channel scaled by a random factor.
+
+    A channel is rescalable when it is produced by a conv/linear layer or a frozen BatchNorm and
+    reaches only conv/linear layers (through ReLU, pooling, dropout or a flatten). Its producer's
+    weights and bias are multiplied by ``lambda_c`` and the consumers' input weights divided by
+    it. Factors are ``2**k`` with integer ``k`` uniform in ``[-max_log2, max_log2]`` (exact in
+    floating point) or, with ``powers_of_two=False``, ``exp(u)`` with ``u`` uniform in
+    ``[-max_log2 ln 2, max_log2 ln 2]``. A conv followed by a BatchNorm is rescaled at the
+    BatchNorm (the conv's scale would be undone by the normalisation).
+
+    ``example_inputs`` may be omitted when the model has been analysed before (its captured graph
+    is reused).
+    """
+    if example_inputs is None:
+        cached = _CACHE.get(model)
+        if not cached:
+            raise ValueError("pass example_inputs: the model has not been captured yet")
+        graph = next(iter(cached.values()))
+    else:
+        graph = capture(model, example_inputs)
+    if graph.shared_parameters():
+        raise ValueError("random_rescale needs every parameter used once; shared: "
+                         f"{graph.shared_parameters()[:3]}")
+    users = graph.users()
+    generator = torch.Generator().manual_seed(seed)
+    copy_ = copy.deepcopy(model)
+    params = dict(copy_.named_parameters())
+    with torch.no_grad():
+        for index, node in enumerate(graph.nodes):
+            producer = _producer_params(graph, index)
+            if not producer:
+                continue
+            consumers = _consumers(graph, users, index)
+            if consumers is None:
+                continue
+            channels = params[producer[0]].shape[0]
+            if powers_of_two:
+                k = torch.randint(-int(max_log2), int(max_log2) + 1, (channels,), generator=generator)
+                factors = torch.pow(2.0, k.double())
+            else:
+                u = (torch.rand(channels, generator=generator, dtype=torch.float64) * 2 - 1)
+                factors = torch.exp(u * max_log2 * math.log(2.0))
+            for name in producer:
+                p = params[name]
+                p.mul_(factors.to(p).reshape((-1,) + (1,) * (p.dim() - 1)))
+            for j, per_channel in consumers:
+                w = params[graph.nodes[j].args[1].name]
+                inverse = (1.0 / factors).repeat_interleave(per_channel).to(w)
+                w.mul_(inverse.reshape((1, -1) + (1,) * (w.dim() - 2)))
+    return copy_

@@ -1,0 +1,252 @@
+"""Path masses: pruning scores for weights, channels and coupled groups (DESIGN.md "Scores").
+
+``N`` (the L1 path-norm) is affine in each ``|theta_i|`` when every parameter sits on a path at
+most once, so ``|theta_i| * dN/d|theta_i|`` is the mass of the paths through ``theta_i``, which
+equals ``N(theta) - N(theta with theta_i = 0)``. One lifted forward and one backward give all of
+them; for a neuron ``v``, ``a_v * dN/da_v`` (lifted activation times gradient) is the mass of the
+paths through ``v``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .capture import Param, Value, capture
+from .errors import UnsupportedModelError
+from .lifted import NormLifting, PairLifting, named_tensors, total_of
+from .norms import _resolve_dtype
+
+
+def _check_unshared(graph):
+    shared = graph.shared_parameters()
+    if shared:
+        raise UnsupportedModelError(
+            f"parameter(s) {shared[:3]} are used by more than one operation (a module called "
+            "twice): the path-norm is then not affine in them and path masses are undefined. "
+            "Give each call its own module.", [("shared weights", name, "") for name in shared])
+
+
+class PathMasses:
+    """Masses of the paths through every lifted parameter of a model, from one forward+backward.
+
+    ``share(key)`` is ``|theta| * dN/d|theta| / N`` for a parameter name, or for a folded
+    BatchNorm ``'<module>.scale'`` / ``'<module>.shift'``; ``mass(key)`` is the same in absolute
+    units (``inf`` past float64). ``log_total`` is ``log N``.
+    """
+
+    def __init__(self, model, example_inputs, precision="float64", overrides=None):
+        self.graph = capture(model, example_inputs)
+        _check_unshared(self.graph)
+        ev = NormLifting(self.graph, model, q=1.0, dtype=_resolve_dtype(precision),
+                         overrides=overrides, track=True)
+        self.layers = self.graph.layers()
+        outputs_nodes = {v.node for v in self.graph.outputs}
+        keep = {index for index, _, _ in self.layers.values()}
+        with torch.enable_grad():
+            outputs, kept = ev.run(keep)
+            for value in kept.values():
+                value[0].m.retain_grad()
+            total = total_of(outputs)
+            total.m.backward()
+        self.relative_error = ev.relative_error()
+        self.exponent = total.e
+        self._total = total.m.detach()
+        self.log_total = total.log()
+        self._shares = {key: (leaf.detach() * leaf.grad / self._total) if leaf.grad is not None
+                        else torch.zeros_like(leaf) for key, leaf in ev.leaves.items()}
+        self.gradients = {key: leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+                          for key, leaf in ev.leaves.items()}
+        self._neurons = {index: (value[0].m.detach() * value[0].m.grad / self._total)
+                         if value[0].m.grad is not None else torch.zeros_like(value[0].m)
+                         for index, value in kept.items()}
+        self.output_layers = {name for name, (index, _, _) in self.layers.items()
+                              if index in outputs_nodes}
+        self._followers = self._batch_norms_after_layers()
+
+    def _batch_norms_after_layers(self) -> dict:
+        users = self.graph.users()
+        out = {}
+        for name, (index, _, _) in self.layers.items():
+            for j in users[index]:
+                node = self.graph.nodes[j]
+                if node.rule == "batch_norm" and node.args[0] == Value(index):
+                    out[name] = node.module
+        return out
+
+    def share(self, key) -> torch.Tensor:
+        return self._shares[key]
+
+    def mass(self, key) -> torch.Tensor:
+        return torch.ldexp(self._shares[key] * self._total,
+                           torch.tensor(self.exponent, dtype=self._total.dtype))
+
+    def gradient(self, key) -> torch.Tensor:
+        """``dN/d|theta|`` up to the common factor ``2**exponent`` (shared by all keys)."""
+        return self.gradients[key]
+
+    def channel_share(self, layer: str) -> torch.Tensor:
+        """Share of N removed by deleting output channel ``c`` of ``layer`` together with the
+        BatchNorm channel that directly follows it: mass through the layer's output neurons of
+        channel ``c`` (``a * g`` summed over positions) plus the mass of the paths that start
+        at that BatchNorm's shift."""
+        index = self.layers[layer][0]
+        node = self.graph.nodes[index]
+        neurons = self._neurons[index]
+        dim = 1 if node.rule in ("conv", "conv_transpose") else neurons.dim() - 1
+        per_channel = neurons.transpose(0, dim).reshape(neurons.shape[dim], -1).sum(dim=1)
+        bn = self._followers.get(layer)
+        if bn is not None:
+            per_channel = per_channel + self._shares[f"{bn}.shift"]
+        return per_channel
+
+    def member_share(self, module: str, kind: str) -> torch.Tensor:
+        """Per-channel share of one group member: ``kind='out'`` an output channel of a
+        conv/linear layer (weights and bias) or a BatchNorm channel (scale and shift);
+        ``kind='in'`` an input channel of a conv/linear layer (all the weights it feeds)."""
+        if module in self.layers:
+            index, weight, bias = self.layers[module]
+            w = self._shares[weight]
+            if kind == "out":
+                return _out_channel_sums(self.graph.nodes[index], w) + (
+                    self._shares[bias] if bias else 0)
+            return _in_channel_sums(self.graph.nodes[index], w)
+        if f"{module}.scale" in self._shares:
+            if kind != "out":
+                raise ValueError(f"BatchNorm '{module}' has one side: use kind 'out'")
+            return self._shares[f"{module}.scale"] + self._shares[f"{module}.shift"]
+        raise KeyError(f"'{module}' is neither a conv/linear layer nor a frozen BatchNorm on the "
+                       "captured graph")
+
+
+def conv_groups(node) -> int:
+    """The ``groups`` argument of a captured conv / transposed conv node (1 for linear)."""
+    if node.rule == "linear":
+        return 1
+    return node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+
+
+def _out_channel_sums(node, w):
+    """Sum of ``w`` over each output channel (weights laid out as PyTorch does for the op)."""
+    if node.rule != "conv_transpose":
+        return w.reshape(w.shape[0], -1).sum(dim=1)
+    groups = conv_groups(node)
+    return w.reshape(groups, w.shape[0] // groups, w.shape[1], -1).sum(dim=(1, 3)).reshape(-1)
+
+
+def _in_channel_sums(node, w):
+    """Sum of ``w`` over each input channel; with ``groups > 1`` a channel feeds its group only."""
+    if node.rule == "conv_transpose":
+        return w.reshape(w.shape[0], -1).sum(dim=1)
+    if node.rule == "linear":
+        return w.sum(dim=0)
+    groups = conv_groups(node)
+    rows = w.reshape(w.shape[0], w.shape[1], -1).sum(dim=2)
+    return rows.reshape(groups, w.shape[0] // groups, w.shape[1]).sum(dim=1).reshape(-1)
+
+
+def weight_scores(model, example_inputs, relative=False, precision="float64") -> dict:
+    """``{parameter name: |theta_i| * dN/d|theta_i|}`` for every conv/linear weight and bias.
+
+    Each entry is the L1 path mass through that coordinate, ``N(theta) - N(theta_i = 0)``;
+    ``relative=True`` divides by ``N`` (finite for any depth). One forward and one backward.
+    """
+    masses = PathMasses(model, example_inputs, precision)
+    get = masses.share if relative else masses.mass
+    out = {}
+    for _, weight, bias in masses.layers.values():
+        out[weight] = get(weight)
+        if bias:
+            out[bias] = get(bias)
+    return out
+
+
+def channel_scores(model, example_inputs, relative=False, precision="float64") -> dict:
+    """``{layer name: per-output-channel mass}``: the mass removed by deleting an output channel
+    of a conv/linear layer together with the BatchNorm channel that directly follows it."""
+    masses = PathMasses(model, example_inputs, precision)
+    factor = 1.0 if relative else torch.ldexp(masses._total, torch.tensor(masses.exponent,
+                                                                          dtype=masses._total.dtype))
+    return {name: masses.channel_share(name) * factor for name in masses.layers}
+
+
+def _zeroed_slices(graph, model, members, root):
+    """Replacement tensors with every member slice of root channel ``root`` zeroed."""
+    named = named_tensors(model)
+    layers = graph.layers()
+    out = {}
+
+    def zero(name, dim, index):
+        tensor = out.setdefault(name, named[name].detach().clone())
+        tensor.index_fill_(dim, torch.as_tensor(index, dtype=torch.long, device=tensor.device), 0)
+
+    for module, kind, idxs, root_idxs in members:
+        chosen = [i for i, r in zip(idxs, root_idxs) if r == root]
+        if not chosen:
+            continue
+        if module in layers:
+            index, weight, bias = layers[module]
+            node = graph.nodes[index]
+            if conv_groups(node) != 1 or node.rule == "conv_transpose":
+                raise ValueError(f"exact group mass through grouped or transposed convolution "
+                                 f"'{module}' is not supported; use exact=False (upper bound)")
+            if kind == "out":
+                zero(weight, 0, chosen)
+                if bias:
+                    zero(bias, 0, chosen)
+            else:
+                zero(weight, 1, chosen)
+        elif f"{module}.running_mean" in named and f"{module}.weight" in named:
+            zero(f"{module}.weight", 0, chosen)
+            zero(f"{module}.bias", 0, chosen)
+        else:
+            raise KeyError(f"cannot zero channels of '{module}': not a conv/linear layer or an "
+                           "affine frozen BatchNorm on the captured graph")
+    return out
+
+
+def group_mass(model, example_inputs, members, num_channels, exact=False, relative=True,
+               masses: PathMasses | None = None, precision="float64") -> torch.Tensor:
+    """Per root channel, the path mass removed by zeroing the channel in every group member.
+
+    ``members`` lists ``(module name, kind, idxs, root_idxs)``: ``kind`` is ``'out'`` (a conv or
+    linear output channel with its bias, or a BatchNorm channel) or ``'in'`` (a conv or linear
+    input channel); channel ``idxs[j]`` of the member belongs to root channel ``root_idxs[j]``.
+
+    - ``exact=False`` (cheap): the sum over members of each member's own removed mass, from one
+      forward+backward (pass ``masses`` to reuse it). Each term is exact for its layer; the sum
+      is an **upper bound** of the group's mass since a path can cross several members.
+    - ``exact=True``: ``N(theta) - N(theta with the group slices zeroed)`` computed without
+      cancellation by one (A, D) pair pass per root channel: exact, and costlier.
+
+    ``relative=True`` returns shares of ``N`` (comparable across groups, finite at any depth).
+    """
+    if exact:
+        graph = capture(model, example_inputs)
+        base = named_tensors(model)
+        dtype = _resolve_dtype(precision)
+        out = torch.zeros(num_channels, dtype=torch.float64)
+        for root in range(num_channels):
+            tensors_b = dict(base)
+            tensors_b.update(_zeroed_slices(graph, model, members, root))
+            with torch.no_grad():
+                ev = PairLifting(graph, base, tensors_b, stage="direct", dtype=dtype)
+                outputs, _ = ev.run()
+            a, d = total_of(outputs, 0), total_of(outputs, 1)
+            value = float(d.m) * 2.0 ** (d.e - a.e) / float(a.m) if relative else \
+                float(torch.ldexp(d.m, torch.tensor(d.e)))
+            out[root] = value
+        return out
+    masses = masses or PathMasses(model, example_inputs, precision)
+    out = torch.zeros(num_channels, dtype=torch.float64)
+    for module, kind, idxs, root_idxs in members:
+        share = masses.member_share(module, kind)
+        idxs = torch.as_tensor(list(idxs), dtype=torch.long)
+        roots = torch.as_tensor(list(root_idxs), dtype=torch.long)
+        out.index_add_(0, roots, share[idxs].double().cpu())
+    if not relative:
+        out = out * float(torch.ldexp(masses._total, torch.tensor(masses.exponent)))
+    return out
+
+
+def prunable_layers(model, example_inputs) -> list:
+    """Names of the conv/linear layers on the captured graph, in execution order."""
+    return list(capture(model, example_inputs).layers())
