@@ -72,6 +72,19 @@ class PathMasses:
                     out[name] = node.module
         return out
 
+    def group_mass(self, members, num_channels, relative=True) -> torch.Tensor:
+        """Sum over ``members`` of each member's removed mass per root channel: an upper bound
+        of the group's mass (see :func:`group_mass`); shares of N if ``relative``."""
+        out = torch.zeros(num_channels, dtype=torch.float64)
+        for module, kind, idxs, root_idxs in members:
+            share = self.member_share(module, kind).detach().double().cpu()
+            idxs = torch.as_tensor(list(idxs), dtype=torch.long)
+            roots = torch.as_tensor(list(root_idxs), dtype=torch.long)
+            out.index_add_(0, roots, share[idxs])
+        if not relative:
+            out = out * float(torch.ldexp(self._total, torch.tensor(self.exponent)))
+        return out
+
     def share(self, key) -> torch.Tensor:
         return self._shares[key]
 
@@ -168,8 +181,14 @@ def channel_scores(model, example_inputs, relative=False, precision="float64") -
     return {name: masses.channel_share(name) * factor for name in masses.layers}
 
 
-def _zeroed_slices(graph, model, members, root):
-    """Replacement tensors with every member slice of root channel ``root`` zeroed."""
+def zeroed_members(model, example_inputs, members, roots=None) -> dict:
+    """Replacement tensors with the member slices zeroed (all of them, or those of ``roots``).
+
+    ``members`` as in :func:`group_mass`. A conv/linear ``'out'`` member zeroes weight rows and
+    bias entries, ``'in'`` weight columns; a BatchNorm member zeroes its weight and bias (so the
+    folded scale and shift vanish). Pass the result to ``pm.path_metric(model, result, x)``.
+    """
+    graph = capture(model, example_inputs)
     named = named_tensors(model)
     layers = graph.layers()
     out = {}
@@ -179,15 +198,15 @@ def _zeroed_slices(graph, model, members, root):
         tensor.index_fill_(dim, torch.as_tensor(index, dtype=torch.long, device=tensor.device), 0)
 
     for module, kind, idxs, root_idxs in members:
-        chosen = [i for i, r in zip(idxs, root_idxs) if r == root]
+        chosen = [i for i, r in zip(idxs, root_idxs) if roots is None or r in roots]
         if not chosen:
             continue
         if module in layers:
             index, weight, bias = layers[module]
             node = graph.nodes[index]
             if conv_groups(node) != 1 or node.rule == "conv_transpose":
-                raise ValueError(f"exact group mass through grouped or transposed convolution "
-                                 f"'{module}' is not supported; use exact=False (upper bound)")
+                raise ValueError(f"zeroing channels of grouped or transposed convolution "
+                                 f"'{module}' is not supported")
             if kind == "out":
                 zero(weight, 0, chosen)
                 if bias:
@@ -226,7 +245,7 @@ def group_mass(model, example_inputs, members, num_channels, exact=False, relati
         out = torch.zeros(num_channels, dtype=torch.float64)
         for root in range(num_channels):
             tensors_b = dict(base)
-            tensors_b.update(_zeroed_slices(graph, model, members, root))
+            tensors_b.update(zeroed_members(model, example_inputs, members, {root}))
             with torch.no_grad():
                 ev = PairLifting(graph, base, tensors_b, stage="direct", dtype=dtype)
                 outputs, _ = ev.run()
@@ -236,15 +255,7 @@ def group_mass(model, example_inputs, members, num_channels, exact=False, relati
             out[root] = value
         return out
     masses = masses or PathMasses(model, example_inputs, precision)
-    out = torch.zeros(num_channels, dtype=torch.float64)
-    for module, kind, idxs, root_idxs in members:
-        share = masses.member_share(module, kind)
-        idxs = torch.as_tensor(list(idxs), dtype=torch.long)
-        roots = torch.as_tensor(list(root_idxs), dtype=torch.long)
-        out.index_add_(0, roots, share[idxs].double().cpu())
-    if not relative:
-        out = out * float(torch.ldexp(masses._total, torch.tensor(masses.exponent)))
-    return out
+    return masses.group_mass(members, num_channels, relative)
 
 
 def prunable_layers(model, example_inputs) -> list:
