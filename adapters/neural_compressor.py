@@ -1,0 +1,294 @@
+"""Intel Neural Compressor 3.x (``neural-compressor-pt``) adapter.
+
+Three bridges between INC's tuning loop and the path-metric engine:
+
+* ``simulate_weights(model, config)`` returns, without touching ``model``, the weights INC will
+  deploy for an ``RTNConfig``, ``INT8StaticQuantConfig`` or ``DynamicQuantConfig`` (per-layer
+  ``set_local`` overrides and fp32 fallbacks included), computed by INC's own quantization routines;
+  ``quantization_bound(model, example_inputs, config)`` is the certified bound
+  ``d(theta, theta') = ||Phi(theta) - Phi(theta')||_1 >= sup_x ||R_theta(x) - R_theta'(x)||_1 / max(||x||_inf, 1)``
+  between the float model and those weights (``pm.path_metric``).
+* ``path_metric_sampler(model, example_inputs)`` is a sampler for ``TuningConfig(sampler=...)`` that
+  walks a config set by increasing certified bound; ``path_metric_config_set`` builds a layer-wise
+  fallback sequence from ``pm.layer_sensitivity``.
+* ``PathMetricConfig`` is registered with INC (``register_config`` / ``register_algo`` under the name
+  ``"path_metric"``), so ``quantize`` and ``autotune`` prune by path magnitude (``pm.prune``).
+
+The bound covers the weights (and the fp16-stored biases of RTN layers) only: activation
+quantization of static/dynamic int8 is not part of it.
+"""
+import copy
+import dataclasses
+import re
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+import pathmetric as pm
+from neural_compressor.common.base_config import register_config
+from neural_compressor.common.base_tuning import Sampler
+from neural_compressor.common.utils import DEFAULT_WHITE_LIST, RTN, STATIC_QUANT, Mode
+from neural_compressor.torch.algorithms.pt2e_quant.utility import create_quant_spec_from_config
+from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor, search_clip
+from neural_compressor.torch.quantization import DynamicQuantConfig, INT8StaticQuantConfig, RTNConfig
+from neural_compressor.torch.quantization.config import FRAMEWORK_NAME, OperatorConfig, TorchBaseConfig
+from neural_compressor.torch.utils import register_algo
+from neural_compressor.torch.utils.constants import PT2E_DYNAMIC_QUANT
+
+__all__ = ["simulate_weights", "quantization_bound", "path_metric_sampler", "path_metric_config_set",
+           "PathMetricConfig", "PATH_METRIC"]
+
+PATH_METRIC = "path_metric"
+_FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+# Modules whose weights X86InductorQuantizer (INC's PT2E backend) quantizes.
+_PT2E_WEIGHT_MODULES = (nn.Conv2d, nn.Linear)
+
+
+# ----------------------------------------------------------------------------------------------
+# What INC will deploy
+# ----------------------------------------------------------------------------------------------
+def simulate_weights(model, config):
+    """The parameters INC changes when it quantizes ``model`` with ``config``: ``{name: tensor}``.
+
+    Supported: ``RTNConfig`` with integer dtypes (``dtype="int"`` or ``"intN"``, any ``bits``,
+    ``group_size`` (``-1`` = per output channel), ``use_sym``, ``use_full_range``,
+    ``use_mse_search``, double quantization), ``group_dim=1``; ``INT8StaticQuantConfig`` and
+    ``DynamicQuantConfig`` (PT2E path, weight side). ``set_local`` overrides and fp32 fallbacks are
+    resolved the way INC resolves them. ``model`` is the float eager model; it is not modified.
+    Parameters INC leaves in fp32 are absent from the result.
+    """
+    if isinstance(config, RTNConfig):
+        return _rtn_weights(model, config)
+    if isinstance(config, (INT8StaticQuantConfig, DynamicQuantConfig)):
+        return _pt2e_weights(model, config)
+    raise TypeError(f"simulate_weights: {type(config).__name__} is not supported; use RTNConfig, "
+                    "INT8StaticQuantConfig or DynamicQuantConfig")
+
+
+def quantization_bound(model, example_inputs, config):
+    """Certified ``||Phi(theta) - Phi(theta')||_1`` with ``theta'`` = ``simulate_weights(model, config)``;
+    for a ``PathMetricConfig``, ``theta'`` is the pruned model (``pm.prune(...).certified_bound``)."""
+    if isinstance(config, PathMetricConfig):
+        return _prune(model, config, example_inputs, inplace=False).certified_bound
+    return pm.path_metric(model, simulate_weights(model, config), example_inputs)
+
+
+def _rtn_weights(model, config):
+    """RTN exactly as ``RTNQuantizer.convert`` + ``INCWeightOnlyLinear.pack/recover``.
+
+    INC computes integers ``q``, scales ``s`` (and zero-points ``z``) with ``quant_tensor`` in the
+    weight's dtype, stores ``s`` and the bias in float16 (``use_optimum_format``), and recovers
+    ``W = int8(q - z) * fp16(s)`` in float16, cast to float32 at inference on CPU.
+    """
+    config = copy.deepcopy(config)  # to_config_mapping adds the lm_head fallback to the config
+    mapping = config.to_config_mapping(model_info=config.get_model_info(model))
+    modules = dict(model.named_modules())
+    out = {}
+    for (name, _), c in mapping.items():
+        if c.name != RTN or c.dtype == "fp32":
+            continue
+        m = modules[name]
+        if not re.fullmatch(r"int\d*", c.dtype):
+            raise ValueError(f"simulate_weights: RTN dtype {c.dtype!r} of {name!r} is not supported "
+                             "(integer dtypes only: 'int', 'int4', 'int8', ...)")
+        if c.group_dim != 1 or type(m) is not nn.Linear:
+            raise ValueError(f"simulate_weights: {name!r} ({type(m).__name__}, group_dim={c.group_dim}) "
+                             "is not supported; RTN is simulated for nn.Linear with group_dim=1")
+        bits = c.bits if c.dtype == "int" else int(c.dtype[3:])
+        scheme = "sym" if c.use_sym else "asym"
+        quantile = (search_clip(SimpleNamespace(weight=m.weight.detach().clone()), bits, c.group_size,
+                                scheme, "int", c.use_full_range) if c.use_mse_search else 1.0)
+        q, scale, zp = quant_tensor(
+            m.weight.detach().clone(), dtype="int", bits=bits, group_size=c.group_size, scheme=scheme,
+            quantile=quantile, return_int=True, full_range=c.use_full_range,
+            double_quant=c.use_double_quant, double_quant_dtype=c.double_quant_dtype,
+            double_quant_bits=c.double_quant_bits,
+            double_quant_scheme="sym" if c.double_quant_use_sym else "asym",
+            double_quant_group_size=c.double_quant_group_size)
+        group = torch.arange(m.in_features) // (m.in_features if c.group_size == -1 else c.group_size)
+        ints = q.to(torch.int32) if zp is None else q.to(torch.int32) - zp.to(torch.int32)[:, group]
+        out[f"{name}.weight"] = (ints.to(torch.int8) * scale.to(torch.float16)[:, group]).float()
+        if m.bias is not None:
+            out[f"{name}.bias"] = m.bias.detach().to(torch.float16).float()
+    return out
+
+
+def _pt2e_weights(model, config):
+    """Weights of PT2E static/dynamic int8 as ``prepare`` + ``convert`` produce them.
+
+    Per conv2d/linear module, the effective INC config is resolved like X86InductorQuantizer:
+    module-name override (the module or an ancestor), then module-type override, then global; a
+    config whose weight and activation dtypes are both float leaves the module in fp32. The weight
+    goes through the observer INC builds (``create_quant_spec_from_config``), then
+    ``quantized_decomposed.quantize_*`` / ``dequantize_*`` with the observer's qparams.
+    """
+    if isinstance(config, INT8StaticQuantConfig) and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError("simulate_weights: PT2E static quantization folds BatchNorm into the preceding "
+                         "conv before quantizing its weight, which a per-parameter dict cannot express; "
+                         "fold it first (torch.nn.utils.fusion.fuse_conv_bn_eval) and pass that model")
+    by_type, by_name = config._get_op_name_op_type_config()
+    out = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, _PT2E_WEIGHT_MODULES):
+            continue
+        owners = [n for n in by_name if n == name or name.startswith(n + ".")]
+        c = by_name[owners[0]] if owners else by_type.get(type(m).__name__, config)
+        if c.w_dtype in _FLOAT_DTYPES and c.act_dtype in _FLOAT_DTYPES:
+            continue
+        out[f"{name}.weight"] = _observe_quantize_dequantize(m.weight.detach(), c)
+    return out
+
+
+def _observe_quantize_dequantize(w, c):
+    spec = create_quant_spec_from_config(c.w_dtype, c.w_sym, c.w_granularity, c.w_algo)
+    kwargs = dataclasses.asdict(spec)
+    observer_ctr = kwargs.pop("observer_or_fake_quant_ctr")
+    if "PerChannel" not in observer_ctr.__name__:  # as torchao's prepare_pt2e builds it
+        kwargs.pop("ch_axis")
+    observer = observer_ctr.with_args(**kwargs)()
+    observer(w)
+    scale, zero_point = observer.calculate_qparams()
+    ops = torch.ops.quantized_decomposed
+    args = (spec.quant_min, spec.quant_max, spec.dtype)
+    if "ch_axis" in kwargs:
+        q = ops.quantize_per_channel.default(w, scale, zero_point, spec.ch_axis, *args)
+        return ops.dequantize_per_channel.default(q, scale, zero_point, spec.ch_axis, *args)
+    scale, zero_point = float(scale), int(zero_point)
+    q = ops.quantize_per_tensor.default(w, scale, zero_point, *args)
+    return ops.dequantize_per_tensor.default(q, scale, zero_point, *args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tuning: sampler and fallback sequence
+# ----------------------------------------------------------------------------------------------
+def path_metric_sampler(model, example_inputs):
+    """A sampler class for ``TuningConfig(config_set=[...], sampler=...)``.
+
+    INC builds it as ``sampler(config_set)``; it computes ``quantization_bound`` of every config
+    (``.bounds``, in config-set order) and yields indices by increasing bound (ties keep the
+    config-set order), so the trial most likely to meet ``tolerable_loss`` runs first. Put
+    candidates of comparable cost in one set: the sampler ranks by certified error only.
+    """
+    class PathMetricSampler(Sampler):
+        def __init__(self, config_source):
+            self.bounds = [quantization_bound(model, example_inputs, config_source[i])
+                           for i in range(len(config_source))]
+            self.order = sorted(range(len(self.bounds)), key=self.bounds.__getitem__)
+
+        def __iter__(self):
+            return iter(self.order)
+
+        def __len__(self):
+            return len(self.order)
+
+    return PathMetricSampler
+
+
+def path_metric_config_set(model, example_inputs, base_config, fallback=None, max_fallbacks=None):
+    """Layer-wise fallback sequence ``[base, base + top-1 layer kept, base + top-2 kept, ...]``.
+
+    Layers are the ones ``base_config`` quantizes, ranked by ``pm.layer_sensitivity`` (certified
+    path-metric of quantizing that layer alone at the config's bit-width, scheme and grouping),
+    most sensitive first; the k-th config sets the top-k layers to ``fallback`` (default: fp32).
+    With INC's default sequential sampler, ``autotune`` stops at the most compressed config of
+    the sequence that meets ``tolerable_loss``.
+    """
+    quantized = sorted({name.rsplit(".", 1)[0] for name in simulate_weights(model, base_config)})
+    engine_args = _engine_quantizer(base_config)
+    sens = pm.layer_sensitivity(model, example_inputs, bits=(engine_args["bits"],), layers=quantized,
+                                **{k: v for k, v in engine_args.items() if k != "bits"})
+    ranked = sorted(quantized, key=lambda n: -sens[(n, engine_args["bits"])])
+    fallback = fallback if fallback is not None else _fp32_config(base_config)
+    configs = []
+    for k in range(len(ranked) + 1 if max_fallbacks is None else min(max_fallbacks, len(ranked)) + 1):
+        config = copy.deepcopy(base_config)
+        for name in ranked[:k]:
+            # RTN matches local names with re.match (a prefix); PT2E with exact module names.
+            config.set_local(re.escape(name) + "$" if isinstance(config, RTNConfig) else name,
+                             copy.deepcopy(fallback))
+        configs.append(config)
+    return configs
+
+
+def _engine_quantizer(config):
+    """The engine's round-to-nearest settings closest to ``config`` (global part)."""
+    if isinstance(config, RTNConfig):
+        bits = config.bits if config.dtype == "int" else int(config.dtype[3:])
+        grouped = config.group_size != -1
+        return dict(bits=bits, scheme="symmetric" if config.use_sym else "asymmetric",
+                    granularity="per_group" if grouped else "per_channel",
+                    group_size=config.group_size if grouped else None)
+    return dict(bits=8, scheme="symmetric" if config.w_sym else "asymmetric",
+                granularity=config.w_granularity, group_size=None)
+
+
+def _fp32_config(config):
+    if isinstance(config, RTNConfig):
+        return RTNConfig(dtype="fp32")
+    return type(config)(w_dtype="fp32", act_dtype="fp32")
+
+
+# ----------------------------------------------------------------------------------------------
+# path_metric: pruning inside INC's quantize / autotune
+# ----------------------------------------------------------------------------------------------
+@register_config(framework_name=FRAMEWORK_NAME, algo_name=PATH_METRIC)
+class PathMetricConfig(TorchBaseConfig):
+    """Path-magnitude pruning (``pm.prune``) as an INC algorithm.
+
+    ``quantize(model, PathMetricConfig(sparsity=0.5), example_inputs=x)`` zeroes the weights (or
+    channels, ``structured=True``) carrying the least path mass; a list of sparsities expands into
+    one trial each under ``autotune``. The pruned model carries ``path_metric_bound`` (certified
+    ``||Phi(theta) - Phi(theta_pruned)||_1``) and ``path_metric_masks``.
+    """
+
+    name = PATH_METRIC
+    supported_configs = []
+
+    def __init__(self, sparsity: float = 0.5, structured: bool = False, scope: str = "global",
+                 max_layer_sparsity: float = 0.95, rounds: int = 1, white_list=DEFAULT_WHITE_LIST, **kwargs):
+        # the annotations tell INC's ``expand`` which lists are tuning options
+        super().__init__(white_list=white_list)
+        self.sparsity = sparsity
+        self.structured = structured
+        self.scope = scope
+        self.max_layer_sparsity = max_layer_sparsity
+        self.rounds = rounds
+        self._post_init()
+
+    @classmethod
+    def register_supported_configs(cls):
+        cls.supported_configs = [OperatorConfig(config=cls(), operators=[nn.Linear, nn.Conv2d])]
+
+    @staticmethod
+    def get_model_info(model):
+        return None
+
+    def to_config_mapping(self, config_list=None, model_info=None):
+        return OrderedDict({self.name: self})
+
+    @classmethod
+    def get_config_set_for_tuning(cls):
+        return cls(sparsity=[0.25, 0.5, 0.75])
+
+
+@register_algo(PATH_METRIC)
+@torch.no_grad()
+def path_metric_entry(model, configs_mapping, mode=Mode.QUANTIZE, *args, example_inputs=None, **kwargs):
+    """INC algorithm entry for ``PathMetricConfig``: prunes ``model`` in place (nothing to prepare)."""
+    if mode == Mode.PREPARE:
+        return model
+    if example_inputs is None:
+        raise ValueError("path_metric needs example_inputs: quantize(model, PathMetricConfig(...), "
+                         "example_inputs=x) / autotune(..., example_inputs=x)")
+    result = _prune(model, configs_mapping[PATH_METRIC], example_inputs, inplace=True)
+    result.model.path_metric_bound = result.certified_bound
+    result.model.path_metric_masks = result.masks
+    return result.model
+
+
+def _prune(model, c, example_inputs, inplace):
+    return pm.prune(model, c.sparsity, example_inputs, structured=c.structured, scope=c.scope,
+                    max_layer_sparsity=c.max_layer_sparsity, rounds=c.rounds, inplace=inplace)

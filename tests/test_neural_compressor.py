@@ -1,0 +1,291 @@
+"""Intel Neural Compressor 3.10 adapter, against real INC on CPU (RTN, PT2E static/dynamic int8)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pathmetric as pm
+from pathmetric.digits import DigitsCNN, load_digits_tensors, train
+
+inc = pytest.importorskip("neural_compressor.torch.quantization")
+from neural_compressor.common.base_tuning import default_sampler  # noqa: E402
+from neural_compressor.torch.algorithms.weight_only.modules import INCWeightOnlyLinear  # noqa: E402
+from neural_compressor.torch.export import export  # noqa: E402
+from neural_compressor.torch.quantization import (  # noqa: E402
+    DynamicQuantConfig, INT8StaticQuantConfig, RTNConfig, TuningConfig, autotune, quantize)
+
+from pathmetric.adapters.neural_compressor import (  # noqa: E402
+    PathMetricConfig, path_metric_config_set, path_metric_sampler, quantization_bound,
+    simulate_weights)
+
+FP32_PT2E = dict(w_dtype="fp32", act_dtype="fp32")
+
+
+class SmallCNN(nn.Module):
+    """Digits CNN without BatchNorm (PT2E would fold it into the conv weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc1 = nn.Linear(64, 48)
+        self.fc2 = nn.Linear(48, 32)
+        self.fc3 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_digits_tensors(0)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    torch.manual_seed(0)
+    return train(SmallCNN(), data, epochs=6, seed=0, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def x(data):
+    return data[2][:4]
+
+
+def _export(model, x):
+    return export(copy.deepcopy(model), (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
+def _eval(data):
+    """Test accuracy without ``.eval()`` (exported PT2E models refuse it; all are in eval mode)."""
+    def evaluate(m):
+        with torch.no_grad():
+            return float((m(data[2]).argmax(1) == data[3]).double().mean())
+    return evaluate
+
+
+def _rtn_deployed(q_model):
+    """What INC's RTN deploys: ``recover()`` weights and the fp16-stored biases, as float32."""
+    out = {}
+    for name, m in q_model.named_modules():
+        if isinstance(m, INCWeightOnlyLinear):
+            out[f"{name}.weight"] = m.recover().float()
+            if m.bias is not None:
+                out[f"{name}.bias"] = m.bias.float()
+    return out
+
+
+def _pt2e_deployed(gm):
+    """Dequantized weights of a converted PT2E graph: ``dequantize(quantize(get_attr))`` evaluated."""
+    def value(a):
+        if not isinstance(a, torch.fx.Node):
+            return a
+        obj = gm
+        for part in a.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    out = {}
+    for node in gm.graph.nodes:
+        q = node.args[0] if node.op == "call_function" and "dequantize" in str(node.target) else None
+        if isinstance(q, torch.fx.Node) and q.op == "call_function" and q.args[0].op == "get_attr":
+            ints = q.target(*[value(a) for a in q.args])
+            out[q.args[0].target] = node.target(ints, *[value(a) for a in node.args[1:]])
+    return out
+
+
+def _assert_bit_exact(simulated, deployed):
+    assert simulated.keys() == deployed.keys()
+    for name in simulated:
+        assert simulated[name].dtype == deployed[name].dtype, name
+        assert torch.equal(simulated[name], deployed[name]), (
+            name, (simulated[name] - deployed[name]).abs().max().item())
+
+
+RTN_CONFIGS = [
+    RTNConfig(),  # 4 bits, sym, group 32
+    RTNConfig(bits=2, group_size=-1),
+    RTNConfig(bits=3, use_sym=False, group_size=16),
+    RTNConfig(bits=4, use_sym=False, group_size=20),  # 48 and 64 in-features: ragged last group
+    RTNConfig(bits=8, use_sym=False, group_size=-1),
+    RTNConfig(dtype="int8", group_size=-1),
+    RTNConfig(bits=4, use_full_range=True),
+    RTNConfig(bits=4, use_mse_search=True),
+    RTNConfig(bits=4, use_double_quant=True),
+    RTNConfig(bits=2).set_local("fc2", RTNConfig(dtype="fp32")),
+    RTNConfig(bits=2).set_local("fc.*", RTNConfig(bits=8, group_size=-1)).set_local(
+        "fc3", RTNConfig(dtype="fp32")),
+]
+
+
+@pytest.mark.parametrize("config", RTN_CONFIGS, ids=lambda c: str(c.to_dict())[:80])
+def test_rtn_simulated_weights_are_inc_recovered_weights(model, config):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    simulated = simulate_weights(model, config)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    deployed = _rtn_deployed(quantize(copy.deepcopy(model), copy.deepcopy(config)))
+    _assert_bit_exact(simulated, deployed)
+
+
+PT2E_CONFIGS = [
+    INT8StaticQuantConfig(),
+    INT8StaticQuantConfig(w_granularity="per_tensor"),
+    INT8StaticQuantConfig().set_local("fc2", INT8StaticQuantConfig(**FP32_PT2E)),
+    INT8StaticQuantConfig().set_local(nn.Conv2d, INT8StaticQuantConfig(**FP32_PT2E)),
+    INT8StaticQuantConfig(w_granularity="per_tensor").set_local(
+        "conv1", INT8StaticQuantConfig()),
+    DynamicQuantConfig(),
+]
+
+
+@pytest.mark.parametrize("config", PT2E_CONFIGS, ids=lambda c: str(c.to_dict())[:80])
+def test_pt2e_simulated_weights_are_inc_dequantized_weights(model, x, config):
+    simulated = simulate_weights(model, config)
+    gm = quantize(export(copy.deepcopy(model), (x,)), copy.deepcopy(config),
+                  run_fn=lambda m: m(x), example_inputs=(x,))
+    _assert_bit_exact(simulated, _pt2e_deployed(gm))
+
+
+def test_fallbacks_leave_layers_untouched(model):
+    rtn = simulate_weights(model, RTNConfig(bits=2).set_local("fc1", RTNConfig(dtype="fp32")))
+    assert "fc1.weight" not in rtn and "fc2.weight" in rtn
+    assert not torch.equal(rtn["fc2.weight"], model.fc2.weight)
+    static = simulate_weights(model, INT8StaticQuantConfig().set_local(
+        nn.Linear, INT8StaticQuantConfig(**FP32_PT2E)))
+    assert sorted(static) == ["conv1.weight", "conv2.weight"]
+
+
+def test_unsupported_inputs_raise_clear_errors(model, data):
+    with pytest.raises(ValueError, match="RTN dtype 'nf4'"):
+        simulate_weights(model, RTNConfig(dtype="nf4"))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        simulate_weights(DigitsCNN().eval(), INT8StaticQuantConfig())
+    with pytest.raises(TypeError, match="PathMetricConfig"):
+        simulate_weights(model, PathMetricConfig())
+
+
+def test_bound_certifies_inc_quantized_outputs(model, data):
+    """``quantization_bound`` is the path-metric of INC's deployed weights and bounds its outputs."""
+    config = RTNConfig(bits=3, group_size=16)
+    bound = quantization_bound(model, data[2][:1], config)
+    q_model = quantize(copy.deepcopy(model), copy.deepcopy(config))
+    deployed = copy.deepcopy(model)
+    deployed.load_state_dict(_rtn_deployed(q_model), strict=False)
+    assert bound == pm.path_metric(model, deployed, data[2][:1]) > 0
+    with torch.no_grad():
+        gap = (model(data[2]) - q_model(data[2])).abs().sum(1)
+    scale = data[2].flatten(1).abs().amax(1).clamp(min=1)
+    assert bool((gap <= scale * bound).all())
+    assert bound > quantization_bound(model, data[2][:1], RTNConfig(bits=8, group_size=16))
+
+
+def _trial_order(configs, model, deployed):
+    """Index of the config whose simulated weights equal what INC deployed in a trial."""
+    sims = [simulate_weights(model, c) for c in configs]
+    for i, sim in enumerate(sims):
+        if sim.keys() == deployed.keys() and all(torch.equal(sim[k], deployed[k]) for k in sim):
+            return i
+    return None
+
+
+def _autotune_recording(model, configs, sampler, eval_fn, deployed_of, tolerable_loss, **kwargs):
+    order = []
+
+    def recording_eval(m):
+        order.append(_trial_order(configs, model, deployed_of(m)))
+        return eval_fn(m)
+
+    best = autotune(kwargs.pop("tuned", model), TuningConfig(config_set=configs, sampler=sampler,
+                    tolerable_loss=tolerable_loss, max_trials=len(configs)), eval_fn=recording_eval,
+                    **kwargs)
+    return best, order[1:]  # order[0]: the fp32 baseline
+
+
+def test_rtn_autotune_walks_configs_by_increasing_bound(model, data, x):
+    configs = [RTNConfig(bits=2, group_size=-1), RTNConfig(bits=8, group_size=-1),
+               RTNConfig(bits=4, group_size=16), RTNConfig(bits=3, use_sym=False, group_size=-1),
+               RTNConfig(bits=2).set_local("fc1", RTNConfig(dtype="fp32"))]
+    sampler = path_metric_sampler(model, x)
+    bounds = sampler(configs).bounds
+    assert bounds == [quantization_bound(model, x, c) for c in configs]
+    # an unreachable goal runs every trial: the order is the one the sampler gives
+    _, order = _autotune_recording(model, configs, sampler, _eval(data), _rtn_deployed, -1.0)
+    assert order == sorted(range(len(configs)), key=bounds.__getitem__) != list(range(len(configs)))
+    assert [bounds[i] for i in order] == sorted(bounds)
+    # a reachable goal stops at the first config (smallest bound) that meets it
+    best, order = _autotune_recording(model, configs, sampler, _eval(data), _rtn_deployed, 0.02)
+    assert order == [bounds.index(min(bounds))]
+    assert _eval(data)(best) >= 0.98 * _eval(data)(model)
+
+
+def test_pt2e_static_autotune_walks_configs_by_increasing_bound(model, data, x):
+    configs = [INT8StaticQuantConfig(w_granularity="per_tensor"), INT8StaticQuantConfig(),
+               INT8StaticQuantConfig(w_granularity="per_tensor").set_local(
+                   "fc1", INT8StaticQuantConfig(**FP32_PT2E))]
+    sampler = path_metric_sampler(model, x)
+    bounds = sampler(configs).bounds
+    _, order = _autotune_recording(model, configs, sampler, _eval(data), _pt2e_deployed, -1.0,
+                                   tuned=_export(model, x),
+                                   run_fn=lambda m: m(data[0][:256]), example_inputs=(x,))
+    assert order == sorted(range(len(configs)), key=bounds.__getitem__)
+    assert bounds[order[0]] < bounds[order[-1]]
+
+
+def test_config_set_falls_back_most_sensitive_layers_first(model, data, x):
+    base = RTNConfig(bits=2, group_size=-1)
+    configs = path_metric_config_set(model, x, base)
+    linears = ["fc1", "fc2", "fc3"]
+    sens = pm.layer_sensitivity(model, x, bits=(2,), layers=linears)
+    ranked = sorted(linears, key=lambda n: -sens[n, 2])
+    assert len(configs) == 4
+    for k, config in enumerate(configs):
+        assert sorted(simulate_weights(model, config)) == sorted(
+            f"{n}.{p}" for n in ranked[k:] for p in ("weight", "bias"))
+    bounds = [quantization_bound(model, x, c) for c in configs]
+    assert bounds == sorted(bounds, reverse=True) and bounds[0] > bounds[-2] > bounds[-1] == 0
+    # with INC's default sampler autotune walks the sequence and stops at the first config that passes
+    best, order = _autotune_recording(model, configs, default_sampler, _eval(data), _rtn_deployed, 0.01)
+    assert order == list(range(len(order)))
+    assert _eval(data)(best) >= 0.99 * _eval(data)(model)
+    # PT2E names are exact module names
+    static = path_metric_config_set(model, x, INT8StaticQuantConfig(), max_fallbacks=2)
+    assert len(static) == 3 and len(simulate_weights(model, static[2])) == 3
+
+
+def _zeros(m):
+    weights = [p for n, p in m.named_parameters() if n.endswith("weight")]
+    return sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+
+
+def test_path_metric_config_prunes_inside_quantize(model, x):
+    pruned = quantize(copy.deepcopy(model), PathMetricConfig(sparsity=0.5), example_inputs=x)
+    reference = pm.prune(model, 0.5, x)
+    assert abs(_zeros(pruned) - 0.5) < 0.01
+    assert pruned.path_metric_masks.keys() == reference.masks.keys()
+    assert all(torch.equal(pruned.path_metric_masks[k], reference.masks[k]) for k in reference.masks)
+    assert pruned.path_metric_bound == reference.certified_bound == pm.path_metric(model, pruned, x)
+    assert quantization_bound(model, x, PathMetricConfig(sparsity=0.5)) == reference.certified_bound
+    with pytest.raises(ValueError, match="example_inputs"):
+        quantize(copy.deepcopy(model), PathMetricConfig(sparsity=0.5))
+
+
+def test_autotune_over_sparsities(model, data, x):
+    sparsities = []
+
+    def evaluate(m):
+        sparsities.append(round(_zeros(m), 2))
+        return _eval(data)(m)
+
+    config = PathMetricConfig(sparsity=[0.95, 0.8, 0.5, 0.2])
+    best = autotune(copy.deepcopy(model), TuningConfig(config_set=[config], tolerable_loss=0.02),
+                    eval_fn=evaluate, example_inputs=x)
+    assert sparsities[0] == 0.0 and 1 < len(sparsities) - 1 <= 4  # baseline, then trials in order
+    assert sparsities[1:] == [0.95, 0.8, 0.5, 0.2][:len(sparsities) - 1]
+    assert _eval(data)(best) >= 0.98 * _eval(data)(model) and best.path_metric_bound > 0
+    # the sampler ranks sparsities by their certified bound: least pruning first
+    sampler = path_metric_sampler(model, x)([PathMetricConfig(sparsity=0.7), PathMetricConfig(sparsity=0.3)])
+    assert list(sampler) == [1, 0] and sampler.bounds[0] > sampler.bounds[1] > 0
