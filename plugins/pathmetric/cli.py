@@ -218,11 +218,17 @@ def cmd_nni(args) -> int:
     with _progress(1, "nni prune", args.json) as bar:
         result = prune_from_config(model, args.config, x, out=args.out)
         bar.update()
-    out = {"model": args.model, "config": args.config, "out": args.out}
-    for key in ("sparsity", "certified_bound"):
-        if hasattr(result, key):
-            out[key] = getattr(result, key)
-    _emit(args, out, "\n".join(f"{k}: {v}" for k, v in out.items()))
+    out = {"model": args.model, "config": args.config, "sparsity": result.sparsity,
+           "certified_bound": result.certified_bound, "params_before": result.params_before,
+           "params_after": result.params_after, "speedup": result.speedup, "out": args.out}
+    text = [_table(["module", "weight sparsity"], list(result.sparsity.items())), "",
+            f"parameters {result.params_before} -> {result.params_after}"
+            f"{' (NNI ModelSpeedup)' if result.speedup else ' (masked in place)'}",
+            f"certified: ||R(x) - R_pruned(x)||_1 <= max(||x||_inf, 1) * "
+            f"{result.certified_bound:.6e}"]
+    if args.out:
+        text.append(f"pruned model written to {args.out} (torch.save of the whole module)")
+    _emit(args, out, "\n".join(text))
     return 0
 
 

@@ -201,8 +201,9 @@ def _resolve(ref, named):
 
 
 def _layers(graph, named) -> list:
-    """Flat parameter vectors of the affine layers, BatchNorm folded into the conv/linear it
-    follows when that conv/linear feeds only it: ``W' = s W``, ``b' = s b + t``."""
+    """``(W, b)`` of every affine layer, each frozen BatchNorm folded into the conv/linear it
+    follows when that conv/linear feeds only it (``W' = s W``, ``b' = s b + t``); a standalone
+    BatchNorm is the diagonal layer ``(s, t)``. ``W`` has its output channels first."""
     consumers: dict = {}
     for j, node in enumerate(graph.nodes):
         for i in _value_inputs(node):
@@ -223,45 +224,54 @@ def _layers(graph, named) -> list:
         if graph.nodes[source].rule in ("conv", "linear") and consumers.get(source) == [j]:
             folded[source] = (s, t)
         else:
-            layers.append(torch.cat([s, t]))
+            layers.append((s.reshape(-1, 1), t))
     for i, node in enumerate(graph.nodes):
         if node.rule not in AFFINE:
             continue
         bound = _bind(node)
         w = _resolve(bound["weight"], named)
+        if node.rule == "conv_transpose":   # (in, out/groups, k...) -> output channels first
+            w = w.transpose(0, 1)
         b = _resolve(bound.get("bias"), named)
-        b = torch.zeros(w.shape[1] if node.rule == "conv_transpose" else w.shape[0],
-                        dtype=w.dtype) if b is None else b
+        b = torch.zeros(w.shape[0], dtype=w.dtype) if b is None else b
         if i in folded:
             s, t = folded[i]
             w = w * s.reshape((-1,) + (1,) * (w.dim() - 1))
             b = s * b + t
-        layers.append(torch.cat([w.flatten(), b.flatten()]))
+        layers.append((w.reshape(w.shape[0], -1), b))
     return layers
 
 
+def _layer_radius(w, b) -> float:
+    """``max(||W||_{inf->inf}, ||b||_inf)``: the largest row L1 norm (a conv's kernel, all input
+    channels; a transposed conv's is bounded by it too) and the largest bias."""
+    return max(float(w.abs().sum(1).max()), float(b.abs().max()) if b.numel() else 0.0)
+
+
 def classical_bound(model, other, example_inputs, input_bound=1.0) -> dict:
-    """Classical parameter-Lipschitz bound (arXiv 2205.11874, Theorem III.1, in the form
-    recalled in the introduction of arXiv 2405.15006) for the change ``theta -> theta'``:
+    """Classical parameter-Lipschitz bound, arXiv 2205.11874 (Theorem III.1), in the form
+    recalled in the introduction of arXiv 2405.15006, for the change ``theta -> theta'``:
 
     ``||R_theta(x) - R_theta'(x)||_1 <= (W ||x||_inf + 1) W L^2 R^(L-1) ||theta - theta'||_inf``
 
-    for a layered ReLU network with ``L`` affine layers, width ``W`` (most neurons in one layer,
-    input included) and ``||theta||_inf, ||theta'||_inf <= R``, ``R >= 1``. Read off the graph:
-    ``L`` = conv/linear layers on the longest path, ``W`` = :attr:`GraphFacts.width`, and
-    ``theta`` = all conv/linear weights and biases with each frozen BatchNorm folded into the
-    conv/linear before it (a standalone BatchNorm is its own diagonal layer ``(s, t)``).
-    The theorem is proved for layered fully-connected networks (a conv is one, with shared
-    weights); for DAGs (residual adds, concatenations) it is the customary heuristic comparison.
-    ``other``: module of the same architecture or ``{tensor name: replacement}``.
-    Natural logs; ``log_bound`` is ``-inf`` when nothing changes.
+    for a layered ReLU network with ``L`` affine layers ``x -> W_l x + b_l``, width ``W`` (most
+    neurons in one layer, input included) and ``R >= 1`` bounding every layer's
+    ``max(||W_l||_{inf->inf}, ||b_l||_inf)`` (largest row L1 norm) for both ``theta`` and
+    ``theta'``; ``||theta - theta'||_inf`` is the largest entry-wise change. Read off the graph:
+    ``L`` = conv/linear layers on the longest path, ``W`` = :attr:`GraphFacts.width`, layers as
+    :func:`_layers` (frozen BatchNorm folded). The theorem is proved for layered networks (a
+    conv is a fully-connected layer with shared weights); for DAGs (residual adds,
+    concatenations) it is the customary heuristic comparison. ``other``: module of the same
+    architecture or ``{tensor name: replacement}``. Natural logs; ``log_bound`` is ``-inf``
+    when nothing changes.
     """
     graph = capture(model, example_inputs)
     facts = graph_facts(model, example_inputs)
     before = _layers(graph, _named(model))
     after = _layers(graph, _named(model, other))
-    radius = max(1.0, max(float(v.abs().max()) for v in before + after if v.numel()))
-    delta = max(float((a - b).abs().max()) for a, b in zip(before, after) if a.numel())
+    radius = max([1.0] + [_layer_radius(w, b) for w, b in before + after])
+    delta = max(max(float((w - w2).abs().max()), float((b - b2).abs().max()) if b.numel() else 0.0)
+                for (w, b), (w2, b2) in zip(before, after))
     L, W = facts.affine_depth, facts.width
     log_bound = (math.log(W * input_bound + 1) + math.log(W) + 2 * math.log(L)
                  + (L - 1) * math.log(radius) + (math.log(delta) if delta > 0 else -math.inf))
@@ -273,16 +283,19 @@ def classical_vs_path(model, other, example_inputs, input_bound=1.0) -> dict:
     """Both certificates on ``||R_theta(x) - R_theta'(x)||_1`` for ``||x||_inf <= input_bound``:
     the path-metric one ``max(input_bound, 1) * d(theta, theta')`` (arXiv 2405.15006, with
     ``d`` from :func:`pathmetric.path_metric`) and :func:`classical_bound`; ``log_ratio`` =
-    ln(classical / path-metric) (positive: the path-metric bound is sharper)."""
+    ln(classical / path-metric) (positive: the path-metric bound is sharper; ``inf`` when the
+    path-metric is 0, e.g. only weights on no path were removed)."""
     from . import path_metric
 
     classical = classical_bound(model, other, example_inputs, input_bound)
     metric = path_metric(model, other, example_inputs)
     log_path = math.log(max(input_bound, 1.0)) + (math.log(metric) if metric > 0 else -math.inf)
-    finite = math.isfinite(classical["log_bound"]) and math.isfinite(log_path)
+    if math.isinf(classical["log_bound"]) and math.isinf(log_path):
+        log_ratio = math.nan          # no change at all: nothing to compare
+    else:
+        log_ratio = classical["log_bound"] - log_path
     return {**{f"classical_{k}": v for k, v in classical.items()},
-            "path_metric": metric, "log_path_bound": log_path,
-            "log_ratio": classical["log_bound"] - log_path if finite else math.nan}
+            "path_metric": metric, "log_path_bound": log_path, "log_ratio": log_ratio}
 
 
 # --------------------------------------------------------------------------- symmetries
