@@ -1,0 +1,342 @@
+"""Shared pieces of the evidence benchmarks (pruning curves, quantization ranking, certificate
+tightness) on the scikit-learn digits CNN of :mod:`pathmetric.digits`.
+
+Baselines are written here, not in the engine, and computed as their authors do:
+
+- **SynFlow** (Tanaka et al. 2020, ``Pruners/pruners.py`` of ganguli-lab/Synaptic-Flow): put the
+  model in eval mode, replace every state-dict entry by its absolute value (BN running statistics
+  included), feed one all-ones input, back-propagate ``sum(R(1))`` through the *masked* network and
+  score ``|dR/dw * w|``; prune globally and iterate ``rounds`` times on the exponential schedule
+  ``density_k = density ** (k / rounds)``. Max-pooling stays max-pooling, ReLUs stay ReLUs.
+- **Magnitude**: global ``|w|`` (Han et al. 2015); channel-wise the L1 norm of a channel's
+  incoming weights, the same share in every layer (Li et al. 2017). **Random**: uniform scores
+  from a seeded generator, global.
+- **HAWQ-style Hessian trace** (Dong et al. 2020, HAWQ-V2): ``Omega_l = Tr(H_l) / n_l *
+  ||Q(W_l) - W_l||_2^2`` where ``Tr(H_l)`` is the Hutchinson estimate ``mean_v v^T H_l v`` (Rademacher
+  ``v``) of the training cross-entropy's Hessian on a data batch.
+- **OBD-style**: ``0.5 * sum_i F_ii dw_i^2`` with ``F_ii`` the *empirical Fisher* diagonal
+  (mean over samples of the squared per-sample gradient of the cross-entropy), the usual stand-in
+  for OBD's Hessian diagonal.
+
+Everything runs on one CPU thread (the CNN is tiny; more threads only contend).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pathmetric as pm
+from pathmetric import digits
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def setup(seed: int = 0):
+    """``(model, data, example)``: the shipped digits CNN (eval mode), its data split, a 1x1x8x8 input."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    data = digits.load_digits_tensors(seed)
+    model = digits.pretrained(data)
+    return model, data, data[0][:1]
+
+
+# ----------------------------------------------------------------------------- masks and units
+
+def prunable(model, example) -> list[str]:
+    """Conv/linear module names on the graph, in order (the engine's ``prunable_layers``)."""
+    return list(pm.prunable_layers(model, example))
+
+
+def channel_units(model, example) -> dict[str, list[str]]:
+    """Per prunable layer except the last, the parameters that together make one output channel:
+    the layer's weight rows and bias, and a BatchNorm's weight and bias when the BatchNorm is the
+    next module in definition order and has as many features. ``{layer: [param names]}``."""
+    modules = list(model.named_modules())
+    index = {name: i for i, (name, _) in enumerate(modules)}
+    units = {}
+    for layer in prunable(model, example)[:-1]:
+        mod = dict(modules)[layer]
+        names = [f"{layer}.weight"] + ([f"{layer}.bias"] if mod.bias is not None else [])
+        nxt = modules[index[layer] + 1][1] if index[layer] + 1 < len(modules) else None
+        if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == mod.weight.shape[0]:
+            bn = modules[index[layer] + 1][0]
+            names += [f"{bn}.weight", f"{bn}.bias"]
+        units[layer] = names
+    return units
+
+
+def select(scores: dict[str, torch.Tensor], sparsity: float, cap: float = 1.0) -> dict[str, torch.Tensor]:
+    """Global selection: keep-masks removing the ``sparsity`` share of all entries with the lowest
+    scores (ties by position), never more than ``cap`` of one tensor's entries."""
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().double().flatten() for n in names])
+    owner = torch.cat([torch.full((scores[n].numel(),), i) for i, n in enumerate(names)])
+    budget = torch.tensor([math.floor(cap * scores[n].numel()) for n in names])
+    order = torch.argsort(flat, stable=True)
+    rank = torch.empty_like(order)
+    for i in range(len(names)):
+        mine = owner[order] == i
+        rank[mine] = torch.arange(int(mine.sum()))
+    eligible = order[rank < budget[owner[order]]]
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[eligible[: int(round(sparsity * flat.numel()))]] = False
+    out, start = {}, 0
+    for n in names:
+        out[n] = keep[start:start + scores[n].numel()].view_as(scores[n])
+        start += scores[n].numel()
+    return out
+
+
+def weight_masks(model, example, keep_units: dict[str, torch.Tensor], structured: bool):
+    """Keep-masks on parameters: unstructured ``keep_units`` are already per weight
+    (``{layer: mask like its weight}``); channel-wise ones (``{layer: bool[out]}``) are expanded
+    to every parameter of the unit (:func:`channel_units`)."""
+    named = dict(model.named_parameters())
+    if not structured:
+        return {f"{layer}.weight": m for layer, m in keep_units.items()}
+    units = channel_units(model, example)
+    return {p: keep_units[layer].view(-1, *[1] * (named[p].dim() - 1)).expand_as(named[p]).clone()
+            for layer in keep_units for p in units[layer]}
+
+
+def masked(model, masks):
+    """A deep copy of ``model`` with the masked-out parameter entries set to zero."""
+    out = copy.deepcopy(model)
+    named = dict(out.named_parameters())
+    with torch.no_grad():
+        for n, m in masks.items():
+            named[n].mul_(m.to(named[n].dtype))
+    return out.eval()
+
+
+def _unit_scores(model, example, per_weight, structured):
+    """Per-weight scores ``{layer: tensor like weight}`` -> units: weights, or the sum over a
+    channel's incoming weights (and bias when scored)."""
+    if not structured:
+        return {l: per_weight[f"{l}.weight"] for l in prunable(model, example)}
+    return {l: sum(per_weight[p].flatten(1).sum(1) if per_weight[p].dim() > 1 else per_weight[p]
+                   for p in (f"{l}.weight", f"{l}.bias") if p in per_weight)
+            for l in channel_units(model, example)}
+
+
+def magnitude_masks(model, example, sparsity, structured=False, cap=0.95):
+    """Magnitude: unstructured, global ``|w|`` (Han et al. 2015); channel-wise, the L1 norm of a
+    channel's incoming weights with the same share removed in every layer (Li et al. 2017: filter
+    norms are not comparable across layers)."""
+    named = dict(model.named_parameters())
+    scores = _unit_scores(model, example, {n: p.detach().abs() for n, p in named.items()
+                                           if n.endswith(".weight")}, structured)
+    if not structured:
+        return weight_masks(model, example, select(scores, sparsity, cap), structured)
+    keep = {l: select({l: s}, sparsity, cap)[l] for l, s in scores.items()}
+    return weight_masks(model, example, keep, structured)
+
+
+def random_masks(model, example, sparsity, structured=False, seed=0, cap=0.95):
+    """Uniformly random global selection (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    named = dict(model.named_parameters())
+    shapes = ({l: named[f"{l}.weight"].shape for l in prunable(model, example)} if not structured
+              else {l: named[f"{l}.weight"].shape[:1] for l in channel_units(model, example)})
+    scores = {l: torch.rand(s, generator=g) for l, s in shapes.items()}
+    return weight_masks(model, example, select(scores, sparsity, cap), structured)
+
+
+def path_masks(model, example, sparsity, structured=False, rounds=1):
+    """Path-magnitude: the engine's ``pm.prune`` (global scope, per-layer cap 0.95; ``rounds > 1``
+    re-scores the pruned network on SynFlow's exponential schedule)."""
+    return pm.prune(model, sparsity, example, structured=structured, rounds=rounds).masks
+
+
+def synflow_scores(model, example, masks) -> dict[str, torch.Tensor]:
+    """One SynFlow scoring pass on the masked network: ``|w * d sum(R_|theta|(1)) / dw|`` for
+    every parameter, ``R_|theta|`` = the model in eval mode with all state-dict entries replaced
+    by their absolute value, in float64, fed one all-ones input (the authors' ``SynFlow.score``)."""
+    net = masked(model, masks).double().eval()
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.abs_()
+    net.zero_grad()
+    net(torch.ones((1, *example.shape[1:]), dtype=torch.float64)).sum().backward()
+    return {n: (p.grad * p).detach().abs() for n, p in net.named_parameters()}
+
+
+def synflow_masks(model, example, sparsity, structured=False, rounds=100, cap=1.0):
+    """Iterative SynFlow: ``rounds`` scorings, each followed by global pruning to density
+    ``(1 - sparsity) ** (k / rounds)``; channel-wise, a channel's score is the sum of its incoming
+    weights' and bias' scores (the synaptic flow through the unit). No per-layer cap, as the
+    authors (``cap=1``)."""
+    masks = {}
+    for k in range(1, rounds + 1):
+        scores = _unit_scores(model, example, synflow_scores(model, example, masks), structured)
+        target = 1.0 - (1.0 - sparsity) ** (k / rounds)
+        masks = weight_masks(model, example, select(scores, target, cap), structured)
+    return masks
+
+
+CRITERIA = {"path-magnitude": path_masks, "magnitude": magnitude_masks,
+            "SynFlow": synflow_masks, "random": random_masks}
+
+
+# ----------------------------------------------------------------------------- output gaps
+
+def output_gap(model, other, x) -> torch.Tensor:
+    """Per-sample ``||R(x) - R'(x)||_1``, evaluated in float64."""
+    with torch.no_grad():
+        a = copy.deepcopy(model).double().eval()(x.double())
+        b = copy.deepcopy(other).double().eval()(x.double())
+    return (a - b).abs().flatten(1).sum(1)
+
+
+def adversarial_gap(model, other, x_data, radius=None, starts=64, steps=150, seed=0, box=None):
+    """Largest ``||R(x) - R'(x)||_1`` found by projected sign-gradient ascent on ``x``.
+
+    Search set: the sup-norm ball ``||x||_inf <= radius`` (default: the data's largest sup-norm,
+    where the certificate's factor ``max(||x||_inf, 1)`` is that of the data), or ``box=(lo, hi)``.
+    Starts: the ``starts // 2`` data points with the largest gap and as many uniform random points;
+    step size decays linearly from ``0.1`` to ``0.002`` of the set's width. Returns
+    ``(best gap, best x)``.
+    """
+    radius = float(x_data.abs().amax()) if radius is None else radius
+    lo, hi = box if box is not None else (-radius, radius)
+    a = copy.deepcopy(model).double().eval()
+    b = copy.deepcopy(other).double().eval()
+    for p in list(a.parameters()) + list(b.parameters()):
+        p.requires_grad_(False)
+    gaps = output_gap(a, b, x_data)
+    g = torch.Generator().manual_seed(seed)
+    top = x_data[gaps.argsort(descending=True)[: starts // 2]].double()
+    rand = lo + (hi - lo) * torch.rand((starts - len(top), *x_data.shape[1:]), generator=g, dtype=torch.float64)
+    x = torch.cat([top, rand]).clamp(lo, hi)
+    best, best_x = float(gaps.max()), x_data[gaps.argmax()].double()
+    for t in range(steps):
+        x.requires_grad_(True)
+        gap = (a(x) - b(x)).abs().flatten(1).sum(1)
+        i = int(gap.argmax())
+        if float(gap[i]) > best:
+            best, best_x = float(gap[i]), x[i].detach().clone()
+        (grad,) = torch.autograd.grad(gap.sum(), x)
+        step = (hi - lo) * (0.1 + (0.002 - 0.1) * t / max(steps - 1, 1))
+        x = (x.detach() + step * grad.sign()).clamp(lo, hi)
+    with torch.no_grad():
+        gap = (a(x) - b(x)).abs().flatten(1).sum(1)
+    if float(gap.max()) > best:
+        best, best_x = float(gap.max()), x[gap.argmax()].clone()
+    return best, best_x
+
+
+# ----------------------------------------------------------------------------- data-based proxies
+
+def _loss_params(model, layers):
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    params = {l: dict(net.named_modules())[l].weight for l in layers}
+    for p in params.values():
+        p.requires_grad_(True)
+    return net, params
+
+
+def hessian_traces(model, layers, x, y, samples=32, seed=0) -> dict[str, float]:
+    """HAWQ-style Hutchinson estimate of ``Tr(H_l)`` of the mean cross-entropy on ``(x, y)``
+    for the weight of every layer: ``mean over samples of v^T H_l v``, ``v`` Rademacher.
+    Cost: 1 forward and 1 backward (with graph) on the batch, then ``samples`` Hessian-vector
+    products (one double-backward each, all layers at once)."""
+    net, params = _loss_params(model, layers)
+    g = torch.Generator().manual_seed(seed)
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(params.values()), create_graph=True)
+    traces = {l: 0.0 for l in layers}
+    for _ in range(samples):
+        vs = [torch.randint(0, 2, p.shape, generator=g).to(p.dtype) * 2 - 1 for p in params.values()]
+        hvs = torch.autograd.grad(grads, list(params.values()), grad_outputs=vs, retain_graph=True)
+        for l, v, hv in zip(layers, vs, hvs):
+            traces[l] += float((v * hv).sum()) / samples
+    return traces
+
+
+def fisher_diagonals(model, layers, x, y) -> dict[str, torch.Tensor]:
+    """Empirical Fisher diagonal ``F_ii = mean_n (d loss_n / d w_i)^2`` of the cross-entropy for
+    every layer's weight, from per-sample gradients (``torch.func.vmap``): cost one forward and one
+    backward over the batch, per sample."""
+    net, params = _loss_params(model, layers)
+    names = {l: f"{l}.weight" for l in layers}
+    fixed = {n: p.detach() for n, p in net.named_parameters()}
+    buffers = dict(net.named_buffers())
+
+    def loss(ws, xi, yi):
+        state = dict(fixed, **{names[l]: w for l, w in ws.items()}, **buffers)
+        return F.cross_entropy(torch.func.functional_call(net, state, (xi[None],)), yi[None])
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(
+        {l: p.detach() for l, p in params.items()}, x, y)
+    return {l: (g ** 2).mean(0) for l, g in per_sample.items()}
+
+
+# ----------------------------------------------------------------------------- calibrated estimate
+
+@dataclass
+class Estimate:
+    """A certificate with an empirical estimate beside it. ``certified`` is a guaranteed upper
+    bound on ``sup_x ||R(x) - R'(x)||_1 / max(||x||_inf, 1)``; ``estimated`` is NOT a bound: it is
+    ``certified / ratio``, with ``ratio`` fitted on ``fitted_on`` inputs (``label`` says so)."""
+    certified: float
+    estimated: float
+    ratio: float
+    fitted_on: int
+    label: str
+
+
+def fit_ratio(model, others, x_calib) -> float:
+    """Calibration ratio ``certified / observed``: the geometric mean over the perturbed models
+    ``others`` of ``pm.path_metric(model, other) / max_{x in x_calib} ||R(x)-R'(x)||_1 / max(||x||_inf,1)``.
+    ``x_calib`` is a handful of inputs (e.g. 8); ``others`` a few compressions of the kind the
+    estimate will be used for (e.g. RTN at two bit-widths)."""
+    logs = []
+    scale = x_calib.flatten(1).abs().amax(1).clamp(min=1.0).double()
+    for other in others:
+        cert = pm.path_metric(model, other, x_calib[:1])
+        seen = float((output_gap(model, other, x_calib) / scale).max())
+        logs.append(math.log(cert / seen))
+    return math.exp(sum(logs) / len(logs))
+
+
+def calibrated_estimate(model, other, example, ratio: float, fitted_on: int) -> Estimate:
+    """``Estimate(certified=pm.path_metric(model, other), estimated=certified / ratio, ...)``;
+    ``ratio`` from :func:`fit_ratio` on ``fitted_on`` inputs."""
+    cert = pm.path_metric(model, other, example)
+    return Estimate(cert, cert / ratio, ratio, fitted_on,
+                    f"estimated: certified / {ratio:.3g}, ratio fitted on {fitted_on} inputs; not a bound")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def quantized(model, layers, bits, scheme="symmetric", granularity="per_channel"):
+    """A copy of ``model`` whose ``layers``' weights are RTN-quantized by ``pm.quantize_weights``."""
+    out = copy.deepcopy(model)
+    mods = dict(out.named_modules())
+    with torch.no_grad():
+        for l in layers:
+            w = mods[l].weight
+            w.copy_(pm.quantize_weights(w, bits, scheme=scheme, granularity=granularity))
+    return out.eval()
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+    return float(spearmanr(a, b).statistic)
+
+
+def markdown_table(header, rows) -> str:
+    """A GitHub markdown table; floats printed with 4 significant digits."""
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
