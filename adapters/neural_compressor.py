@@ -191,10 +191,11 @@ def path_metric_config_set(model, example_inputs, base_config, fallback=None, ma
     """Layer-wise fallback sequence ``[base, base + top-1 layer kept, base + top-2 kept, ...]``.
 
     Layers are the ones ``base_config`` quantizes, ranked by ``pm.layer_sensitivity`` (certified
-    path-metric of quantizing that layer alone at the config's bit-width, scheme and grouping),
-    most sensitive first; the k-th config sets the top-k layers to ``fallback`` (default: fp32).
-    With INC's default sequential sampler, ``autotune`` stops at the most compressed config of
-    the sequence that meets ``tolerable_loss``.
+    path-metric of quantizing that layer alone with the engine's round-to-nearest quantizer at the
+    global bit-width, scheme and grouping of ``base_config``), most sensitive first; the k-th
+    config sets the top-k layers to ``fallback`` (default: fp32), k = 0 .. ``max_fallbacks``
+    (default: all). With INC's default sequential sampler, ``autotune`` stops at the first config
+    of the sequence (fewest fallbacks) that meets ``tolerable_loss``.
     """
     quantized = sorted({name.rsplit(".", 1)[0] for name in simulate_weights(model, base_config)})
     engine_args = _engine_quantizer(base_config)
@@ -202,8 +203,9 @@ def path_metric_config_set(model, example_inputs, base_config, fallback=None, ma
                                 **{k: v for k, v in engine_args.items() if k != "bits"})
     ranked = sorted(quantized, key=lambda n: -sens[(n, engine_args["bits"])])
     fallback = fallback if fallback is not None else _fp32_config(base_config)
+    steps = len(ranked) if max_fallbacks is None else min(max_fallbacks, len(ranked))
     configs = []
-    for k in range(len(ranked) + 1 if max_fallbacks is None else min(max_fallbacks, len(ranked)) + 1):
+    for k in range(steps + 1):
         config = copy.deepcopy(base_config)
         for name in ranked[:k]:
             # RTN matches local names with re.match (a prefix); PT2E with exact module names.
