@@ -29,13 +29,12 @@ from torch import nn
 import pathmetric as pm
 from neural_compressor.common.base_config import register_config
 from neural_compressor.common.base_tuning import Sampler
-from neural_compressor.common.utils import DEFAULT_WHITE_LIST, RTN, STATIC_QUANT, Mode
+from neural_compressor.common.utils import DEFAULT_WHITE_LIST, RTN, Mode
 from neural_compressor.torch.algorithms.pt2e_quant.utility import create_quant_spec_from_config
 from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor, search_clip
 from neural_compressor.torch.quantization import DynamicQuantConfig, INT8StaticQuantConfig, RTNConfig
 from neural_compressor.torch.quantization.config import FRAMEWORK_NAME, OperatorConfig, TorchBaseConfig
 from neural_compressor.torch.utils import register_algo
-from neural_compressor.torch.utils.constants import PT2E_DYNAMIC_QUANT
 
 __all__ = ["simulate_weights", "quantization_bound", "path_metric_sampler", "path_metric_config_set",
            "PathMetricConfig", "PATH_METRIC"]
@@ -70,6 +69,7 @@ def simulate_weights(model, config):
 def quantization_bound(model, example_inputs, config):
     """Certified ``||Phi(theta) - Phi(theta')||_1`` with ``theta'`` = ``simulate_weights(model, config)``;
     for a ``PathMetricConfig``, ``theta'`` is the pruned model (``pm.prune(...).certified_bound``)."""
+    _check_eager(model)
     if isinstance(config, PathMetricConfig):
         return _prune(model, config, example_inputs, inplace=False).certified_bound
     return pm.path_metric(model, simulate_weights(model, config), example_inputs)
@@ -142,6 +142,13 @@ def _pt2e_weights(model, config):
     return out
 
 
+def _check_eager(model):
+    if getattr(model, "_exported", False):
+        raise TypeError("pass the eager model, not the one from neural_compressor.torch.export.export: "
+                        "the engine captures eager modules, and the exported graph keeps the same "
+                        "parameter names, so bounds computed on the eager model apply to it")
+
+
 def _observe_quantize_dequantize(w, c):
     spec = create_quant_spec_from_config(c.w_dtype, c.w_sym, c.w_granularity, c.w_algo)
     kwargs = dataclasses.asdict(spec)
@@ -172,6 +179,8 @@ def path_metric_sampler(model, example_inputs):
     config-set order), so the trial most likely to meet ``tolerable_loss`` runs first. Put
     candidates of comparable cost in one set: the sampler ranks by certified error only.
     """
+    _check_eager(model)
+
     class PathMetricSampler(Sampler):
         def __init__(self, config_source):
             self.bounds = [quantization_bound(model, example_inputs, config_source[i])
@@ -197,6 +206,7 @@ def path_metric_config_set(model, example_inputs, base_config, fallback=None, ma
     (default: all). With INC's default sequential sampler, ``autotune`` stops at the first config
     of the sequence (fewest fallbacks) that meets ``tolerable_loss``.
     """
+    _check_eager(model)
     quantized = sorted({name.rsplit(".", 1)[0] for name in simulate_weights(model, base_config)})
     engine_args = _engine_quantizer(base_config)
     sens = pm.layer_sensitivity(model, example_inputs, bits=(engine_args["bits"],), layers=quantized,

@@ -85,9 +85,8 @@ def run(seeds, tolerable_loss):
                 r = _tune(model, sequence, default_sampler, evaluate, goal, tolerable_loss)
                 fp32 = [k.rstrip("$") for k, v in r["accepted"].local_config.items()
                         if v.dtype == "fp32" and k.rstrip("$").isidentifier()]
-                grid_rows_fallback = (seed, ex.describe(base), name, r["trials"], fp32, r["accuracy"],
-                                      ex.storage_bits(model, r["accepted"]))
-                fallback_rows.append(grid_rows_fallback)
+                fallback_rows.append((seed, ex.describe(base), name, r["trials"], fp32, r["accuracy"],
+                                      ex.storage_bits(model, r["accepted"])))
         # cost: one bound versus one INC trial
         rtn = RTNConfig(bits=4, group_size=32)
         _, t_bound = _timed(lambda: quantization_bound(model, x, rtn))

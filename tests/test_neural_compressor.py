@@ -169,13 +169,15 @@ def test_fallbacks_leave_layers_untouched(model):
     assert sorted(static) == ["conv1.weight", "conv2.weight"]
 
 
-def test_unsupported_inputs_raise_clear_errors(model, data):
+def test_unsupported_inputs_raise_clear_errors(model, x):
     with pytest.raises(ValueError, match="RTN dtype 'nf4'"):
         simulate_weights(model, RTNConfig(dtype="nf4"))
     with pytest.raises(ValueError, match="BatchNorm"):
         simulate_weights(DigitsCNN().eval(), INT8StaticQuantConfig())
     with pytest.raises(TypeError, match="PathMetricConfig"):
         simulate_weights(model, PathMetricConfig())
+    with pytest.raises(TypeError, match="eager model"):
+        path_metric_sampler(_export(model, x), x)
 
 
 def test_bound_certifies_inc_quantized_outputs(model, data):
