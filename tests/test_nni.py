@@ -1,0 +1,258 @@
+"""NNI 3.0 adapter: patches, config loader, PathMetricPruner masks + ModelSpeedup, quantization bound."""
+import copy
+import json
+import logging
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pathmetric as pm
+from nni.common.concrete_trace_utils import concrete_tracer
+from nni.compression.pruning import L1NormPruner
+from nni.compression.speedup import ModelSpeedup
+from pathmetric.adapters import nni as pnni
+
+logging.getLogger("nni").setLevel(logging.WARNING)
+
+X64 = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+X32 = X64[..., :32, :32].clone()
+
+YAML = """\
+pruner: path_metric
+config_list:
+  - op_types: [Conv2d]
+    sparse_ratio: 0.5
+speedup: true
+"""
+
+
+def resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+def zero_channels(mask):
+    return int((mask.reshape(mask.shape[0], -1).sum(dim=1) == 0).sum())
+
+
+# ------------------------------------------------------------------ compatibility patches
+
+def test_compat_patches_are_needed_applied_and_reverted():
+    table = concrete_tracer.ConcreteTracer.default_autowrap_leaf_function
+    before = list(table.items())
+    original = concrete_tracer.node_is_impure_wrapper
+    assert any(getattr(f, "__module__", "") is None for f in table)  # what breaks on this torch
+    masks = {"0": {"weight": torch.ones(8, 3, 3, 3)}}
+    masks["0"]["weight"][:3] = 0
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(AttributeError):
+        ModelSpeedup(tiny(), x, masks).speedup_model()
+    with pnni.compat_patches():
+        assert not any(getattr(f, "__module__", "") is None for f in table)
+        assert concrete_tracer.node_is_impure_wrapper is not original
+        assert not pnni.apply_compat_patches()  # idempotent: already applied
+        model = tiny()
+        ModelSpeedup(model, x, masks).speedup_model()
+        assert model[0].out_channels == 5 and model(x).shape == (1, 4)
+    assert list(table.items()) == before and concrete_tracer.node_is_impure_wrapper is original
+    assert pnni.apply_compat_patches()
+    pnni.revert_compat_patches()
+    assert list(table.items()) == before and concrete_tracer.node_is_impure_wrapper is original
+
+
+# ------------------------------------------------------------------ config loading
+
+def test_config_errors_list_what_is_accepted(tmp_path):
+    with pytest.raises(ValueError, match="accepted: .*'fpgm'.*'l1'.*'path_metric'"):
+        pnni.load_config({"pruner": "magnitude", "config_list": [{"op_types": ["Conv2d"]}]})
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['sped_up'\].*speedup"):
+        pnni.load_config({"config_list": [{"op_types": ["Conv2d"]}], "sped_up": True})
+    with pytest.raises(ValueError, match=r"config_list\[1\].*sparsity_ratio.*sparse_ratio"):
+        pnni.load_config({"config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.5},
+                                          {"op_types": ["Linear"], "sparsity_ratio": 0.5}]})
+    with pytest.raises(ValueError, match="config_list"):
+        pnni.load_config({"pruner": "l1"})
+    with pytest.raises(ValueError, match="evaluator"):
+        pnni.pruner_from_config(tiny(), {"pruner": "taylor", "config_list": [
+            {"op_types": ["Conv2d"], "sparse_ratio": 0.5}]}, X32)
+    path = tmp_path / "prune.json"
+    path.write_text(json.dumps({"pruner": "l2", "config_list": [{"op_types": ["Conv2d"],
+                                                                  "sparse_ratio": 0.25}]}))
+    config = pnni.load_config(path)
+    assert config["pruner"] == "l2" and config["speedup"] is False
+    yaml_path = tmp_path / "prune.yaml"
+    yaml_path.write_text(YAML)
+    assert pnni.load_config(yaml_path) == {
+        "pruner": "path_metric", "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
+        "speedup": True, "auto_dependency": False, "pruner_args": {}}
+
+
+# ------------------------------------------------------------------ pruning + speedup
+
+@pytest.mark.slow
+def test_yaml_resnet18_masks_speedup_and_certificate(tmp_path):
+    path = tmp_path / "prune.yaml"
+    path.write_text(YAML)
+    model = resnet18()
+    reference = resnet18()
+    convs = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    result = pnni.prune_from_config(model, path, X64, out=tmp_path / "pruned.pt")
+    assert set(result.masks) == set(convs)
+    for name, channels in convs.items():
+        assert zero_channels(result.masks[name]["weight"]) == channels // 2
+        assert result.sparsity[name] == pytest.approx(0.5)
+    assert result.speedup and result.params_after < 0.6 * result.params_before
+    assert result.params_before == sum(p.numel() for p in reference.parameters())
+    assert model.eval()(X64).shape == reference(X64).shape == (1, 1000)
+    assert torch.load(tmp_path / "pruned.pt", weights_only=False)(X64).shape == (1, 1000)
+    named = dict(reference.named_parameters())
+    masked = {f"{m}.weight": named[f"{m}.weight"].detach() * t["weight"]
+              for m, t in result.masks.items()}
+    assert result.certified_bound == pm.path_metric(reference, masked, X64) > 0
+    # the path-metric masks remove less path mass than L1-norm masks of the same sparsity
+    l1 = pnni.prune_from_config(resnet18(), {"pruner": "l1", "config_list": [
+        {"op_types": ["Conv2d"], "sparse_ratio": 0.5}]}, X64)
+    assert all(zero_channels(l1.masks[n]["weight"]) == c // 2 for n, c in convs.items())
+    assert result.certified_bound < l1.certified_bound
+
+
+@pytest.mark.slow
+def test_yaml_vgg11_bn_masks_and_speedup(tmp_path):
+    path = tmp_path / "prune.yaml"
+    path.write_text(YAML)
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11_bn(weights=None).eval()
+    convs = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    result = pnni.prune_from_config(model, path, X64)
+    assert {n: zero_channels(result.masks[n]["weight"]) for n in convs} == {
+        n: c // 2 for n, c in convs.items()}
+    assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == [
+        c - c // 2 for c in convs.values()]
+    assert result.params_after < result.params_before
+    assert model.eval()(X64).shape == (1, 1000)
+
+
+@pytest.mark.slow
+def test_dependency_and_global_groups_resnet18():
+    """Residual convs in dependency groups, block-internal convs in one global group."""
+    residual = [["conv1", "layer1.0.conv2", "layer1.1.conv2"],
+                ["layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"],
+                ["layer3.0.conv2", "layer3.0.downsample.0", "layer3.1.conv2"],
+                ["layer4.0.conv2", "layer4.0.downsample.0", "layer4.1.conv2"]]
+    inner = [f"layer{i}.{j}.conv1" for i in range(1, 5) for j in range(2)]
+    config = {"pruner": "path_metric", "speedup": True, "config_list": [
+        {"op_names": names, "sparse_ratio": 0.25, "dependency_group_id": k}
+        for k, names in enumerate(residual)] + [
+        {"op_names": inner, "sparse_ratio": 0.5, "max_sparse_ratio": 0.7,
+         "global_group_id": "inner"}]}
+    model = resnet18()
+    result = pnni.prune_from_config(model, config, X64)
+    for names in residual:
+        first = result.masks[names[0]]["weight"]
+        first = first.reshape(first.shape[0], -1).amax(dim=1)
+        assert zero_channels(result.masks[names[0]]["weight"]) == len(first) // 4
+        for name in names[1:]:
+            assert torch.equal(result.masks[name]["weight"].reshape(len(first), -1).amax(dim=1),
+                               first)
+    sizes = {n: result.masks[n]["weight"].numel() for n in inner}
+    pruned = {n: 1 - float(result.masks[n]["weight"].mean()) for n in inner}
+    total = sum(pruned[n] * sizes[n] for n in inner) / sum(sizes.values())
+    grain = max(sizes[n] // result.masks[n]["weight"].shape[0] for n in inner)
+    assert 0.5 - grain / sum(sizes.values()) <= total <= 0.5  # whole channels are ranked
+    assert max(pruned.values()) <= 0.7 + 1e-6 and len({round(v, 3) for v in pruned.values()}) > 2
+    assert result.params_after < result.params_before
+    assert model.eval()(X64).shape == (1, 1000)
+
+
+def test_global_group_never_empties_a_layer():
+    """Without max_sparse_ratio, a global group keeps at least one channel of every layer."""
+    config = {"pruner": "path_metric", "config_list": [
+        {"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.9, "global_group_id": 0}]}
+    result = pnni.prune_from_config(tiny(), config, X32[..., :16, :16])
+    assert all(float(t["weight"].sum()) > 0 for t in result.masks.values())
+    capped = {"pruner": "path_metric", "config_list": [
+        {"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5, "global_group_id": 0,
+         "max_sparse_ratio": 0.6}]}
+    result = pnni.prune_from_config(tiny(), capped, X32[..., :16, :16])
+    assert max(result.sparsity.values()) <= 0.6
+
+
+def rescale_blocks(model, seed=3):
+    """Function-preserving copy: channel c of every block's bn1 (weight and bias) times
+    ``2**k_c``, input channel c of the block's conv2 divided by it (ReLU is 1-homogeneous)."""
+    out = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in (b for layer in (out.layer1, out.layer2, out.layer3, out.layer4)
+                      for b in layer):
+            factor = 2.0 ** torch.randint(-3, 4, (block.bn1.num_features,), generator=generator)
+            block.bn1.weight.mul_(factor)
+            block.bn1.bias.mul_(factor)
+            block.conv2.weight.div_(factor[None, :, None, None])
+    return out
+
+
+@pytest.mark.slow
+def test_masks_are_rescaling_invariant_unlike_l1():
+    model = resnet18()
+    rescaled = rescale_blocks(model)
+    assert torch.allclose(model(X32), rescaled(X32), rtol=1e-4, atol=1e-5)
+    channels = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0,
+                 "max_sparse_ratio": 0.9}]
+    elements = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.7}]
+
+    def masks(net, make, config_list):
+        pruner = make(net, config_list)
+        _, out = pruner.compress()
+        pruner.unwrap_model()
+        return {(m, t): v for m, ts in out.items() for t, v in ts.items() if v is not None}
+
+    for config_list, fine in ((channels, False), (elements, True)):
+        ours = [masks(net, lambda n, c: pnni.PathMetricPruner(n, c, X32, fine_grained=fine),
+                      config_list) for net in (model, rescaled)]
+        assert ours[0].keys() == ours[1].keys()
+        assert all(torch.equal(ours[0][k], ours[1][k]) for k in ours[0])
+    l1 = [masks(net, L1NormPruner, channels) for net in (model, rescaled)]
+    assert any(not torch.equal(l1[0][k], l1[1][k]) for k in l1[0])
+
+
+# ------------------------------------------------------------------ quantization
+
+@pytest.mark.slow
+def test_quantization_bound_equals_engine():
+    model = resnet18()
+    state = list(model.state_dict())
+    per_channel = [{"op_types": ["Conv2d", "Linear"], "target_names": ["weight"],
+                    "quant_dtype": "int8", "quant_scheme": "symmetric",
+                    "granularity": "out_channel"}]
+    per_tensor = [{"op_types": ["Conv2d", "Linear"], "target_names": ["_input_", "weight"],
+                   "quant_dtype": "int4"}]
+    affine = [{"op_types": ["Conv2d", "Linear"], "target_names": ["weight"],
+               "quant_dtype": "uint8", "quant_scheme": "affine", "granularity": "out_channel"}]
+    named = dict(model.named_parameters())
+    for config_list, engine in [(per_channel, dict(bits=8, granularity="per_channel")),
+                                (per_tensor, dict(bits=4, granularity="per_tensor"))]:
+        weights = pnni.quantized_parameters(model, config_list)
+        assert set(weights) == {f"{n}.weight" for n, m in model.named_modules()
+                                if isinstance(m, (nn.Conv2d, nn.Linear))}
+        assert all(torch.equal(w, pm.quantize_weights(named[n], **engine))
+                   for n, w in weights.items())
+        bound = pnni.quantization_bound_from_config(model, config_list, X32)
+        assert bound == pm.quantization_bound(model, X32, **engine) > 0
+    # NNI's affine grid rounds zero_point + w / scale: a few ties differ from the engine's
+    weights = pnni.quantized_parameters(model, affine)
+    engine = {n: pm.quantize_weights(named[n], 8, "asymmetric", "per_channel") for n in weights}
+    differ = sum(int((w != engine[n]).sum()) for n, w in weights.items())
+    assert differ < 1e-5 * sum(w.numel() for w in weights.values())
+    assert list(model.state_dict()) == state  # the model is not wrapped or modified
+    with pytest.raises(ValueError, match="no parameter"):
+        pnni.quantization_bound_from_config(model, [{"op_types": ["ReLU"],
+                                                     "quant_dtype": "int8"}], X32)
