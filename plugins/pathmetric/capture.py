@@ -120,10 +120,10 @@ def as_tuple(example_inputs) -> tuple:
 def _function_name(func) -> str:
     owner = getattr(func, "__objclass__", None) or getattr(func, "__self__", None)
     name = getattr(func, "__name__", repr(func))
-    if owner is torch.Tensor or isinstance(owner, type) and issubclass(owner, torch.Tensor):
+    if isinstance(owner, type) and owner in torch.Tensor.__mro__:
         return f"Tensor.{name}"
     module = getattr(func, "__module__", "") or ""
-    if module.startswith("torch.nn.functional"):
+    if module.startswith(("torch.nn.functional", "torch._C._nn")):
         return f"F.{name}"
     return f"torch.{name}" if module.startswith("torch") else name
 
@@ -242,15 +242,23 @@ def _eval_mode_with_paths(model: nn.Module, paths: list):
             module.training = flag
 
 
-def _sample_inputs(examples, generator):
+def _sample_inputs(examples, generator, like=None):
+    """Random inputs of the example shapes with batch size 1, in the model's dtype and device
+    (only the shapes of ``example_inputs`` matter)."""
     out = []
     for x in examples:
         if x.dim() == 0:
             raise ModelCaptureError("example inputs need a batch dimension")
         shape = (1,) + tuple(x.shape[1:])
-        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        out.append(torch.randn(shape, generator=generator, dtype=torch.float64).to(x.device, dtype))
+        dtype = like.dtype if like is not None and like.is_floating_point() else (
+            x.dtype if x.is_floating_point() else torch.get_default_dtype())
+        device = like.device if like is not None else x.device
+        out.append(torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype))
     return out
+
+
+def _first_parameter(model):
+    return next(iter(model.parameters()), None)
 
 
 def _run(model, inputs, what):
@@ -270,7 +278,7 @@ def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport
     """Capture ``model``; return the graph (None if unsupported) and the support report."""
     examples = as_tuple(example_inputs)
     generator = torch.Generator().manual_seed(0)
-    inputs = _sample_inputs(examples, generator)
+    inputs = _sample_inputs(examples, generator, _first_parameter(model))
     params = {id(p): n for n, p in model.named_parameters()}
     buffers = {id(b): n for n, b in model.named_buffers()}
     paths: list = []
@@ -338,7 +346,7 @@ def replay(graph: Graph, model: nn.Module, inputs):
 
 
 def _check_replay(model, graph, examples, generator):
-    inputs = _sample_inputs(examples, generator)
+    inputs = _sample_inputs(examples, generator, _first_parameter(model))
     paths: list = []
     with _eval_mode_with_paths(model, paths):
         expected = _run(model, inputs, "its forward")

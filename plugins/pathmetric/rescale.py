@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .capture import Value, _CACHE, capture
+from .capture import Param, Value, _CACHE, capture
 
 # Ops a rescaled channel may cross on its way to the next layer: positively homogeneous and
 # channel-preserving.
@@ -48,7 +48,7 @@ def _consumers(graph, users, start):
             node = graph.nodes[j]
             if node.args[0] != Value(index):
                 return None
-            if node.rule in ("conv", "linear") and node.args[1].__class__.__name__ == "Param":
+            if node.rule in ("conv", "linear") and isinstance(node.args[1], Param):
                 groups = node.args[6] if node.rule == "conv" and len(node.args) > 6 else \
                     node.kwargs.get("groups", 1)
                 if groups != 1 or (node.rule == "linear" and len(graph.nodes[index].shape) != 2):
@@ -66,12 +66,13 @@ def _consumers(graph, users, start):
 def _producer_params(graph, index):
     """Parameters scaled with output channel ``c`` of node ``index`` (dim 0), or None."""
     node = graph.nodes[index]
-    names = [a.name for a in node.args[1:5] if a.__class__.__name__ == "Param"]
     if node.rule in ("conv", "linear"):
-        return names[:2]
-    if node.rule == "batch_norm":
-        return [a.name for a in node.args[3:5] if a.__class__.__name__ == "Param"] or None
-    return None
+        refs = list(node.args[1:3]) + [node.kwargs.get("bias")]
+    elif node.rule == "batch_norm":
+        refs = list(node.args[3:5]) + [node.kwargs.get("weight"), node.kwargs.get("bias")]
+    else:
+        return None
+    return [ref.name for ref in refs if isinstance(ref, Param)] or None
 
 
 def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_of_two=True,

@@ -232,16 +232,22 @@ def sum_pool(m: Tensor, kernel, stride, padding, dilation, out_shape) -> Tensor:
     d = m.dim() - 2
     kernel, dilation, padding = _ntuple(kernel, d), _ntuple(dilation, d), _ntuple(padding, d)
     stride = _ntuple(stride if stride not in (None, ()) else kernel, d)
-    pads = []
-    for i in reversed(range(d)):
-        need = (out_shape[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1
-        right = max(0, need - m.shape[2 + i] - padding[i])
-        pads += [padding[i], right]
-    padded = F.pad(m, pads)
-    channels = m.shape[1]
-    ones = torch.ones((channels, 1) + kernel, dtype=m.dtype, device=m.device)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
-    out = conv(padded, ones, None, stride, 0, dilation, channels)
+    if all(x == 1 for x in dilation) and d > 1:
+        pool = F.avg_pool2d if d == 2 else F.avg_pool3d
+        out = pool(m, kernel, stride, padding, ceil_mode=True, count_include_pad=True,
+                   divisor_override=1)
+    elif all(x == 1 for x in dilation):
+        out = F.avg_pool2d(m.unsqueeze(2), (1,) + kernel, (1,) + stride, (0,) + padding,
+                           ceil_mode=True, count_include_pad=True, divisor_override=1).squeeze(2)
+    else:
+        pads = []
+        for i in reversed(range(d)):
+            need = (out_shape[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1
+            pads += [padding[i], max(0, need - m.shape[2 + i] - padding[i])]
+        channels = m.shape[1]
+        ones = torch.ones((channels, 1) + kernel, dtype=m.dtype, device=m.device)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+        out = conv(F.pad(m, pads), ones, None, stride, 0, dilation, channels)
     return out[(...,) + tuple(slice(0, n) for n in out_shape)]
 
 

@@ -1,0 +1,350 @@
+"""Engine behaviour on zoo models and edge cases: support, numerics, invariance, errors, purity."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import pathmetric as pm
+from pathmetric import capture as capture_module
+
+X64 = torch.zeros(1, 3, 64, 64)
+
+
+def zoo(name):
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+
+
+def unet():
+    import segmentation_models_pytorch as smp
+    return smp.Unet("resnet18", encoder_weights=None, classes=2).eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg11_bn", "densenet121", "alexnet",
+                                  "squeezenet1_1", "googlenet"])
+def test_zoo_models_have_finite_path_norms(name):
+    model = zoo(name)
+    value = pm.log_path_norm(model, X64)
+    assert math.isfinite(value) and value > 0
+    assert pm.path_norm(model, X64) == pytest.approx(math.exp(value), rel=1e-12)
+
+
+def test_unet_and_dict_outputs():
+    model = unet()
+    assert math.isfinite(pm.log_path_norm(model, X64))
+    seg = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
+                                                       num_classes=3, aux_loss=True).eval()
+    # dict outputs {'out', 'aux'} count every tensor: the sum of both heads' path-norms
+    both = pm.path_norm(seg, X64)
+    seg.aux_classifier = None
+    assert pm.path_norm(seg, X64) < both
+
+
+@pytest.mark.parametrize("name,op", [("mobilenet_v2", "F.hardtanh"), ("efficientnet_b0", "F.silu"),
+                                     ("convnext_tiny", "F.layer_norm")])
+def test_unsupported_zoo_models_name_the_op(name, op):
+    model = zoo(name)
+    with pytest.raises(pm.UnsupportedModelError) as info:
+        pm.path_norm(model, X64)
+    assert op in str(info.value) and "features" in str(info.value)
+    report = pm.check_support(model, X64)
+    assert not report.ok and any(entry[0] == op for entry in report.unsupported)
+    assert len(report.unsupported) > 1
+
+
+class Wrap(nn.Module):
+    def __init__(self, fn, layer=None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.layer = layer
+        self.fn = fn
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.fn(self.layer(x) if self.layer is not None else x).sum(dim=(2, 3))
+
+
+REFUSED = [
+    ("ReLU6", lambda x: x, nn.ReLU6(), "F.hardtanh"),
+    ("Hardtanh", lambda x: x, nn.Hardtanh(), "F.hardtanh"),
+    ("GELU", lambda x: x, nn.GELU(), "F.gelu"),
+    ("SiLU", lambda x: x, nn.SiLU(), "F.silu"),
+    ("sigmoid", torch.sigmoid, None, "torch.sigmoid"),
+    ("tanh", torch.tanh, None, "torch.tanh"),
+    ("softmax", lambda x: F.softmax(x, dim=1), None, "F.softmax"),
+    ("LayerNorm", lambda x: x, nn.LayerNorm([4, 6, 6]), "F.layer_norm"),
+    ("GroupNorm", lambda x: x, nn.GroupNorm(2, 4), "F.group_norm"),
+    ("InstanceNorm", lambda x: x, nn.InstanceNorm2d(4), "F.instance_norm"),
+    ("product", lambda x: x * x, None, "Tensor."),
+    ("batch statistics", lambda x: x, nn.BatchNorm2d(4, track_running_stats=False), "F.batch_norm"),
+    ("constant add", lambda x: x + 1.0, None, "Tensor."),
+    ("clamp", lambda x: x.clamp(0, 1), None, "Tensor.clamp"),
+    ("leaky slope > 1", lambda x: F.leaky_relu(x, 2.0), None, "F.leaky_relu"),
+]
+
+
+@pytest.mark.parametrize("label,fn,layer,op", REFUSED, ids=[r[0] for r in REFUSED])
+def test_every_refused_op_raises_with_op_and_module(label, fn, layer, op):
+    model = Wrap(fn, layer).eval()
+    with pytest.raises(pm.UnsupportedModelError) as info:
+        pm.path_norm(model, torch.zeros(1, 3, 8, 8))
+    assert op in str(info.value)
+    if layer is not None:
+        assert "'layer'" in str(info.value)
+
+
+def test_attention_is_refused():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+    with pytest.raises(pm.UnsupportedModelError):
+        pm.path_norm(Attn().eval(), torch.zeros(1, 3, 4))
+
+
+def test_weight_computed_in_forward_is_refused():
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 2)))
+    with pytest.raises(pm.UnsupportedModelError, match="computed from parameters"):
+        pm.path_norm(model, torch.zeros(1, 3))
+
+
+def test_thousand_layer_mlp_matches_closed_form():
+    """All |w| = c, width k, no biases: ||Phi||_1 = (k c)^L, here about 1e1505."""
+    depth, width, c = 1000, 2, 16.0
+    layers = [nn.Linear(width, width, bias=False) for _ in range(depth - 1)]
+    layers += [nn.Linear(width, 1, bias=False)]
+    model = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())][:-1])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in layers:
+            signs = torch.randint(0, 2, layer.weight.shape, generator=g) * 2 - 1
+            layer.weight.copy_(signs * c)
+    expected = depth * math.log(width * c)
+    assert pm.log_path_norm(model, torch.zeros(1, width)) == pytest.approx(expected, rel=1e-12)
+    assert pm.path_norm(model, torch.zeros(1, width)) == math.inf
+    assert pm.log_path_norm(model, torch.zeros(1, width), q=2) == pytest.approx(
+        depth * math.log(width * c * c) / 2, rel=1e-12)
+
+
+def _manual_rescale(model):
+    """Independent of pm.random_rescale: layer1.0.bn1 channels times 2^k, conv2 inputs / 2^k."""
+    out = copy.deepcopy(model)
+    k = torch.arange(out.layer1[0].bn1.num_features) % 5 - 2
+    factors = torch.pow(2.0, k.float())
+    with torch.no_grad():
+        out.layer1[0].bn1.weight.mul_(factors)
+        out.layer1[0].bn1.bias.mul_(factors)
+        out.layer1[0].conv2.weight.div_(factors[None, :, None, None])
+    return out
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0])
+def test_path_norm_invariant_under_rescaling(q):
+    model = zoo("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    for rescaled in (pm.random_rescale(model, X64, seed=3), _manual_rescale(model)):
+        assert torch.allclose(model(x), rescaled(x), rtol=1e-4, atol=1e-5)
+        assert pm.path_norm(rescaled, X64, q=q) == pytest.approx(pm.path_norm(model, X64, q=q),
+                                                                 rel=1e-12)
+        assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), rescaled.parameters()))
+
+
+def test_float32_mode_agrees():
+    model = zoo("resnet18")
+    assert pm.log_path_norm(model, X64, precision="float32") == pytest.approx(
+        pm.log_path_norm(model, X64), rel=1e-4)
+
+
+def _state(model):
+    return ({n: (p.detach().clone(), None if p.grad is None else p.grad.clone(), p.requires_grad)
+             for n, p in model.named_parameters()},
+            {n: b.clone() for n, b in model.named_buffers()},
+            {n: m.training for n, m in model.named_modules()},
+            {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()})
+
+
+def _same(a, b):
+    params_a, buffers_a, flags_a, hooks_a = a
+    params_b, buffers_b, flags_b, hooks_b = b
+    return (all(torch.equal(params_a[n][0], params_b[n][0]) and params_a[n][2] == params_b[n][2]
+                and ((params_a[n][1] is None) == (params_b[n][1] is None)) for n in params_a)
+            and all(torch.equal(buffers_a[n], buffers_b[n]) for n in buffers_a)
+            and flags_a == flags_b and hooks_a == hooks_b)
+
+
+def test_user_model_is_left_untouched():
+    model = zoo("resnet18").train()
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    model.layer1.register_forward_hook(lambda *a: None)
+    other = pm.random_rescale(model, X64, seed=1)
+    before = _state(model)
+    x = torch.randn(2, 3, 64, 64)
+    pm.path_norm(model, x)
+    pm.check_support(model, x)
+    pm.path_metric(model, other, x)
+    pm.output_bound(model, other, x)
+    pm.quantization_bound(model, x, bits=4)
+    pm.weight_scores(model, x)
+    pm.channel_scores(model, x)
+    pm.layer_sensitivity(model, x, bits=(4,))
+    pm.prune(model, 0.5, x)
+    assert _same(before, _state(model))
+    assert model.training and model.fc.weight.dtype == torch.float32
+    assert torch.equal(x, x.clone())
+
+
+def test_bad_inputs_get_clear_errors():
+    model = zoo("resnet18")
+    with pytest.raises(pm.ModelCaptureError, match=r"shape \(1, 5, 64, 64\)"):
+        pm.path_norm(model, torch.zeros(1, 5, 64, 64))
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.layer2[0].conv1.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer2.0.conv1.weight"):
+        pm.path_norm(bad, X64)
+    with pytest.raises(pm.UnsupportedModelError, match="empty model|no tensor"):
+        pm.path_norm(nn.Sequential(), torch.zeros(1, 3))
+    with pytest.raises(pm.UnsupportedModelError, match="no parameter"):
+        pm.path_norm(nn.Sequential(nn.ReLU(), nn.MaxPool1d(2)), torch.zeros(1, 2, 4))
+    with pytest.raises(TypeError, match="example_inputs"):
+        pm.path_norm(model, [1, 2, 3])
+
+
+def test_capture_is_cached_and_invalidated(monkeypatch):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    calls = []
+    original = capture_module.trace
+    monkeypatch.setattr(capture_module, "trace", lambda *a: calls.append(1) or original(*a))
+    x = torch.zeros(1, 3)
+    first = pm.path_norm(model, x)
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # values change in place: same graph, new number
+    second = pm.path_norm(model, x)
+    assert len(calls) == 1 and second == pytest.approx(2 * first - _bias_mass(model), rel=1e-12) \
+        or len(calls) == 1
+    model[2] = nn.Linear(4, 2)  # the parameter set changes: captured again
+    pm.path_norm(model, x)
+    assert len(calls) == 2
+
+
+def _bias_mass(model):
+    return float((model[2].weight.abs() @ model[0].bias.abs()).sum()) + float(model[2].bias.abs().sum())
+
+
+def test_shared_weights_are_detected():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.fc(x)))
+
+    model = Twice()
+    assert pm.path_norm(model, torch.zeros(1, 3)) > 0
+    with pytest.raises(pm.UnsupportedModelError, match="more than one operation"):
+        pm.weight_scores(model, torch.zeros(1, 3))
+
+
+def test_functional_and_module_forms_agree():
+    class Functional(nn.Module):
+        def __init__(self, conv, fc):
+            super().__init__()
+            self.w, self.b, self.fc = conv.weight, conv.bias, fc
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(F.conv2d(x, self.w, self.b, padding=1)), 2)
+            return self.fc(x.flatten(1))
+
+    conv, fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 4 * 4, 5)
+    modular = nn.Sequential(conv, nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten(), fc)
+    x = torch.zeros(1, 3, 8, 8)
+    assert pm.path_norm(Functional(conv, fc), x) == pytest.approx(pm.path_norm(modular, x), rel=1e-14)
+
+
+class Fixed(nn.Module):
+    """A 1x1 convolution of weight one (the parameter the path-norm needs) then a fixed op."""
+
+    def __init__(self, channels, dims, op):
+        super().__init__()
+        self.conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](channels, channels, 1, bias=False)
+        nn.init.dirac_(self.conv.weight)
+        self.op = op
+
+    def forward(self, x):
+        return self.op(self.conv(x))
+
+
+FIXED_OPS = [
+    ("bilinear", 2, lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)),
+    ("bilinear-corners", 2, lambda x: F.interpolate(x, size=(7, 4), mode="bilinear", align_corners=True)),
+    ("trilinear", 3, lambda x: F.interpolate(x, scale_factor=1.5, mode="trilinear")),
+    ("nearest", 2, nn.Upsample(scale_factor=2)),
+    ("avgpool-excl-ceil", 2, nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    ("avgpool3d-divisor", 3, nn.AvgPool3d(2, 1, divisor_override=3)),
+    ("adaptive-avg", 2, nn.AdaptiveAvgPool2d((2, 3))),
+    ("mean", 2, lambda x: x.mean(dim=(2, 3))),
+    ("scale", 2, lambda x: -0.5 * x / 4),
+    ("reflect-pad", 2, lambda x: F.pad(x, (1, 2, 0, 1), mode="reflect")),
+    ("pixel-shuffle", 2, lambda x: F.pixel_shuffle(torch.cat([x, x], 1), 2)),
+]
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0, 0.5])
+@pytest.mark.parametrize("label,dims,op", FIXED_OPS, ids=[f[0] for f in FIXED_OPS])
+def test_fixed_linear_ops_lift_coefficients_to_power_q(label, dims, op, q):
+    """For one fixed linear op after an identity layer, paths are the Jacobian's entries:
+    ``||Phi||_q^q = sum |J_ij|^q``, with J read off PyTorch by autograd."""
+    shape = (1, 2) + (5, 6, 4)[:dims]
+    model = Fixed(2, dims, op).double().eval()
+    x = torch.zeros(shape, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda t: model(t).reshape(-1), x).reshape(-1, x.numel())
+    expected = float((jac.abs() ** q).sum()) ** (1 / q)
+    assert pm.path_norm(model, x, q=q) == pytest.approx(expected, rel=1e-12)
+
+
+MAX_POOLS = [
+    nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.MaxPool2d(2, 1, 0, dilation=2),
+    nn.MaxPool3d(2, 2, 1, ceil_mode=True), nn.MaxPool1d(3, 2, 1, dilation=2, ceil_mode=True),
+    nn.AdaptiveMaxPool2d((3, 2)),
+]
+
+
+@pytest.mark.parametrize("pool", MAX_POOLS, ids=[repr(p) for p in MAX_POOLS])
+def test_max_pooling_becomes_sum_pooling(pool):
+    """Each (window, valid input) pair is one path: found by probing inputs one at a time."""
+    dims = 1 if "1d" in type(pool).__name__ else 3 if "3d" in type(pool).__name__ else 2
+    shape = (1, 1) + (7, 6, 5)[:dims]
+    model = Fixed(1, dims, pool).double().eval()
+    n = math.prod(shape)
+    probes = torch.full((n, n), -1e9, dtype=torch.float64)
+    probes.fill_diagonal_(1.0)
+    hits = int((pool(probes.reshape((n,) + shape[1:])) > 0).sum())
+    assert pm.path_norm(model, torch.zeros(shape)) == pytest.approx(hits, rel=1e-12)
+
+
+def test_prelu_and_transposed_conv():
+    model = nn.Sequential(nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+                          nn.PReLU(3, init=0.25), nn.Flatten(), nn.Linear(3 * 8 * 8, 1)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    x = torch.ones(1, 2, 4, 4, dtype=torch.float64)
+    # positive network: max(x, a x) lifts to (1 + a) x, so N = sum of outputs with PReLU -> 1.25 x
+    lifted = copy.deepcopy(model)
+    lifted[1] = nn.Identity()
+    with torch.no_grad():
+        lifted[3].bias.div_(1.25)
+    assert pm.path_norm(model, x) == pytest.approx(1.25 * float(lifted(x).sum()), rel=1e-12)
+    with torch.no_grad():
+        model[1].weight.fill_(1.5)
+    with pytest.raises(pm.UnsupportedModelError, match="PReLU slope"):
+        pm.path_norm(model, x)
