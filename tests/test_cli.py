@@ -203,3 +203,14 @@ def test_example_report_resnet_small(capsys):
     assert result["symmetries"]["rescaling_dims"] == 7680
     assert result["classical_vs_path"]["log_ratio"] > 0
     assert "ratio 10^" in capsys.readouterr().out
+
+
+def test_benchmark_classical_vs_path_tiny(tmp_path):
+    spec = importlib.util.spec_from_file_location("classical_vs_path",
+                                                  ROOT / "benchmarks" / "classical_vs_path.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--tiny", "--out", str(tmp_path)])
+    rows = [line.split(" | ") for line in (tmp_path / "classical_vs_path.md").read_text().splitlines()
+            if line.startswith("| digits") or line.startswith("| resnet18")]
+    assert len(rows) == 4 and all(float(r[-2]) > 0 for r in rows)   # log10 ratio > 0
