@@ -150,7 +150,7 @@ class PathMetricPruner(Pruner):
     - element-wise (``fine_grained=True``, like NNI's ``LevelPruner``): ``|theta_i|
       dN/d|theta_i| / N`` per weight (``pm.weight_scores``), exactly ``(N - N(theta_i = 0)) / N``;
     - ``out_channel`` (the default, like ``L1NormPruner``): the share through each output
-      channel, with its bias and the BatchNorm channel right after it (``pm.channel_scores``);
+      channel, with its bias and the BatchNorm channel right after it (as ``pm.channel_scores``);
     - targets sharing a ``dependency_group_id`` (all ``out_channel``): the share removed by
       zeroing the channel in every member (``pm.group_mass``; the sum over members, an upper
       bound, or the exact value with ``exact_groups=True``), given to every member so that NNI's
@@ -158,8 +158,8 @@ class PathMetricPruner(Pruner):
     - other block granularities: the sum of the weight shares of the block (exact: a path
       crosses a layer through one weight at most).
 
-    All scores are computed once per mask generation, for the whole model, on the unwrapped
-    model. Shares are comparable across layers, so global groups rank blocks of different layers
+    All scores come from one ``pm.PathMasses`` (one forward and one backward of the lifted
+    network) per mask generation, for the whole model, on the unwrapped model. Shares are comparable across layers, so global groups rank blocks of different layers
     by one unit; a global group never prunes a target beyond its ``max_sparse_ratio`` and never
     empties it (its best ``ceil((1 - max_sparse_ratio) * blocks)`` blocks, at least one, are
     kept). ``sparse_threshold`` is a share of ``N``.
@@ -190,10 +190,10 @@ class PathMetricPruner(Pruner):
                     yield module_name, target_name, space
 
     def _collect_data(self) -> dict:
-        """Engine scores of the unwrapped model, only the kinds the active targets need."""
-        active = list(self._active())
+        """One ``pm.PathMasses`` (a forward and a backward) of the unwrapped model, and the
+        dependency groups' shares (from it, or exact ones with ``exact_groups``)."""
         groups = defaultdict(list)
-        for module_name, target_name, space in active:
+        for module_name, target_name, space in self._active():
             if space.dependency_group_id is not None:
                 if space.granularity != "out_channel" or target_name != "weight":
                     raise ValueError(f"'{module_name}' is in dependency group "
@@ -201,53 +201,50 @@ class PathMetricPruner(Pruner):
                                      "dependency groups of output channels (granularity "
                                      "out_channel on 'weight') only")
                 groups[space.dependency_group_id].append((module_name, space.target.shape[0]))
-        needs_channels = any(s.granularity == "out_channel" and s.dependency_group_id is None
-                             for _, _, s in active)
-        needs_weights = any(s.granularity != "out_channel" for _, _, s in active)
         x = self.example_inputs
         self.unwrap_model()
         try:
             model = self.bound_model
-            data = {"weights": pm.weight_scores(model, x, relative=True) if needs_weights else {},
-                    "channels": pm.channel_scores(model, x, relative=True) if needs_channels
-                    else {}, "groups": {}}
+            masses = pm.PathMasses(model, x)
+            shares = {}
             for group_id, members in groups.items():
                 sizes = {size for _, size in members}
                 if len(sizes) != 1:
                     raise ValueError(f"dependency group {group_id!r} couples layers with different "
                                      f"numbers of output channels: {members}")
                 size = sizes.pop()
-                data["groups"][group_id] = pm.group_mass(
-                    model, x, [(name, "out", range(size), range(size)) for name, _ in members],
-                    size, exact=self.exact_groups, relative=True)
+                members = [(name, "out", range(size), range(size)) for name, _ in members]
+                shares[group_id] = pm.group_mass(model, x, members, size, exact=self.exact_groups,
+                                                 relative=True, masses=masses)
         finally:
             self.wrap_model()
-        return data
+        return {"masses": masses, "groups": shares}
 
     def _calculate_metrics(self, data: dict) -> dict:
+        masses = data["masses"]
         metrics = defaultdict(dict)
         for module_name, target_name, space in self._active():
             shape = space.target.shape
             if space.dependency_group_id is not None:
                 channel = data["groups"][space.dependency_group_id]
             elif space.granularity == "out_channel":
-                channel = data["channels"].get(module_name)
-                if channel is None:
+                if module_name not in masses.layers:
                     raise ValueError(f"'{module_name}' ({type(space._wrapper.module).__name__}) is "
                                      "not a conv/linear layer on the model's graph; PathMetricPruner "
                                      "scores the output channels of those only: exclude it "
                                      "(exclude_op_names / exclude_op_types)")
+                channel = masses.channel_share(module_name)
             else:
-                share = data["weights"].get(f"{module_name}.{target_name}")
-                if share is None:
-                    raise ValueError(f"'{module_name}.{target_name}' is not a weight or bias of a "
-                                     "conv/linear layer on the model's graph; exclude it")
-                metric = share if space._scaler is None else space._scaler.shrink(
-                    share, lambda t: t.sum(dim=-1), keepdim=True)
-                metrics[module_name][target_name] = metric
+                key = f"{module_name}.{target_name}"
+                if module_name not in masses.layers or key not in masses.layers[module_name][1:]:
+                    raise ValueError(f"'{key}' is not a weight or bias of a conv/linear layer on "
+                                     "the model's graph; exclude it")
+                share = masses.share(key).detach()
+                metrics[module_name][target_name] = share if space._scaler is None else \
+                    space._scaler.shrink(share, lambda t: t.sum(dim=-1), keepdim=True)
                 continue
             view = (shape[0],) + (1,) * (len(shape) - 1)
-            metrics[module_name][target_name] = channel.reshape(view)
+            metrics[module_name][target_name] = channel.detach().reshape(view)
         return metrics
 
     def _generate_sparsity(self, metrics: dict) -> dict:
@@ -396,7 +393,7 @@ class NNIPruneResult:
     model: nn.Module
     masks: dict
     sparsity: dict
-    certified_bound: float
+    certified_bound: float | None
     params_before: int
     params_after: int
     speedup: bool
@@ -414,11 +411,12 @@ def _eval_mode(model: nn.Module):
 
 
 def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
-                      evaluator=None) -> NNIPruneResult:
+                      evaluator=None, certify: bool = True) -> NNIPruneResult:
     """Prune ``model`` in place as a config file says; the CLI's ``pathmetric nni prune``.
 
     Builds the pruner (:func:`pruner_from_config`), generates the masks, unwraps the model,
-    certifies the masks with ``pm.path_metric``, then either shrinks the model with NNI's
+    certifies the masks with ``pm.path_metric`` (unless ``certify=False``: one pass less on big
+    models, ``certified_bound`` is then None), then either shrinks the model with NNI's
     ``ModelSpeedup`` (``speedup: true``; tracing runs in eval mode under
     :func:`compat_patches`) or multiplies the weights by their masks. Saves the whole model with
     ``torch.save`` when ``out`` is given.
@@ -433,7 +431,7 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     named = dict(model.named_parameters())
     masked = {f"{module}.{t}": named[f"{module}.{t}"].detach() * m
               for module, targets in masks.items() for t, m in targets.items()}
-    certified = pm.path_metric(model, masked, example_inputs)
+    certified = pm.path_metric(model, masked, example_inputs) if certify else None
     sparsity = {module: 1.0 - float(targets["weight"].mean())
                 for module, targets in masks.items() if "weight" in targets}
     if config["speedup"]:
