@@ -1,5 +1,6 @@
 """Shared pieces of the evidence benchmarks (pruning curves, quantization ranking, certificate
-tightness) on the scikit-learn digits CNN of :mod:`pathmetric.digits`.
+tightness) on real data shipped with scikit-learn: the digits CNN of :mod:`pathmetric.digits`, and
+a small MLP on the breast-cancer table.
 
 Baselines are written here, not in the engine, and computed as their authors do:
 
@@ -23,6 +24,7 @@ Everything runs on one CPU thread (the CNN is tiny; more threads only contend).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +39,64 @@ from pathmetric import digits
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def setup(seed: int = 0):
-    """``(model, data, example)``: the shipped digits CNN (eval mode), its data split, a 1x1x8x8 input."""
+class TabularMLP(nn.Module):
+    """``Linear(d, 64)+ReLU -> Linear(64, 64)+ReLU -> Linear(64, 32)+ReLU -> Linear(32, classes)``."""
+
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                                 nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def load_breast_cancer_tensors(seed: int = 0, test_fraction: float = 0.25):
+    """scikit-learn's breast-cancer data (569 x 30, 2 classes) as ``(x_train, y_train, x_test,
+    y_test)``, split per class by ``seed``, each feature min-max scaled to [0, 1] on the training
+    split (test values may fall slightly outside)."""
+    from sklearn.datasets import load_breast_cancer
+
+    raw = load_breast_cancer()
+    x = torch.tensor(raw.data, dtype=torch.float32)
+    y = torch.tensor(raw.target, dtype=torch.int64)
+    g = torch.Generator().manual_seed(seed)
+    test = torch.zeros(len(y), dtype=torch.bool)
+    for label in y.unique():
+        idx = (y == label).nonzero().flatten()
+        test[idx[torch.randperm(len(idx), generator=g)][: round(test_fraction * len(idx))]] = True
+    lo, hi = x[~test].amin(0), x[~test].amax(0)
+    x = (x - lo) / (hi - lo)
+    return x[~test], y[~test], x[test], y[test]
+
+
+DATASETS = {"digits": "digits CNN (pathmetric.digits.pretrained, 8x8 images)",
+            "breast_cancer": "breast-cancer MLP (30-64-64-32-2, trained here: 60 epochs, seed 0)"}
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_mlp(seed: int) -> dict:
+    """State dict of the breast-cancer MLP trained by ``digits.train`` (60 epochs), once per process."""
+    data = load_breast_cancer_tensors(seed)
+    torch.manual_seed(seed)
+    return digits.train(TabularMLP(data[0].shape[1], 2), data, epochs=60, seed=seed).state_dict()
+
+
+def setup(seed: int = 0, dataset: str = "digits"):
+    """``(model, data, example)`` in eval mode: the shipped digits CNN on digits, or a
+    :class:`TabularMLP` trained by ``digits.train`` on breast cancer; ``example`` = one input."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    data = digits.load_digits_tensors(seed)
-    model = digits.pretrained(data)
-    return model, data, data[0][:1]
+    if dataset == "digits":
+        data = digits.load_digits_tensors(seed)
+        model = digits.pretrained(data)
+    elif dataset == "breast_cancer":
+        data = load_breast_cancer_tensors(seed)
+        model = TabularMLP(data[0].shape[1], 2)
+        model.load_state_dict(_trained_mlp(seed))
+    else:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    return model.eval(), data, data[0][:1]
 
 
 # ----------------------------------------------------------------------------- masks and units
@@ -245,19 +298,22 @@ def _loss_params(model, layers):
 
 
 def hessian_traces(model, layers, x, y, samples=32, seed=0) -> dict[str, float]:
-    """HAWQ-style Hutchinson estimate of ``Tr(H_l)`` of the mean cross-entropy on ``(x, y)``
-    for the weight of every layer: ``mean over samples of v^T H_l v``, ``v`` Rademacher.
-    Cost: 1 forward and 1 backward (with graph) on the batch, then ``samples`` Hessian-vector
-    products (one double-backward each, all layers at once)."""
+    """HAWQ-style Hutchinson estimate of ``Tr(H_l)`` of the mean cross-entropy on ``(x, y)``, for
+    the weight block of every layer: ``mean over samples of v^T H_ll v``, ``v`` Rademacher on that
+    block only (as HAWQ, one block at a time: each term is >= 0 where the block is PSD).
+    Cost: 1 forward and 1 backward (with graph) on the batch, then ``samples * len(layers)``
+    Hessian-vector products (one double-backward each)."""
     net, params = _loss_params(model, layers)
     g = torch.Generator().manual_seed(seed)
     grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(params.values()), create_graph=True)
-    traces = {l: 0.0 for l in layers}
-    for _ in range(samples):
-        vs = [torch.randint(0, 2, p.shape, generator=g).to(p.dtype) * 2 - 1 for p in params.values()]
-        hvs = torch.autograd.grad(grads, list(params.values()), grad_outputs=vs, retain_graph=True)
-        for l, v, hv in zip(layers, vs, hvs):
-            traces[l] += float((v * hv).sum()) / samples
+    traces = {}
+    for i, (l, p) in enumerate(params.items()):
+        total = 0.0
+        for _ in range(samples):
+            v = torch.randint(0, 2, p.shape, generator=g).to(p.dtype) * 2 - 1
+            (hv,) = torch.autograd.grad(grads[i], p, grad_outputs=v, retain_graph=True)
+            total += float((v * hv).sum())
+        traces[l] = total / samples
     return traces
 
 
@@ -293,26 +349,40 @@ class Estimate:
     label: str
 
 
-def fit_ratio(model, others, x_calib) -> float:
-    """Calibration ratio ``certified / observed``: the geometric mean over the perturbed models
-    ``others`` of ``pm.path_metric(model, other) / max_{x in x_calib} ||R(x)-R'(x)||_1 / max(||x||_inf,1)``.
-    ``x_calib`` is a handful of inputs (e.g. 8); ``others`` a few compressions of the kind the
-    estimate will be used for (e.g. RTN at two bit-widths)."""
+TARGETS = {"data": "largest gap on inputs like the calibration ones",
+           "worst-case": "largest gap found by gradient ascent in the calibration inputs' sup-norm ball"}
+
+
+def fit_ratio(model, others, x_calib, target="data", steps=150, seed=0) -> float:
+    """Calibration ratio ``certified / observed``, the geometric mean over the compressed models
+    ``others`` (a few compressions of the kind the estimate will be used for, e.g. RTN at two
+    bit-widths) of ``pm.path_metric(model, other) / observed(other)``, where ``observed`` is, for
+    ``target='data'``, ``max_{x in x_calib} ||R(x)-R'(x)||_1 / max(||x||_inf, 1)`` and, for
+    ``target='worst-case'``, the gap :func:`adversarial_gap` finds from ``x_calib`` in the ball
+    ``||x||_inf <= max ||x_calib||_inf`` (``2 * len(x_calib)`` starts, ``steps`` steps), divided by
+    the same factor. ``x_calib``: a handful of inputs (e.g. 8)."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     logs = []
     scale = x_calib.flatten(1).abs().amax(1).clamp(min=1.0).double()
     for other in others:
         cert = pm.path_metric(model, other, x_calib[:1])
-        seen = float((output_gap(model, other, x_calib) / scale).max())
+        if target == "data":
+            seen = float((output_gap(model, other, x_calib) / scale).max())
+        else:
+            gap, at = adversarial_gap(model, other, x_calib, starts=2 * len(x_calib), steps=steps, seed=seed)
+            seen = gap / max(float(at.abs().max()), 1.0)
         logs.append(math.log(cert / seen))
     return math.exp(sum(logs) / len(logs))
 
 
-def calibrated_estimate(model, other, example, ratio: float, fitted_on: int) -> Estimate:
+def calibrated_estimate(model, other, example, ratio: float, fitted_on: int, target="data") -> Estimate:
     """``Estimate(certified=pm.path_metric(model, other), estimated=certified / ratio, ...)``;
-    ``ratio`` from :func:`fit_ratio` on ``fitted_on`` inputs."""
+    ``ratio`` from :func:`fit_ratio` with the same ``target`` on ``fitted_on`` inputs."""
     cert = pm.path_metric(model, other, example)
     return Estimate(cert, cert / ratio, ratio, fitted_on,
-                    f"estimated: certified / {ratio:.3g}, ratio fitted on {fitted_on} inputs; not a bound")
+                    f"estimated {TARGETS[target]}: certified / {ratio:.3g}, ratio fitted on {fitted_on} "
+                    "inputs; not a bound")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -15,6 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import evidence_common as ec  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The benchmarks run on one thread (``ec.setup``); restore the caller's setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _mlp(seed=0, bias=False):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(5, 7, bias=bias), nn.ReLU(), nn.Linear(7, 6, bias=bias), nn.ReLU(),
@@ -114,6 +123,10 @@ def test_calibrated_estimate_is_labelled_and_scaled():
     assert est.estimated * ratio == pytest.approx(est.certified)
     assert est.certified == pm.path_metric(model, ec.quantized(model, ec.prunable(model, x), 5), x)
     assert "not a bound" in est.label and est.fitted_on == 8
+    worst = ec.fit_ratio(model, others, data[0][:8], "worst-case", steps=10)
+    assert 1 < worst < ratio  # the search finds larger gaps than the 8 inputs themselves
+    with pytest.raises(ValueError, match="target"):
+        ec.fit_ratio(model, others, data[0][:8], "typical")
 
 
 # ----------------------------------------------------------------------------- tiny experiments
@@ -137,24 +150,30 @@ def test_pruning_curves_tiny(tmp_path):
 
 def test_quant_ranking_tiny(tmp_path):
     import quant_ranking
-    points, corr = quant_ranking.run(tiny=True, out=tmp_path)
+    results = quant_ranking.run(tiny=True, out=tmp_path)
     assert (tmp_path / "quant_ranking.md").stat().st_size > 0
     assert (tmp_path / "quant_ranking.png").stat().st_size > 0
-    assert len(points) == 4 * len(quant_ranking.BITS) * len(quant_ranking.GRANULARITIES)
-    for q in points:  # each layer's certificate holds on the test data
-        assert q["max_gap"] <= q["path-metric"]
-    assert all(-1 <= corr[p, "max_gap", "all"] <= 1 for p in quant_ranking.PREDICTORS)
-    assert corr["path-metric", "max_gap", "all"] > 0.5
+    assert set(results) == set(ec.DATASETS)
+    for points, corr in results.values():
+        assert len(points) == 4 * len(quant_ranking.BITS) * len(quant_ranking.GRANULARITIES)
+        for q in points:  # each layer's certificate holds on the test data (inputs within [0, 3])
+            assert q["max_gap"] <= 3 * q["path-metric"]
+        assert all(-1 <= corr[p, "max_gap", "all"] <= 1 for p in quant_ranking.PREDICTORS)
+        assert corr["path-metric", "max_gap", "all"] > 0.5
 
 
 def test_certificate_tightness_tiny(tmp_path):
     import certificate_tightness
-    rows = certificate_tightness.run(tiny=True, out=tmp_path)
+    results = certificate_tightness.run(tiny=True, out=tmp_path)
     assert (tmp_path / "certificate_tightness.md").stat().st_size > 0
     assert (tmp_path / "certificate_tightness.png").stat().st_size > 0
     tiny = certificate_tightness.TINY
-    assert len(rows) == len(tiny["bits"]) + 2 * len(tiny["sparsities"])
-    for r in rows:
-        assert r["data_gap"] <= r["ball_gap"] <= r["certified"]
-        assert r["box_gap"] <= r["certified"]
-        assert math.isfinite(r["estimated"]) and r["estimated"] < r["certified"]
+    assert set(results) == set(ec.DATASETS)
+    for dataset, rows in results.items():
+        assert len(rows) == len(tiny["bits"]) + 2 * len(tiny["sparsities"])
+        for r in rows:
+            assert max(r["data_gap"], r["box_gap"], r["ball_gap"]) <= r["certified"]
+            assert r["est_data"] < r["certified"] and r["est_worst"] < r["certified"]
+            assert r["est_data"] < r["est_worst"]
+            if dataset == "digits":  # sup-norm 1: the ball search starts from the worst images
+                assert r["data_gap"] <= r["ball_gap"]
