@@ -51,7 +51,7 @@ __all__ = ["PathMetricPruner", "PRUNERS", "CONFIG_KEYS", "load_config", "pruner_
 
 # --------------------------------------------------------------------------- compatibility
 
-_saved_tracer_state = None   # (leaf-function table, node_is_impure_wrapper) while patched
+_saved_tracer_state = None   # what apply_compat_patches replaced, while patched
 
 
 def apply_compat_patches() -> bool:
@@ -65,22 +65,34 @@ def apply_compat_patches() -> bool:
        replacement ``node_is_impure_wrapper(node)`` takes one argument. It is wrapped to accept
        and ignore the extra ones.
 
-    Both are undone exactly by :func:`revert_compat_patches`.
+    3. ``F.max_pool2d`` now runs ``torch.jit.annotate(list[int], [])``; while tracing, ``list``
+       is NNI's wrapper object, which cannot be subscripted. The wrappers of ``list``, ``dict``,
+       ... get a ``__getitem__`` that returns ``clz[item]`` (the generic alias).
+
+    All three are undone exactly by :func:`revert_compat_patches`.
     """
     global _saved_tracer_state
     if _saved_tracer_state is not None:
         return False
     table = concrete_tracer.ConcreteTracer.default_autowrap_leaf_function
-    original = concrete_tracer.node_is_impure_wrapper
-    _saved_tracer_state = (dict(table), original)
+    impure, iterable = (concrete_tracer.node_is_impure_wrapper,
+                        concrete_tracer._create_wrapped_leaf_iterable_class)
+    _saved_tracer_state = (dict(table), impure, iterable)
     for func in [f for f in table if getattr(f, "__module__", "") is None]:
         del table[func]
 
-    @functools.wraps(original)
+    @functools.wraps(impure)
     def node_is_impure_wrapper(node, *_args, **_kwargs):
-        return original(node)
+        return impure(node)
+
+    @functools.wraps(iterable)
+    def create_wrapped_leaf_iterable_class(tracer, clz):
+        wrapper = iterable(tracer, clz)
+        type(wrapper).__getitem__ = lambda _self, item: clz[item]
+        return wrapper
 
     concrete_tracer.node_is_impure_wrapper = node_is_impure_wrapper
+    concrete_tracer._create_wrapped_leaf_iterable_class = create_wrapped_leaf_iterable_class
     return True
 
 
@@ -89,11 +101,12 @@ def revert_compat_patches() -> None:
     global _saved_tracer_state
     if _saved_tracer_state is None:
         return
-    table, original = _saved_tracer_state
+    table, impure, iterable = _saved_tracer_state
     live = concrete_tracer.ConcreteTracer.default_autowrap_leaf_function
     live.clear()
     live.update(table)
-    concrete_tracer.node_is_impure_wrapper = original
+    concrete_tracer.node_is_impure_wrapper = impure
+    concrete_tracer._create_wrapped_leaf_iterable_class = iterable
     _saved_tracer_state = None
 
 

@@ -13,6 +13,7 @@ from nni.common.concrete_trace_utils import concrete_tracer
 from nni.compression.pruning import L1NormPruner
 from nni.compression.speedup import ModelSpeedup
 from pathmetric.adapters import nni as pnni
+from pathmetric.digits import DigitsCNN
 
 logging.getLogger("nni").setLevel(logging.WARNING)
 
@@ -48,24 +49,39 @@ def zero_channels(mask):
 def test_compat_patches_are_needed_applied_and_reverted():
     table = concrete_tracer.ConcreteTracer.default_autowrap_leaf_function
     before = list(table.items())
-    original = concrete_tracer.node_is_impure_wrapper
+    originals = (concrete_tracer.node_is_impure_wrapper,
+                 concrete_tracer._create_wrapped_leaf_iterable_class)
+
+    def restored():
+        return list(table.items()) == before and originals == (
+            concrete_tracer.node_is_impure_wrapper,
+            concrete_tracer._create_wrapped_leaf_iterable_class)
+
     assert any(getattr(f, "__module__", "") is None for f in table)  # what breaks on this torch
     masks = {"0": {"weight": torch.ones(8, 3, 3, 3)}}
     masks["0"]["weight"][:3] = 0
     x = torch.randn(1, 3, 16, 16)
     with pytest.raises(AttributeError):
         ModelSpeedup(tiny(), x, masks).speedup_model()
+    digits_masks = {"conv1": {"weight": torch.ones(16, 1, 3, 3)}}
+    digits_masks["conv1"]["weight"][:6] = 0
     with pnni.compat_patches():
         assert not any(getattr(f, "__module__", "") is None for f in table)
-        assert concrete_tracer.node_is_impure_wrapper is not original
         assert not pnni.apply_compat_patches()  # idempotent: already applied
         model = tiny()
-        ModelSpeedup(model, x, masks).speedup_model()
+        ModelSpeedup(model, x, masks).speedup_model()   # patches 1 and 2
         assert model[0].out_channels == 5 and model(x).shape == (1, 4)
-    assert list(table.items()) == before and concrete_tracer.node_is_impure_wrapper is original
+        model = DigitsCNN().eval()                       # patch 3: F.max_pool2d
+        ModelSpeedup(model, torch.randn(1, 1, 8, 8), digits_masks).speedup_model()
+        assert model.conv1.out_channels == 10 and model.conv2.in_channels == 10
+    assert restored()
+    placeholder = next(iter(torch.fx.symbolic_trace(nn.ReLU()).graph.nodes))
+    with pytest.raises(TypeError):
+        concrete_tracer.node_is_impure_wrapper(placeholder, True)  # torch's new call
     assert pnni.apply_compat_patches()
+    assert concrete_tracer.node_is_impure_wrapper(placeholder, True) is True
     pnni.revert_compat_patches()
-    assert list(table.items()) == before and concrete_tracer.node_is_impure_wrapper is original
+    assert restored()
 
 
 # ------------------------------------------------------------------ config loading
@@ -171,6 +187,20 @@ def test_dependency_and_global_groups_resnet18():
     assert max(pruned.values()) <= 0.7 + 1e-6 and len({round(v, 3) for v in pruned.values()}) > 2
     assert result.params_after < result.params_before
     assert model.eval()(X64).shape == (1, 1000)
+
+
+@pytest.mark.slow
+def test_auto_dependency_groups_share_masks():
+    config = {"auto_dependency": True, "config_list": [{"op_types": ["Conv2d"],
+                                                        "sparse_ratio": 0.5}]}
+    pruner = pnni.pruner_from_config(resnet18(), config, X32)
+    _, masks = pruner.compress()
+    for names in (["conv1", "layer1.0.conv2", "layer1.1.conv2"],
+                  ["layer4.0.conv2", "layer4.0.downsample.0", "layer4.1.conv2"]):
+        rows = [masks[n]["weight"].reshape(masks[n]["weight"].shape[0], -1).amax(dim=1)
+                for n in names]
+        assert all(torch.equal(rows[0], r) for r in rows[1:]) and float(rows[0].mean()) == 0.5
+    assert not torch.equal(masks["layer1.0.conv1"]["weight"], masks["layer1.1.conv1"]["weight"])
 
 
 def test_global_group_never_empties_a_layer():
