@@ -21,8 +21,8 @@ from pathmetric import digits
 
 import evidence_common as ec
 
-FULL = dict(sparsities=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), rounds=100, epochs=3)
-TINY = dict(sparsities=(0.5, 0.8), rounds=4, epochs=1)
+FULL = dict(sparsities=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), rounds=100, epochs=3, more_seeds=(1, 2, 3))
+TINY = dict(sparsities=(0.5, 0.8), rounds=4, epochs=1, more_seeds=(1,))
 
 
 CRITERIA = ("path-magnitude", "path-magnitude iterative", "magnitude", "SynFlow", "random")
@@ -67,19 +67,35 @@ def run(tiny=False, out: Path = ec.RESULTS, seed=0):
                                      criterion=criterion, weights=tag, sparsity=sparsity,
                                      one_shot=one_shot, finetuned=digits.accuracy(tuned, x_test, y_test)))
                 rows[-1]["agreement"] = rows[-2]["agreement"] = agreement(masks["trained"], masks["rescaled"])
+    checks = seed_check(model, data, example, cfg)
     seconds = time.perf_counter() - t0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_table(rows, base, cfg, seconds, out / "pruning_curves.md")
+    write_table(rows, checks, base, cfg, seconds, out / "pruning_curves.md")
     plot(rows, base, out / "pruning_curves.png")
     return rows
+
+
+def seed_check(model, data, example, cfg, sparsity=0.8):
+    """Unstructured path-magnitude and magnitude at ``sparsity`` after further rescalings
+    (``pm.random_rescale`` seeds ``cfg['more_seeds']``): ``[(seed, criterion, one-shot, fine-tuned)]``."""
+    out = []
+    for seed in cfg["more_seeds"]:
+        net = pm.random_rescale(model, example, seed=seed)
+        for criterion in ("path-magnitude", "magnitude"):
+            masks = ec.CRITERIA[criterion](net, example, sparsity)
+            pruned = ec.masked(net, masks)
+            one_shot = digits.accuracy(pruned, data[2], data[3])
+            tuned = digits.finetune(pruned, data, masks, epochs=cfg["epochs"])
+            out.append((seed, criterion, one_shot, digits.accuracy(tuned, data[2], data[3])))
+    return out
 
 
 def _get(rows, **key):
     return [r for r in rows if all(r[k] == v for k, v in key.items())]
 
 
-def write_table(rows, base, cfg, seconds, path):
+def write_table(rows, checks, base, cfg, seconds, path):
     criteria = list(CRITERIA)
     lines = ["# Pruning curves (digits CNN, scikit-learn digits test split)\n",
              f"Trained model test accuracy: {base:.4f}. Fine-tune: {cfg['epochs']} epochs Adam lr 1e-3, "
@@ -102,6 +118,8 @@ def write_table(rows, base, cfg, seconds, path):
                                 for c in criteria] for s in cfg["sparsities"]]
         lines.append(f"\n## {structure}, share of mask entries identical with and without rescaling\n")
         lines.append(ec.markdown_table(header, body))
+    lines.append("\n## Other rescalings: unstructured, 80 % sparsity, test accuracy\n")
+    lines.append(ec.markdown_table(["rescaling seed", "criterion", "one-shot", "fine-tuned"], checks))
     Path(path).write_text("\n".join(lines))
 
 

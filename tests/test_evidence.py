@@ -146,6 +146,7 @@ def test_pruning_curves_tiny(tmp_path):
                 and r["sparsity"] == 0.8]
         assert pair[0]["one_shot"] == pair[1]["one_shot"]
     assert any(r["agreement"] < 1 for r in rows if r["criterion"] == "magnitude")
+    assert "Other rescalings" in (tmp_path / "pruning_curves.md").read_text()
 
 
 def test_quant_ranking_tiny(tmp_path):
