@@ -273,8 +273,8 @@ def adversarial_gap(model, other, x_data, radius=None, starts=64, steps=150, see
         x.requires_grad_(True)
         gap = (a(x) - b(x)).abs().flatten(1).sum(1)
         i = int(gap.argmax())
-        if float(gap[i]) > best:
-            best, best_x = float(gap[i]), x[i].detach().clone()
+        if float(gap[i].detach()) > best:
+            best, best_x = float(gap[i].detach()), x[i].detach().clone()
         (grad,) = torch.autograd.grad(gap.sum(), x)
         step = (hi - lo) * (0.1 + (0.002 - 0.1) * t / max(steps - 1, 1))
         x = (x.detach() + step * grad.sign()).clamp(lo, hi)

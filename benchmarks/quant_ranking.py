@@ -95,14 +95,15 @@ def measure(dataset, cfg, seed):
 
 
 def correlations(points):
-    """``{(predictor, measured, scope): Spearman}``; scope 'all' or a bit-width."""
+    """``{(predictor, measured, 'all'): Spearman}`` over all points, and
+    ``{(predictor, 'max_gap', bits): Spearman}`` within each bit-width."""
     out = {}
     for p in PREDICTORS:
         for key, _ in MEASURED:
             out[p, key, "all"] = ec.spearman([q[p] for q in points], [q[key] for q in points])
-            for b in BITS:
-                sub = [q for q in points if q["bits"] == b]
-                out[p, key, b] = ec.spearman([q[p] for q in sub], [q[key] for q in sub])
+        for b in BITS:
+            sub = [q for q in points if q["bits"] == b]
+            out[p, "max_gap", b] = ec.spearman([q[p] for q in sub], [q["max_gap"] for q in sub])
     return out
 
 
