@@ -74,7 +74,7 @@ def _structured_targets(masses: PathMasses):
         if layer in masses.output_layers or masses.graph.nodes[index].rule == "conv_transpose":
             continue
         params = [weight] + ([bias] if bias else [])
-        bn = masses._followers.get(layer)
+        bn = masses.batch_norm_after.get(layer)
         if bn is not None:
             params += [f"{bn}.weight", f"{bn}.bias"]
         named[layer] = params

@@ -60,9 +60,10 @@ class PathMasses:
                          for index, value in kept.items()}
         self.output_layers = {name for name, (index, _, _) in self.layers.items()
                               if index in outputs_nodes}
-        self._followers = self._batch_norms_after_layers()
+        self.batch_norm_after = self._batch_norms_after_layers()
 
     def _batch_norms_after_layers(self) -> dict:
+        """Layer name -> the frozen BatchNorm that reads its output directly (if any)."""
         users = self.graph.users()
         out = {}
         for name, (index, _, _) in self.layers.items():
@@ -106,7 +107,7 @@ class PathMasses:
         neurons = self._neurons[index]
         dim = 1 if node.rule in ("conv", "conv_transpose") else neurons.dim() - 1
         per_channel = neurons.transpose(0, dim).reshape(neurons.shape[dim], -1).sum(dim=1)
-        bn = self._followers.get(layer)
+        bn = self.batch_norm_after.get(layer)
         if bn is not None:
             per_channel = per_channel + self._shares[f"{bn}.shift"]
         return per_channel
