@@ -8,7 +8,7 @@ the input inside the data's sup-norm ball ``||x||_inf <= B`` (B = the data's lar
 for digits) and inside the data's box ``[min, max]^d``. Asserts that no gap ever exceeds the
 per-sample ``pm.output_bound`` (nor ``max(B, 1) * certified`` in the search). Reports
 ``certified / found`` and how stable it is across bit-widths and sparsities, and evaluates the
-calibrated estimates of ``evidence_common.calibrated_estimate`` (ratio fitted on 8 training inputs
+calibrated estimates of ``pm.calibrate`` / ``pm.estimate`` (ratio fitted on 8 training inputs
 and two settings, for the largest gap on data and for the worst case found by search, checked on
 the other settings).
 
@@ -100,10 +100,12 @@ def measure(dataset, cfg, seed):
         calib = cfg["calib_bits"] if family == "RTN" else cfg["calib_sparsities"]
         fit = [r for r in fam if r["value"] in calib]
         for target, key in (("data", "est_data"), ("worst-case", "est_worst")):
-            ratio = ec.fit_ratio(model, [r["other"] for r in fit], x_calib, target, steps=cfg["steps"], seed=seed)
+            fitted = pm.calibrate(model, [r["other"] for r in fit], x_calib, target, steps=cfg["steps"],
+                                  seed=seed)
             for r in fam:
-                est = ec.calibrated_estimate(model, r["other"], example, ratio, CALIB_INPUTS, target)
-                r.update({key: est.estimated, key + "_ratio": ratio, "calibration": r["value"] in calib})
+                est = pm.estimate(model, r["other"], example, fitted)
+                r.update({key: est.estimated, key + "_ratio": fitted.ratio,
+                          "calibration": r["value"] in calib})
     for r in rows:
         del r["other"]
     return rows, dict(radius=radius, box=box, n_all=len(x_all), n_test=len(x_test), seconds=seconds)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathmetric as pm
-from pathmetric import digits
+from pathmetric import calibration, digits
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -240,49 +239,7 @@ CRITERIA = {"path-magnitude": path_masks, "magnitude": magnitude_masks,
 
 # ----------------------------------------------------------------------------- output gaps
 
-def output_gap(model, other, x) -> torch.Tensor:
-    """Per-sample ``||R(x) - R'(x)||_1``, evaluated in float64."""
-    with torch.no_grad():
-        a = copy.deepcopy(model).double().eval()(x.double())
-        b = copy.deepcopy(other).double().eval()(x.double())
-    return (a - b).abs().flatten(1).sum(1)
-
-
-def adversarial_gap(model, other, x_data, radius=None, starts=64, steps=150, seed=0, box=None):
-    """Largest ``||R(x) - R'(x)||_1`` found by projected sign-gradient ascent on ``x``.
-
-    Search set: the sup-norm ball ``||x||_inf <= radius`` (default: the data's largest sup-norm,
-    where the certificate's factor ``max(||x||_inf, 1)`` is that of the data), or ``box=(lo, hi)``.
-    Starts: the ``starts // 2`` data points with the largest gap and as many uniform random points;
-    step size decays linearly from ``0.1`` to ``0.002`` of the set's width. Returns
-    ``(best gap, best x)``.
-    """
-    radius = float(x_data.abs().amax()) if radius is None else radius
-    lo, hi = box if box is not None else (-radius, radius)
-    a = copy.deepcopy(model).double().eval()
-    b = copy.deepcopy(other).double().eval()
-    for p in list(a.parameters()) + list(b.parameters()):
-        p.requires_grad_(False)
-    gaps = output_gap(a, b, x_data)
-    g = torch.Generator().manual_seed(seed)
-    top = x_data[gaps.argsort(descending=True)[: starts // 2]].double()
-    rand = lo + (hi - lo) * torch.rand((starts - len(top), *x_data.shape[1:]), generator=g, dtype=torch.float64)
-    x = torch.cat([top, rand]).clamp(lo, hi)
-    best, best_x = float(gaps.max()), x_data[gaps.argmax()].double()
-    for t in range(steps):
-        x.requires_grad_(True)
-        gap = (a(x) - b(x)).abs().flatten(1).sum(1)
-        i = int(gap.argmax())
-        if float(gap[i].detach()) > best:
-            best, best_x = float(gap[i].detach()), x[i].detach().clone()
-        (grad,) = torch.autograd.grad(gap.sum(), x)
-        step = (hi - lo) * (0.1 + (0.002 - 0.1) * t / max(steps - 1, 1))
-        x = (x.detach() + step * grad.sign()).clamp(lo, hi)
-    with torch.no_grad():
-        gap = (a(x) - b(x)).abs().flatten(1).sum(1)
-    if float(gap.max()) > best:
-        best, best_x = float(gap.max()), x[gap.argmax()].clone()
-    return best, best_x
+output_gap, adversarial_gap = calibration.output_gap, calibration.adversarial_gap
 
 
 # ----------------------------------------------------------------------------- data-based proxies
@@ -336,54 +293,6 @@ def fisher_diagonals(model, layers, x, y) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- calibrated estimate
-
-@dataclass
-class Estimate:
-    """A certificate with an empirical estimate beside it. ``certified`` is a guaranteed upper
-    bound on ``sup_x ||R(x) - R'(x)||_1 / max(||x||_inf, 1)``; ``estimated`` is NOT a bound: it is
-    ``certified / ratio``, with ``ratio`` fitted on ``fitted_on`` inputs (``label`` says so)."""
-    certified: float
-    estimated: float
-    ratio: float
-    fitted_on: int
-    label: str
-
-
-TARGETS = {"data": "largest gap on inputs like the calibration ones",
-           "worst-case": "largest gap found by gradient ascent in the calibration inputs' sup-norm ball"}
-
-
-def fit_ratio(model, others, x_calib, target="data", steps=150, seed=0) -> float:
-    """Calibration ratio ``certified / observed``, the geometric mean over the compressed models
-    ``others`` (a few compressions of the kind the estimate will be used for, e.g. RTN at two
-    bit-widths) of ``pm.path_metric(model, other) / observed(other)``, where ``observed`` is, for
-    ``target='data'``, ``max_{x in x_calib} ||R(x)-R'(x)||_1 / max(||x||_inf, 1)`` and, for
-    ``target='worst-case'``, the gap :func:`adversarial_gap` finds from ``x_calib`` in the ball
-    ``||x||_inf <= max ||x_calib||_inf`` (``2 * len(x_calib)`` starts, ``steps`` steps), divided by
-    the same factor. ``x_calib``: a handful of inputs (e.g. 8)."""
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
-    logs = []
-    scale = x_calib.flatten(1).abs().amax(1).clamp(min=1.0).double()
-    for other in others:
-        cert = pm.path_metric(model, other, x_calib[:1])
-        if target == "data":
-            seen = float((output_gap(model, other, x_calib) / scale).max())
-        else:
-            gap, at = adversarial_gap(model, other, x_calib, starts=2 * len(x_calib), steps=steps, seed=seed)
-            seen = gap / max(float(at.abs().max()), 1.0)
-        logs.append(math.log(cert / seen))
-    return math.exp(sum(logs) / len(logs))
-
-
-def calibrated_estimate(model, other, example, ratio: float, fitted_on: int, target="data") -> Estimate:
-    """``Estimate(certified=pm.path_metric(model, other), estimated=certified / ratio, ...)``;
-    ``ratio`` from :func:`fit_ratio` with the same ``target`` on ``fitted_on`` inputs."""
-    cert = pm.path_metric(model, other, example)
-    return Estimate(cert, cert / ratio, ratio, fitted_on,
-                    f"estimated {TARGETS[target]}: certified / {ratio:.3g}, ratio fitted on {fitted_on} "
-                    "inputs; not a bound")
-
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -1,8 +1,6 @@
 """The ``pathmetric`` command: every subcommand on a zoo model, numbers checked against the library."""
-import copy
 import importlib.util
 import json
-import math
 import subprocess
 import sys
 from importlib.metadata import entry_points

@@ -1,6 +1,5 @@
 """The evidence benchmarks (benchmarks/pruning_curves.py, quant_ranking.py,
 certificate_tightness.py) at tiny size, and the baselines they compare against."""
-import math
 import sys
 from pathlib import Path
 
@@ -117,16 +116,16 @@ def test_adversarial_search_beats_the_data_and_stays_under_the_certificate():
 def test_calibrated_estimate_is_labelled_and_scaled():
     model, data, x = ec.setup()
     others = [ec.quantized(model, ec.prunable(model, x), b) for b in (4, 6)]
-    ratio = ec.fit_ratio(model, others, data[0][:8])
-    est = ec.calibrated_estimate(model, ec.quantized(model, ec.prunable(model, x), 5), x, ratio, 8)
-    assert ratio > 1
-    assert est.estimated * ratio == pytest.approx(est.certified)
+    fitted = pm.calibrate(model, others, data[0][:8], "data")
+    est = pm.estimate(model, ec.quantized(model, ec.prunable(model, x), 5), x, fitted)
+    assert fitted.ratio > 1 and fitted.fitted_on == 8 and fitted.settings == 2
+    assert est.estimated * fitted.ratio == pytest.approx(est.certified)
     assert est.certified == pm.path_metric(model, ec.quantized(model, ec.prunable(model, x), 5), x)
-    assert "not a bound" in est.label and est.fitted_on == 8
-    worst = ec.fit_ratio(model, others, data[0][:8], "worst-case", steps=10)
-    assert 1 < worst < ratio  # the search finds larger gaps than the 8 inputs themselves
+    assert "not a bound" in est.label and "8 inputs" in est.label
+    worst = pm.calibrate(model, others, data[0][:8], "worst-case", steps=10)
+    assert 1 < worst.ratio < fitted.ratio  # the search finds larger gaps than the 8 inputs
     with pytest.raises(ValueError, match="target"):
-        ec.fit_ratio(model, others, data[0][:8], "typical")
+        pm.calibrate(model, others, data[0][:8], "typical")
 
 
 # ----------------------------------------------------------------------------- tiny experiments

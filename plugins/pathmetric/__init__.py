@@ -1,4 +1,5 @@
 """pathmetric: path-metrics of ReLU networks for pruning and quantization (see DESIGN.md)."""
+from .calibration import Calibration, Estimate, adversarial_gap, calibrate, estimate
 from .capture import check_support
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from .metric import output_bound, path_metric, quantization_bound
@@ -14,4 +15,5 @@ __all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError
            "ModelCaptureError", "SupportReport", "path_metric", "output_bound",
            "quantization_bound", "quantize_weights", "weight_scores", "channel_scores",
            "group_mass", "zeroed_members", "PathMasses", "prunable_layers", "layer_sensitivity", "Sensitivity",
-           "mixed_precision_plan", "Plan", "prune", "PruneResult", "random_rescale"]
+           "mixed_precision_plan", "Plan", "prune", "PruneResult", "random_rescale", "calibrate",
+           "estimate", "Calibration", "Estimate", "adversarial_gap"]

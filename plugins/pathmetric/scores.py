@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .capture import Param, Value, capture
+from .capture import Value, capture
 from .errors import UnsupportedModelError
 from .lifted import NormLifting, PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
