@@ -20,14 +20,6 @@ SHAPE = "1,3,32,32"
 X = torch.zeros(1, 3, 32, 32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory):
     """A randomly initialised resnet18 and its checkpoint (the CLI loads the same weights)."""

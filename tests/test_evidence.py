@@ -14,14 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import evidence_common as ec  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The benchmarks run on one thread (``ec.setup``); restore the caller's setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _mlp(seed=0, bias=False):
     torch.manual_seed(seed)

@@ -40,16 +40,6 @@ class SmallCNN(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads make the engine's small float64 convolutions very slow on a loaded
-    2-core machine (see benchmarks/inc_sampler.py); restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_digits_tensors(0)

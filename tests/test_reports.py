@@ -11,13 +11,6 @@ from pathmetric import reports
 from pathmetric.digits import DigitsCNN
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class Residual(nn.Module):
     """conv a -> relu -> h; h + conv b(h) -> relu -> adaptive max-pool 6x6 -> 2x2 (windows 3x3)

@@ -22,7 +22,7 @@ from torch.utils import _pytree as pytree
 from . import rules
 from .capture import Buffer, Graph, Param, Value
 from .errors import UnsupportedModelError
-from .scaled import Scaled, scaled_sum, scaled_total
+from .scaled import Scaled, aligned, scaled_sum, scaled_total
 
 
 def named_tensors(model) -> dict:
@@ -60,7 +60,7 @@ class Lifting:
         out = []
         for parts in zip(*values):
             exponent = max(p.e for p in parts)
-            out.append(Scaled.normalized(fn([_at(p, exponent) for p in parts]), exponent))
+            out.append(Scaled.normalized(fn(aligned(parts, exponent)), exponent))
         return tuple(out)
 
     def terms(self, n):
@@ -139,11 +139,6 @@ class Lifting:
         if n * u >= 0.5:
             return math.inf
         return math.expm1(2.0 * n * u / (1.0 - n * u))
-
-
-def _at(part: Scaled, exponent: int):
-    from .scaled import aligned
-    return aligned([part], exponent)[0]
 
 
 class NormLifting(Lifting):
