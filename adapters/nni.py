@@ -38,6 +38,7 @@ from nni.compression.pruning import (FPGMPruner, L1NormPruner, L2NormPruner, Lev
 from nni.compression.pruning.tools import generate_sparsity, is_active_target, sparse_gen
 from nni.compression.quantization.ptq_quantizer import compute_scale_zp
 from nni.compression.speedup import ModelSpeedup
+from nni.compression.speedup.replacement import convert_to_coarse_mask
 from nni.compression.utils import auto_set_denpendency_group_ids
 from schema import SchemaError
 from torch import nn
@@ -45,7 +46,8 @@ from torch import nn
 import pathmetric as pm
 
 __all__ = ["PathMetricPruner", "PRUNERS", "CONFIG_KEYS", "load_config", "pruner_from_config",
-           "prune_from_config", "NNIPruneResult", "quantization_bound_from_config",
+           "prune_from_config", "NNIPruneResult", "removed_channels",
+           "quantized_parameters", "quantization_bound_from_config",
            "apply_compat_patches", "revert_compat_patches", "compat_patches"]
 
 
@@ -423,16 +425,40 @@ def _eval_mode(model: nn.Module):
             module.train(flag)
 
 
+def removed_channels(speedup: ModelSpeedup) -> dict:
+    """``{module name: indices of the output channels}`` a finished ``ModelSpeedup`` deleted.
+
+    Read from NNI's final output masks (after its conflict resolution and propagation) with its
+    own ``convert_to_coarse_mask``. Zeroing, in the model before the speedup, the weight rows and
+    bias entries of these channels computes what the sped-up model computes: a removed channel
+    carries zero, so ReLUs, max-pools, residual sums and every consumer see zero where the channel
+    was deleted. This includes the BatchNorm channels after pruned convs (their shift too), which
+    zeroing the conv weights alone would keep.
+    """
+    out = {}
+    for node, info in speedup.node_infos.items():
+        masks = info.output_masks
+        if node.op == "call_module" and isinstance(masks, torch.Tensor) and masks.dim() >= 2:
+            removed, _ = convert_to_coarse_mask(masks, 1)
+            if len(removed):
+                out[node.target] = removed
+    return out
+
+
 def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
                       evaluator=None, certify: bool = True) -> NNIPruneResult:
     """Prune ``model`` in place as a config file says; the CLI's ``pathmetric nni prune``.
 
-    Builds the pruner (:func:`pruner_from_config`), generates the masks, unwraps the model,
-    certifies the masks with ``pm.path_metric`` (unless ``certify=False``: one pass less on big
-    models, ``certified_bound`` is then None), then either shrinks the model with NNI's
-    ``ModelSpeedup`` (``speedup: true``; tracing runs in eval mode under
-    :func:`compat_patches`) or multiplies the weights by their masks. Saves the whole model with
-    ``torch.save`` when ``out`` is given.
+    Builds the pruner (:func:`pruner_from_config`), generates the masks, unwraps the model and
+    multiplies its weights by the masks. With ``speedup: true`` NNI's ``ModelSpeedup`` then
+    deletes the masked channels (tracing in eval mode under :func:`compat_patches`). It also
+    deletes the BatchNorm channels after them, shift included, and keeps channels a residual sum
+    shares with unmasked ones, so the certificate is taken on what it produced
+    (:func:`removed_channels`, on top of the masks): ``pm.path_metric(model before, replaced
+    parameters, x)``, a certified bound on ``||Phi(theta) - Phi(theta_pruned)||_1`` (exact,
+    since pruning only shrinks ``|theta|``). ``certify=False`` skips it (one lifted pass and,
+    with speedup, one copy of the model less); ``certified_bound`` is then None. Saves the whole
+    model with ``torch.save`` when ``out`` is given.
     """
     config = load_config(path_or_dict)
     params_before = sum(p.numel() for p in model.parameters())
@@ -441,19 +467,27 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     pruner.unwrap_model()
     masks = {module: {t: m for t, m in targets.items() if m is not None}
              for module, targets in masks.items()}
-    named = dict(model.named_parameters())
-    masked = {f"{module}.{t}": named[f"{module}.{t}"].detach() * m
-              for module, targets in masks.items() for t, m in targets.items()}
-    certified = pm.path_metric(model, masked, example_inputs) if certify else None
     sparsity = {module: 1.0 - float(targets["weight"].mean())
                 for module, targets in masks.items() if "weight" in targets}
+    reference = deepcopy(model) if certify else None
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for module, targets in masks.items():
+            for target, mask in targets.items():
+                named[f"{module}.{target}"].mul_(mask)
+    replaced = {name: named[name].detach().clone() for name in
+                (f"{module}.{t}" for module, targets in masks.items() for t in targets)}
     if config["speedup"]:
         with compat_patches(), _eval_mode(model):
-            ModelSpeedup(model, example_inputs, deepcopy(masks)).speedup_model()
-    else:
-        with torch.no_grad():
-            for name, tensor in masked.items():
-                named[name].copy_(tensor)
+            speedup = ModelSpeedup(model, example_inputs, deepcopy(masks))
+            speedup.speedup_model()
+        if certify:
+            original = dict(reference.named_parameters())
+            for module, removed in removed_channels(speedup).items():
+                for name in (f"{module}.weight", f"{module}.bias"):
+                    if name in original:
+                        replaced.setdefault(name, original[name].detach().clone())[removed] = 0
+    certified = pm.path_metric(reference, replaced, example_inputs) if certify else None
     if out is not None:
         torch.save(model, out)
     return NNIPruneResult(model, masks, sparsity, certified, params_before,

@@ -13,6 +13,7 @@ from nni.common.concrete_trace_utils import concrete_tracer
 from nni.compression.pruning import L1NormPruner
 from nni.compression.speedup import ModelSpeedup
 from pathmetric.adapters import nni as pnni
+from pathmetric import digits
 from pathmetric.digits import DigitsCNN
 
 logging.getLogger("nni").setLevel(logging.WARNING)
@@ -251,6 +252,46 @@ def test_masks_are_rescaling_invariant_unlike_l1():
     assert all(torch.equal(ours[0][k], ours[1][k]) for k in ours[0])
     l1 = [masks(net, L1NormPruner) for net in (model, rescaled)]
     assert any(not torch.equal(l1[0][k], l1[1][k]) for k in l1[0])
+
+
+@pytest.mark.parametrize("pruner", ["path_metric", "l1"])
+def test_speedup_certificate_matches_the_sped_up_model(pruner):
+    """ModelSpeedup also deletes the BatchNorm channels (shift included) after pruned convs:
+    the certified parameters must compute what the sped-up model computes."""
+    _, _, x_test, _ = digits.load_digits_tensors(0)
+    x = torch.zeros(1, 1, 8, 8)
+    config = {"pruner": pruner, "speedup": True,
+              "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]}
+    reference = digits.pretrained()
+    model = digits.pretrained()
+    pruner_ = pnni.pruner_from_config(model, config, x)
+    _, masks = pruner_.compress()
+    pruner_.unwrap_model()
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for module, targets in masks.items():
+            for target, mask in targets.items():
+                named[f"{module}.{target}"].mul_(mask)
+    replaced = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pnni.compat_patches():
+        speedup = ModelSpeedup(model, x, copy.deepcopy(masks))
+        speedup.speedup_model()
+    removed = pnni.removed_channels(speedup)
+    assert set(removed) == {"conv1", "bn1", "conv2", "bn2"}
+    for module, idx in removed.items():
+        for target in ("weight", "bias"):
+            replaced[f"{module}.{target}"][idx] = 0
+    expected = copy.deepcopy(reference)
+    expected.load_state_dict({**reference.state_dict(), **replaced})
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x_test), expected(x_test), atol=1e-5)
+        masked_only = copy.deepcopy(reference)
+        for module, targets in masks.items():
+            masked_only.get_parameter(f"{module}.weight").mul_(targets["weight"])
+            masked_only.get_parameter(f"{module}.bias").mul_(targets["bias"])
+        assert not torch.allclose(model(x_test), masked_only(x_test), atol=1e-3)
+    result = pnni.prune_from_config(digits.pretrained(), config, x)
+    assert result.certified_bound == pm.path_metric(reference, replaced, x)
 
 
 # ------------------------------------------------------------------ quantization
