@@ -167,9 +167,10 @@ class PathMetricPruner(Pruner):
     - ``out_channel`` (the default, like ``L1NormPruner``): the share through each output
       channel, with its bias and the BatchNorm channel right after it (as ``pm.channel_scores``);
     - targets sharing a ``dependency_group_id`` (all ``out_channel``): the share removed by
-      zeroing the channel in every member (``pm.group_mass``; the sum over members, an upper
-      bound, or the exact value with ``exact_groups=True``), given to every member so that NNI's
-      group mean is that share;
+      zeroing the channel in every member and in the BatchNorm right after each member
+      (``pm.group_mass``: by default the sum over these, an upper bound since a path through
+      several of them counts several times; the exact value with ``exact_groups=True``), given to
+      every member so that NNI's group mean is that share;
     - other block granularities: the sum of the weight shares of the block (exact: a path
       crosses a layer through one weight at most).
 
@@ -228,7 +229,9 @@ class PathMetricPruner(Pruner):
                     raise ValueError(f"dependency group {group_id!r} couples layers with different "
                                      f"numbers of output channels: {members}")
                 size = sizes.pop()
-                members = [(name, "out", range(size), range(size)) for name, _ in members]
+                members = [(layer, "out", range(size), range(size))
+                           for name, _ in members
+                           for layer in (name, masses.batch_norm_after.get(name)) if layer]
                 shares[group_id] = pm.group_mass(model, x, members, size, exact=self.exact_groups,
                                                  relative=True, masses=masses)
         finally:

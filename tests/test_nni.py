@@ -232,8 +232,9 @@ def rescale_blocks(model, seed=3):
 @pytest.mark.slow
 def test_masks_are_rescaling_invariant_unlike_l1():
     model = resnet18()
-    rescaled = rescale_blocks(model)
-    assert torch.allclose(model(X32), rescaled(X32), rtol=1e-4, atol=1e-5)
+    rescalings = [rescale_blocks(model), pm.random_rescale(model, X32, seed=3)]
+    for rescaled in rescalings:
+        assert torch.allclose(model(X32), rescaled(X32), rtol=1e-4, atol=1e-5)
     # channels of the convs ranked globally, single weights of fc (fine_grained default)
     config_list = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0,
                     "max_sparse_ratio": 0.9, "granularity": "out_channel"},
@@ -245,13 +246,17 @@ def test_masks_are_rescaling_invariant_unlike_l1():
         pruner.unwrap_model()
         return {(m, t): v for m, ts in out.items() for t, v in ts.items() if v is not None}
 
+    nets = [model] + rescalings
     ours = [masks(net, lambda n, c: pnni.PathMetricPruner(n, c, X32, fine_grained=True))
-            for net in (model, rescaled)]
-    assert ours[0].keys() == ours[1].keys() and ("fc", "weight") in ours[0]
-    assert 0 < float(ours[0]["fc", "weight"].mean()) < 1 and ours[0]["fc", "weight"].dim() == 2
-    assert all(torch.equal(ours[0][k], ours[1][k]) for k in ours[0])
-    l1 = [masks(net, L1NormPruner) for net in (model, rescaled)]
-    assert any(not torch.equal(l1[0][k], l1[1][k]) for k in l1[0])
+            for net in nets]
+    assert ("fc", "weight") in ours[0] and ours[0]["fc", "weight"].dim() == 2
+    assert 0 < float(ours[0]["fc", "weight"].mean()) < 1
+    for other in ours[1:]:
+        assert other.keys() == ours[0].keys()
+        assert all(torch.equal(ours[0][k], other[k]) for k in ours[0])
+    l1 = [masks(net, L1NormPruner) for net in nets]
+    for other in l1[1:]:
+        assert any(not torch.equal(l1[0][k], other[k]) for k in l1[0])
 
 
 @pytest.mark.parametrize("pruner", ["path_metric", "l1"])
