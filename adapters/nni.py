@@ -163,7 +163,7 @@ class PathMetricPruner(Pruner):
     by the paths that pruning the block removes (DESIGN.md, "Scores"):
 
     - element-wise (``fine_grained=True``, like NNI's ``LevelPruner``): ``|theta_i|
-      dN/d|theta_i| / N`` per weight (``pm.weight_scores``), exactly ``(N - N(theta_i = 0)) / N``;
+      dN/d|theta_i| / N`` per weight (as ``pm.weight_scores``), i.e. ``(N - N(theta_i=0)) / N``;
     - ``out_channel`` (the default, like ``L1NormPruner``): the share through each output
       channel, with its bias and the BatchNorm channel right after it (as ``pm.channel_scores``);
     - targets sharing a ``dependency_group_id`` (all ``out_channel``): the share removed by
@@ -175,10 +175,12 @@ class PathMetricPruner(Pruner):
       crosses a layer through one weight at most).
 
     All scores come from one ``pm.PathMasses`` (one forward and one backward of the lifted
-    network) per mask generation, for the whole model, on the unwrapped model. Shares are comparable across layers, so global groups rank blocks of different layers
-    by one unit; a global group never prunes a target beyond its ``max_sparse_ratio`` and never
-    empties it (its best ``ceil((1 - max_sparse_ratio) * blocks)`` blocks, at least one, are
-    kept). ``sparse_threshold`` is a share of ``N``.
+    network) per mask generation, for the whole model, on the unwrapped model. Shares are
+    comparable across layers, so global groups rank blocks of different layers by one unit; a
+    global group never prunes a target beyond its ``max_sparse_ratio`` and never empties it (its
+    best ``ceil((1 - max_sparse_ratio) * blocks)`` blocks, at least one, are kept), and prunes
+    the asked number of weights up to less than one block (:func:`_global_threshold`). ``sparse_threshold`` is a
+    share of ``N``.
 
     Parameters: ``model``, ``config_list`` as for any NNI pruner; ``example_inputs`` a tensor or
     tuple of tensors (only shapes matter); ``fine_grained`` and ``exact_groups`` see above (an
@@ -247,10 +249,11 @@ class PathMetricPruner(Pruner):
                 channel = data["groups"][space.dependency_group_id]
             elif space.granularity == "out_channel":
                 if module_name not in masses.layers:
-                    raise ValueError(f"'{module_name}' ({type(space._wrapper.module).__name__}) is "
-                                     "not a conv/linear layer on the model's graph; PathMetricPruner "
-                                     "scores the output channels of those only: exclude it "
-                                     "(exclude_op_names / exclude_op_types)")
+                    kind = type(space._wrapper.module).__name__
+                    raise ValueError(f"'{module_name}' ({kind}) is not a conv/linear layer on the "
+                                     "model's graph; PathMetricPruner scores the output channels "
+                                     "of those only: exclude it (exclude_op_names / "
+                                     "exclude_op_types)")
                 channel = masses.channel_share(module_name)
             else:
                 key = f"{module_name}.{target_name}"

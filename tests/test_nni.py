@@ -1,4 +1,4 @@
-"""NNI 3.0 adapter: patches, config loader, PathMetricPruner masks + ModelSpeedup, quantization bound."""
+"""NNI 3.0 adapter: patches, config loader, PathMetricPruner + ModelSpeedup, quantization bound."""
 import copy
 import json
 import logging
