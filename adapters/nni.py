@@ -179,8 +179,8 @@ class PathMetricPruner(Pruner):
     comparable across layers, so global groups rank blocks of different layers by one unit; a
     global group never prunes a target beyond its ``max_sparse_ratio`` and never empties it (its
     best ``ceil((1 - max_sparse_ratio) * blocks)`` blocks, at least one, are kept), and prunes
-    the asked number of weights up to less than one block (:func:`_global_threshold`). ``sparse_threshold`` is a
-    share of ``N``.
+    the asked number of weights up to less than one block (:func:`_global_threshold`).
+    ``sparse_threshold`` is a share of ``N``.
 
     Parameters: ``model``, ``config_list`` as for any NNI pruner; ``example_inputs`` a tensor or
     tuple of tensors (only shapes matter); ``fine_grained`` and ``exact_groups`` see above (an
