@@ -462,7 +462,8 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     shares with unmasked ones, so the certificate is taken on what it produced
     (:func:`removed_channels`, on top of the masks): ``pm.path_metric(model before, replaced
     parameters, x)``, a certified bound on ``||Phi(theta) - Phi(theta_pruned)||_1`` (exact,
-    since pruning only shrinks ``|theta|``). ``certify=False`` skips it (one lifted pass and,
+    since pruning only shrinks ``|theta|``; for ``taylor`` / ``slim`` the model before pruning is
+    the one after their training steps). ``certify=False`` skips it (one lifted pass and,
     with speedup, one copy of the model less); ``certified_bound`` is then None. Saves the whole
     model with ``torch.save`` when ``out`` is given.
     """
