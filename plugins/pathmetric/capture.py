@@ -277,6 +277,9 @@ def _run(model, inputs, what):
 def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
     """Capture ``model``; return the graph (None if unsupported) and the support report."""
     examples = as_tuple(example_inputs)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"'{name}' holds NaN or infinite values")
     generator = torch.Generator().manual_seed(0)
     inputs = _sample_inputs(examples, generator, _first_parameter(model))
     params = {id(p): n for n, p in model.named_parameters()}

@@ -29,6 +29,20 @@ class PruneResult:
         return 1.0 - kept / total
 
 
+def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the ``count`` smallest finite-or-minus-infinite ``values`` (``+inf``
+    never), ties broken by position; linear time (a k-th value, not a sort)."""
+    count = min(count, int((values != math.inf).sum()))
+    chosen = torch.zeros(values.numel(), dtype=torch.bool)
+    if count <= 0:
+        return chosen
+    threshold = torch.kthvalue(values, count).values
+    chosen = values < threshold
+    ties = torch.nonzero(values == threshold).flatten()[: count - int(chosen.sum())]
+    chosen[ties] = True
+    return chosen
+
+
 def _select(scores: dict, target: float, scope: str, max_layer_sparsity: float) -> dict:
     """Keep-masks removing the ``target`` fraction of lowest scores, no layer beyond the cap.
 
@@ -41,25 +55,17 @@ def _select(scores: dict, target: float, scope: str, max_layer_sparsity: float) 
     if scope == "layer":
         for key, s in scores.items():
             n_prune = min(round(target * s.numel()), s.numel() - keep_floor[key])
-            order = torch.argsort(s, stable=True)
-            mask = torch.ones(s.numel(), dtype=torch.bool)
-            mask[order[:max(n_prune, int((s == -math.inf).sum()))]] = False
-            masks[key] = mask
+            masks[key] = ~_lowest(s, max(n_prune, int((s == -math.inf).sum())))
         return masks
     if scope != "global":
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     candidates = []
     for key, s in scores.items():
-        protected = torch.argsort(s, descending=True, stable=True)[:keep_floor[key]]
+        protected = torch.topk(s, keep_floor[key]).indices
         capped = s.clone()
         capped[protected] = math.inf
         candidates.append(capped)
-    flat = torch.cat(candidates)
-    n_prune = round(target * flat.numel())
-    order = torch.argsort(flat, stable=True)
-    prune = torch.zeros(flat.numel(), dtype=torch.bool)
-    prune[order[:n_prune]] = True
-    prune &= flat != math.inf
+    prune = _lowest(torch.cat(candidates), round(target * sum(s.numel() for s in candidates)))
     start = 0
     for key, s in scores.items():
         masks[key] = ~prune[start:start + s.numel()]
