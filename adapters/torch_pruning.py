@@ -63,8 +63,9 @@ def group_members(group, names: dict) -> tuple[list, int]:
         where = f"'{name}' ({type(module).__name__})" if name is not None else type(module).__name__
         if not isinstance(module, _LAYERS):
             raise pm.UnsupportedModelError(
-                f"PathMetricImportance cannot score {where}: only conv, linear and BatchNorm "
-                "channels have a path mass; add the layers that couple it to ignored_layers",
+                f"pathmetric cannot translate {where} in the torch-pruning group of "
+                f"'{names.get(group[0].dep.target.module)}': only conv, linear and BatchNorm "
+                "channels are path-metric members; put that root layer in ignored_layers",
                 [(type(module).__name__, name, "not a conv, linear or BatchNorm layer")])
         if graph.is_out_channel_pruning_fn(dep.handler):
             kind = "out"
@@ -72,11 +73,11 @@ def group_members(group, names: dict) -> tuple[list, int]:
             kind = "in"
         else:
             raise pm.UnsupportedModelError(
-                f"PathMetricImportance: unknown torch-pruning handler {dep.handler} on {where}",
+                f"pathmetric: unknown torch-pruning handler {dep.handler} on {where}",
                 [(type(module).__name__, name, "unknown handler")])
         if any(r is None for r in item.root_idxs):
             raise pm.UnsupportedModelError(
-                f"PathMetricImportance: torch-pruning cannot tell which root channels the "
+                f"pathmetric: torch-pruning cannot tell which root channels the "
                 f"channels of {where} belong to (root index None)",
                 [(type(module).__name__, name, "root index None")])
         members.append((name, kind, list(item.idxs), [position[r] for r in item.root_idxs]))

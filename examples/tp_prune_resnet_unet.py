@@ -34,7 +34,8 @@ def prune(name, model, ignored, size, steps, ratio, exact):
     macs0, params0 = tp.utils.count_ops_and_params(model, example)
     print(f"\n{name} at {size}x{size}: {macs0 / 1e6:.1f} MMACs, {params0 / 1e6:.2f} M params, "
           f"path-norm {pm.path_norm(model, example):.3e}")
-    print("step   MMACs   Mparams   certificate d   d / norm   certified ||dR||_1   actual ||dR||_1")
+    print("step   MMACs   Mparams   certificate d   d / norm   certified ||dR||_1"
+          "   actual ||dR||_1")
     total = 0.0
     for step in range(1, steps + 1):
         norm = pm.path_norm(model, example)
@@ -44,8 +45,8 @@ def prune(name, model, ignored, size, steps, ratio, exact):
         with torch.no_grad():
             actual = (model(x) - reference).abs().sum().item()
         certified = max(x.abs().max().item(), 1.0) * total
-        print(f"{step:4d} {macs / 1e6:7.1f} {params / 1e6:9.2f}   {bound:13.4e} {bound / norm:10.4f}"
-              f"   {certified:18.4e}   {actual:15.4e}")
+        print(f"{step:4d} {macs / 1e6:7.1f} {params / 1e6:9.2f}   {bound:13.4e}"
+              f" {bound / norm:10.4f}   {certified:18.4e}   {actual:15.4e}")
     assert model(x).shape == reference.shape
 
 

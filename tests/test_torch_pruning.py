@@ -1,4 +1,4 @@
-"""torch-pruning adapter: PathMetricImportance and certified_step with the real torch-pruning 1.6.1."""
+"""torch-pruning adapter: PathMetricImportance and certified_step on the real torch-pruning 1.6.1."""
 import copy
 import math
 
@@ -186,7 +186,15 @@ def test_certified_step_removes_what_step_removes_and_certifies_the_drop():
     assert bound >= drop * (1 - 1e-12)
 
 
-def test_cap_keeps_layers_from_being_emptied():
+def test_cap_keeps_layers_from_being_emptied_and_engine_runs_once_per_step(monkeypatch):
+    built = []
+
+    class CountingMasses(pm.PathMasses):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pm, "PathMasses", CountingMasses)
     model, ignored = _zoo("resnet18")
     model.eval()
     convs = {m: m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}
@@ -195,7 +203,9 @@ def test_cap_keeps_layers_from_being_emptied():
                                   global_pruning=True, ignored_layers=ignored, iterative_steps=3)
     for _ in range(3):
         pruner.step()
+    assert len(built) == 3  # one lifted forward/backward per step, shared by the 12 groups
     kept = [m.out_channels / c for m, c in convs.items()]
+    # without the cap one conv keeps 1 % of its channels here
     assert min(kept) >= 0.5 and sum(kept) / len(kept) < 0.8
 
 
@@ -203,5 +213,6 @@ def test_uncovered_layer_in_a_group_is_a_clear_error():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 3))
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=X32)
     group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(8)))
-    with pytest.raises(pm.UnsupportedModelError, match=r"'1' \(GroupNorm\)"):
+    with pytest.raises(pm.UnsupportedModelError,
+                       match=r"'1' \(GroupNorm\) in the torch-pruning group of '0'"):
         PathMetricImportance(X32)(group)
