@@ -210,6 +210,17 @@ def test_bad_inputs_get_clear_errors():
         bad.layer2[0].conv1.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="layer2.0.conv1.weight"):
         pm.path_norm(bad, X64)
+    captured = copy.deepcopy(model)
+    pm.path_norm(captured, X64)
+    with torch.no_grad():
+        captured.layer3[1].bn2.running_var[3] = float("inf")  # after capture: the cached graph
+    with pytest.raises(ValueError, match="layer3.1.bn2.running_var"):
+        pm.path_metric(model, captured, X64)
+    with torch.no_grad():
+        captured.layer3[1].bn2.running_var[3] = 1.0
+        captured.layer4[0].conv2.weight[1, 2, 0, 0] = -float("inf")
+    with pytest.raises(ValueError, match="layer4.0.conv2.weight"):
+        pm.weight_scores(captured, X64)
     with pytest.raises(pm.UnsupportedModelError, match="empty model|no tensor"):
         pm.path_norm(nn.Sequential(), torch.zeros(1, 3))
     with pytest.raises(pm.UnsupportedModelError, match="no parameter"):

@@ -89,12 +89,23 @@ class Lifting:
 
     def computed(self, fn, refs, which):
         values = [self.raw(r, which).detach().to(self.device, self.dtype) for r in refs]
-        out = values[0] if fn is None else fn(*values)
-        if not torch.isfinite(out).all():
-            names = ", ".join(r.name for r in refs if isinstance(r, (Param, Buffer)))
-            raise ValueError(f"{names or 'a constant'} used by '{self.node.module or '<model>'}' "
-                             "holds NaN or infinite values")
-        return out
+        for ref, value in zip(refs, values):
+            # an infinite running variance would silently zero a BatchNorm scale; parameters
+            # need no check here: a NaN or infinity in them makes a lifted tensor non-finite
+            if isinstance(ref, Buffer) and not torch.isfinite(value).all():
+                raise ValueError(f"'{ref.name}' holds NaN or infinite values")
+        return values[0] if fn is None else fn(*values)
+
+    def _non_finite_parameter(self):
+        """A clear error naming the NaN or infinite parameter behind a non-finite lifted value."""
+        for tensors in self.tensors:
+            for name in self.graph.param_names + tuple(
+                    r.name for n in self.graph.nodes
+                    for r in pytree.tree_leaves((n.args, n.kwargs)) if isinstance(r, Buffer)):
+                tensor = tensors[name]
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    return ValueError(f"'{name}' holds NaN or infinite values")
+        return None
 
     # -- evaluation
     def inputs(self, shape):
@@ -118,7 +129,10 @@ class Lifting:
                 continue
             args, kwargs = pytree.tree_map(resolve, (node.args, node.kwargs),
                                            is_leaf=lambda x: isinstance(x, Value))
-            out = rules.RULES[node.rule].lift(self, *args, func=node.func, **kwargs)
+            try:
+                out = rules.RULES[node.rule].lift(self, *args, func=node.func, **kwargs)
+            except FloatingPointError as exc:
+                raise self._non_finite_parameter() or exc
             values.append(out)
             if index in keep:
                 kept[index] = out

@@ -45,7 +45,8 @@ class Scaled:
             return cls(m, e)
         if not math.isfinite(peak):
             raise FloatingPointError(
-                "a lifted tensor overflowed inside one operation; use the float64 precision")
+                "a lifted tensor is not finite: a parameter holds NaN or infinity, or one "
+                "operation overflowed (use the float64 precision)")
         shift = math.frexp(peak)[1]
         return cls(times_pow2(m, -shift), e + shift)
 

@@ -51,10 +51,10 @@ class PathMasses:
         self.exponent = total.e
         self._total = total.m.detach()
         self.log_total = total.log()
-        self._shares = {key: (leaf.detach() * leaf.grad / self._total) if leaf.grad is not None
-                        else torch.zeros_like(leaf) for key, leaf in ev.leaves.items()}
+        self._leaves = {key: leaf.detach() for key, leaf in ev.leaves.items()}
         self.gradients = {key: leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                           for key, leaf in ev.leaves.items()}
+        self._shares = {}
         self._neurons = {index: (value[0].m.detach() * value[0].m.grad / self._total)
                          if value[0].m.grad is not None else torch.zeros_like(value[0].m)
                          for index, value in kept.items()}
@@ -87,10 +87,12 @@ class PathMasses:
         return out
 
     def share(self, key) -> torch.Tensor:
+        if key not in self._shares:
+            self._shares[key] = self._leaves[key] * self.gradients[key] / self._total
         return self._shares[key]
 
     def mass(self, key) -> torch.Tensor:
-        return torch.ldexp(self._shares[key] * self._total,
+        return torch.ldexp(self.share(key) * self._total,
                            torch.tensor(self.exponent, dtype=self._total.dtype))
 
     def gradient(self, key) -> torch.Tensor:
@@ -109,7 +111,7 @@ class PathMasses:
         per_channel = neurons.transpose(0, dim).reshape(neurons.shape[dim], -1).sum(dim=1)
         bn = self.batch_norm_after.get(layer)
         if bn is not None:
-            per_channel = per_channel + self._shares[f"{bn}.shift"]
+            per_channel = per_channel + self.share(f"{bn}.shift")
         return per_channel
 
     def member_share(self, module: str, kind: str) -> torch.Tensor:
@@ -118,15 +120,15 @@ class PathMasses:
         ``kind='in'`` an input channel of a conv/linear layer (all the weights it feeds)."""
         if module in self.layers:
             index, weight, bias = self.layers[module]
-            w = self._shares[weight]
+            w = self.share(weight)
             if kind == "out":
                 return _out_channel_sums(self.graph.nodes[index], w) + (
-                    self._shares[bias] if bias else 0)
+                    self.share(bias) if bias else 0)
             return _in_channel_sums(self.graph.nodes[index], w)
-        if f"{module}.scale" in self._shares:
+        if f"{module}.scale" in self._leaves:
             if kind != "out":
                 raise ValueError(f"BatchNorm '{module}' has one side: use kind 'out'")
-            return self._shares[f"{module}.scale"] + self._shares[f"{module}.shift"]
+            return self.share(f"{module}.scale") + self.share(f"{module}.shift")
         raise KeyError(f"'{module}' is neither a conv/linear layer nor a frozen BatchNorm on the "
                        "captured graph")
 
