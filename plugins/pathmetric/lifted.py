@@ -47,9 +47,11 @@ class Lifting:
 
     # -- primitives used by rules
     def fixed(self, x, fn):
+        """Fixed ops change magnitudes by bounded factors: the next parametrised op or sum
+        renormalises, which saves a reduction per op."""
         outs = [fn(c.m) for c in x]
         if isinstance(outs[0], torch.Tensor):
-            return tuple(Scaled.normalized(o, c.e) for o, c in zip(outs, x))
+            return tuple(Scaled(o, c.e) for o, c in zip(outs, x))
         return [tuple(Scaled(o[k], c.e) for o, c in zip(outs, x)) for k in range(len(outs[0]))]
 
     def add(self, values):
@@ -185,7 +187,7 @@ class NormLifting(Lifting):
             self.leaves[_leaf_key(fn, refs, self.node)] = value
         return value
 
-    def linear(self, x, fn, p):
+    def linear(self, x, fn, p, stack_dim=None):
         return (Scaled.normalized(fn(x[0].m, p), x[0].e),)
 
     def bias(self, p, fn):
@@ -222,29 +224,49 @@ class PairLifting(Lifting):
         return (Scaled(ones, 0), Scaled(torch.zeros_like(ones), 0))
 
     def param(self, fn, *refs):
+        """``(U, U - L, L)`` of the lifted parameter; ``U - L`` is None when both models agree."""
+        if all(self.raw(r, 0) is self.raw(r, 1) or torch.equal(self.raw(r, 0), self.raw(r, 1))
+               for r in refs):
+            upper = self.computed(fn, refs, 0).abs()
+            return upper, None, upper
         a, b = self.computed(fn, refs, 0), self.computed(fn, refs, 1)
         if a.shape != b.shape:
             raise ValueError(f"'{self.node.module}' has parameters of shape {tuple(a.shape)} and "
                              f"{tuple(b.shape)} in the two models")
         conflict = a * b < 0
-        self.conflicts += int(conflict.sum())
-        if self.stage == "to_mid":
+        conflicts = int(conflict.sum())
+        self.conflicts += conflicts
+        if self.stage == "to_mid":  # theta versus theta'': they differ only where signs conflict
+            if not conflicts:
+                return a.abs(), None, a.abs()
             b = torch.where(conflict, torch.zeros_like(a), a)
-        elif self.stage == "from_mid":
+        elif conflicts and self.stage == "from_mid":
             a = torch.where(conflict, torch.zeros_like(a), a)
         a, b = a.abs(), b.abs()
         upper, lower = torch.maximum(a, b), torch.minimum(a, b)
         return upper, upper - lower, lower
 
-    def linear(self, x, fn, p):
+    def linear(self, x, fn, p, stack_dim=None):
+        """``A' = fn(A, U)``, ``D' = fn(A, U - L) + fn(D, L)``. Where both models agree, ``A`` and
+        ``D`` go through one call as a batch of two; otherwise ``U`` and ``U - L`` go through one
+        call stacked along the output dimension ``stack_dim`` when the op allows it."""
         (a, d), (upper, gap, lower) = x, p
         self.terms(1)
-        return (Scaled.normalized(fn(a.m, upper), a.e),
-                scaled_sum([Scaled(fn(a.m, gap), a.e), Scaled(fn(d.m, lower), d.e)]))
+        if gap is None:
+            both = fn(torch.cat([a.m, d.m]), upper)
+            n = a.m.shape[0]
+            return Scaled.normalized(both[:n], a.e), Scaled.normalized(both[n:], d.e)
+        if stack_dim is None:
+            y_upper, y_gap = fn(a.m, upper), fn(a.m, gap)
+        else:
+            y_upper, y_gap = fn(a.m, torch.cat([upper, gap])).chunk(2, dim=stack_dim)
+        return (Scaled.normalized(y_upper, a.e),
+                scaled_sum([Scaled(y_gap, a.e), Scaled(fn(d.m, lower), d.e)]))
 
     def bias(self, p, fn):
         upper, gap, _ = p
-        return (Scaled.normalized(fn(upper), 0), Scaled.normalized(fn(gap), 0))
+        y = Scaled.normalized(fn(upper), 0)
+        return y, (Scaled(torch.zeros_like(y.m), 0) if gap is None else Scaled.normalized(fn(gap), 0))
 
 
 def total_of(outputs, component=0) -> Scaled:

@@ -166,7 +166,9 @@ def conv(ev, x, weight, bias=None, *args, func, **kwargs):
     """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
     w = ev.param(None, weight)
     ev.terms(math.prod(ev.param_shape(weight)[1:]) + 2)
-    y = ev.linear(x, lambda m, p: func(m, p, None, *args, **kwargs), w)
+    groups = args[3] if len(args) > 3 else kwargs.get("groups", 1)
+    y = ev.linear(x, lambda m, p: func(m, p, None, *args, **kwargs), w,
+                  stack_dim=1 if groups == 1 else None)
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
 
 
@@ -185,7 +187,7 @@ def linear(ev, x, weight, bias=None, *, func):
     """``y = W x + b`` with ``|W|^q`` and ``|b|^q``."""
     w = ev.param(None, weight)
     ev.terms(ev.param_shape(weight)[-1] + 2)
-    y = ev.linear(x, lambda m, p: F.linear(m, p), w)
+    y = ev.linear(x, lambda m, p: F.linear(m, p), w, stack_dim=-1)
     return _with_bias(ev, y, bias, -1, len(ev.out_shape()))
 
 
