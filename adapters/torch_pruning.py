@@ -107,9 +107,11 @@ class PathMetricImportance(tp.importance.Importance):
     ``exact=False`` (the default) returns the sum over the group's layers of the mass through
     each slice: one lifted forward and backward per pruning step answer every group, and the
     sum is an upper bound of the exact mass (a path crossing ``k`` slices of the group is counted
-    ``k`` times). ``exact=True`` returns the exact coupled mass, at the cost of one pair pass of
-    the lifted network per root channel; prefer it for small models or when groups of different
-    coupling (a residual stream against a single conv) are ranked together.
+    ``k`` times). In conv-BN-ReLU networks nearly every path crosses three slices (conv output,
+    BatchNorm, one consumer input), residual groups alike, so the sum is ~3x
+    the exact mass everywhere and ranks nearly alike (resnet18: ratio 3.00-3.05 in all groups) at a
+    tiny fraction of the cost. ``exact=True`` returns the exact coupled mass, at the cost of one
+    pair pass of the lifted network per root channel: for small models and for checking.
 
     The engine evaluates the model once per pruning step (its parameters are fingerprinted; any
     replaced, pruned or updated tensor triggers a new evaluation), not once per group.
