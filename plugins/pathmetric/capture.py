@@ -356,6 +356,9 @@ def _check_replay(model, graph, examples, generator):
         with torch.no_grad():
             got = replay(graph, model, [x.clone() for x in inputs])
     expected = [t for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
+    if not all(torch.isfinite(t).all() for t in expected):
+        raise ModelCaptureError(f"{type(model).__name__} returns NaN or infinite values on a "
+                                "random input (an empty pooling window, say); fix the model first")
     if len(expected) != len(got) or not all(
             e.shape == g.shape and torch.allclose(e.double(), g.double(), rtol=1e-3,
                                                   atol=1e-4 * (1 + float(e.abs().max())))

@@ -89,8 +89,12 @@ class Lifting:
             return self.tensors[which][ref.name]
         return ref
 
-    def computed(self, fn, refs, which):
-        values = [self.raw(r, which).detach().to(self.device, self.dtype) for r in refs]
+    def computed(self, fn, refs, which, cast=True):
+        """``fn`` of the referenced tensors of model ``which`` (in the evaluation precision, or
+        in their own floating precision with ``cast=False`` when ``fn`` is the identity)."""
+        values = [self.raw(r, which).detach() for r in refs]
+        if cast or fn is not None or not all(v.is_floating_point() for v in values):
+            values = [v.to(self.device, self.dtype) for v in values]
         for ref, value in zip(refs, values):
             # an infinite running variance would silently zero a BatchNorm scale; parameters
             # need no check here: a NaN or infinity in them makes a lifted tensor non-finite
@@ -229,7 +233,8 @@ class PairLifting(Lifting):
                for r in refs):
             upper = self.computed(fn, refs, 0).abs()
             return upper, None, upper
-        a, b = self.computed(fn, refs, 0), self.computed(fn, refs, 1)
+        # signs, magnitudes, max and min are exact in the parameters' own precision
+        a, b = self.computed(fn, refs, 0, cast=False), self.computed(fn, refs, 1, cast=False)
         if a.shape != b.shape:
             raise ValueError(f"'{self.node.module}' has parameters of shape {tuple(a.shape)} and "
                              f"{tuple(b.shape)} in the two models")
@@ -238,12 +243,14 @@ class PairLifting(Lifting):
         self.conflicts += conflicts
         if self.stage == "to_mid":  # theta versus theta'': they differ only where signs conflict
             if not conflicts:
-                return a.abs(), None, a.abs()
+                upper = a.abs().to(self.device, self.dtype)
+                return upper, None, upper
             b = torch.where(conflict, torch.zeros_like(a), a)
         elif conflicts and self.stage == "from_mid":
             a = torch.where(conflict, torch.zeros_like(a), a)
         a, b = a.abs(), b.abs()
-        upper, lower = torch.maximum(a, b), torch.minimum(a, b)
+        upper = torch.maximum(a, b).to(self.device, self.dtype)
+        lower = torch.minimum(a, b).to(self.device, self.dtype)
         return upper, upper - lower, lower
 
     def linear(self, x, fn, p, stack_dim=None):

@@ -2,7 +2,8 @@
 
 Path-norms of deep networks overflow any floating-point format (ResNet-152's L1 path-norm is about
 1e194, a 1000-layer MLP's about 1e1500). Every lifted tensor is therefore a mantissa tensor whose
-largest entry lies in [0.5, 1) and one integer power-of-two exponent. Multiplying by a power of two
+largest entry stays within [2**-60, 2**60] (it is brought back to [0.5, 1) when it leaves that
+range) and one integer power-of-two exponent. Multiplying by a power of two
 is exact, so the scaling itself adds no rounding error; additions and concatenations first bring
 their operands to a common exponent.
 """
@@ -15,6 +16,7 @@ import torch
 # Beyond this exponent gap, the smaller operand of an addition is below the rounding of the larger
 # one in float64 (and float32), so it is dropped rather than scaled into denormals.
 _NEGLIGIBLE_GAP = 1100
+_LOW, _HIGH = 2.0 ** -60, 2.0 ** 60
 
 
 def times_pow2(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
@@ -37,11 +39,15 @@ class Scaled:
 
     @classmethod
     def normalized(cls, m: torch.Tensor, e: int = 0) -> "Scaled":
-        """``m * 2**e`` rescaled so that ``max(m)`` lies in [0.5, 1) (zero tensors stay as they are)."""
+        """``m * 2**e`` with ``max(m)`` brought back to [0.5, 1) once it leaves [2**-60, 2**60].
+
+        Between those limits the tensor is kept as it is (no extra pass over it); any single
+        op grows a tensor by far less than the 2**67 float32 still has above 2**60.
+        """
         if m.numel() == 0:
             return cls(m, e)
         peak = float(m.detach().max())
-        if peak == 0.0:
+        if _LOW <= peak <= _HIGH or peak == 0.0:
             return cls(m, e)
         if not math.isfinite(peak):
             raise FloatingPointError(
