@@ -356,12 +356,10 @@ def _check_replay(model, graph, examples, generator):
         with torch.no_grad():
             got = replay(graph, model, [x.clone() for x in inputs])
     expected = [t for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
-    if not all(torch.isfinite(t).all() for t in expected):
-        raise ModelCaptureError(f"{type(model).__name__} returns NaN or infinite values on a "
-                                "random input (an empty pooling window, say); fix the model first")
     if len(expected) != len(got) or not all(
-            e.shape == g.shape and torch.allclose(e.double(), g.double(), rtol=1e-3,
-                                                  atol=1e-4 * (1 + float(e.abs().max())))
+            e.shape == g.shape and torch.allclose(
+                e.double(), g.double(), rtol=1e-3, equal_nan=True,
+                atol=1e-4 * (1 + float(e.double().nan_to_num(0, 0, 0).abs().max())))
             for e, g in zip(expected, got)):
         raise UnsupportedModelError(
             f"the captured graph of {type(model).__name__} does not reproduce the model on a second "
