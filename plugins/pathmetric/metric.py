@@ -101,18 +101,22 @@ def output_bound(model: nn.Module, other, x) -> torch.Tensor:
     return torch.nextafter(bound, torch.full_like(bound, math.inf))
 
 
-def quantized_weights(model, example_inputs, bits, scheme="symmetric", granularity="per_channel",
-                      group_size=None, layers=None) -> dict:
-    """``{weight name: quantized weight}`` for the conv/linear ``layers`` (default: all)."""
-    graph = capture(model, example_inputs)
-    table = graph.layers()
+def layer_weights(model, example_inputs, layers=None) -> dict:
+    """``{layer: (weight name, weight)}`` for the conv/linear ``layers`` (default: all)."""
+    table = capture(model, example_inputs).layers()
     chosen = list(table) if layers is None else list(layers)
     unknown = [name for name in chosen if name not in table]
     if unknown:
         raise KeyError(f"unknown layers {unknown[:5]}; known: {list(table)[:8]}...")
     named = dict(model.named_parameters())
-    return {table[name][1]: quantize_weights(named[table[name][1]], bits, scheme, granularity,
-                                             group_size) for name in chosen}
+    return {name: (table[name][1], named[table[name][1]].detach()) for name in chosen}
+
+
+def quantized_weights(model, example_inputs, bits, scheme="symmetric", granularity="per_channel",
+                      group_size=None, layers=None) -> dict:
+    """``{weight name: quantized weight}`` for the conv/linear ``layers`` (default: all)."""
+    return {name: quantize_weights(w, bits, scheme, granularity, group_size)
+            for name, w in layer_weights(model, example_inputs, layers).values()}
 
 
 def quantization_bound(model: nn.Module, example_inputs, bits=8, scheme="symmetric",

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .capture import capture
-from .metric import path_metric, round_up
+from .metric import layer_weights, path_metric, round_up
 from .quantize import quantize_weights
 from .scores import PathMasses
 
@@ -60,16 +59,6 @@ class Sensitivity(dict):
         return path
 
 
-def _layer_weights(model, example_inputs, layers):
-    table = capture(model, example_inputs).layers()
-    chosen = list(table) if layers is None else list(layers)
-    missing = [name for name in chosen if name not in table]
-    if missing:
-        raise KeyError(f"unknown layers {missing[:5]}; known: {list(table)[:8]}...")
-    named = dict(model.named_parameters())
-    return {name: (table[name][1], named[table[name][1]].detach()) for name in chosen}
-
-
 def _quantized(weights, bits, scheme, granularity, group_size):
     """``{(layer, b): q_b(theta_layer)}``."""
     return {(layer, b): quantize_weights(w, b, scheme, granularity, group_size)
@@ -85,7 +74,7 @@ def layer_sensitivity(model, example_inputs, bits=(2, 3, 4, 8), scheme="symmetri
     rounded up; ``q_b`` is :func:`pathmetric.quantize_weights` with the given scheme. One forward
     and one backward for the whole table.
     """
-    weights = _layer_weights(model, example_inputs, layers)
+    weights = layer_weights(model, example_inputs, layers)
     masses = PathMasses(model, example_inputs, precision)
     quantized = _quantized(weights, bits, scheme, granularity, group_size)
     out = Sensitivity()
@@ -176,7 +165,7 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
     ``avg_bits`` fits the budget and certifies lower, it is returned instead (so a plan is never
     worse than uniform quantization at the same size).
     """
-    weights = _layer_weights(model, example_inputs, layers)
+    weights = layer_weights(model, example_inputs, layers)
     bits = sorted(set(int(b) for b in bits))
     quantized = _quantized(weights, bits, scheme, granularity, group_size)
     upper = {}
