@@ -22,7 +22,7 @@ from torch.utils import _pytree as pytree
 from . import rules
 from .capture import Buffer, Graph, Param, Value
 from .errors import UnsupportedModelError
-from .scaled import Scaled, aligned, scaled_sum, scaled_total
+from .scaled import Scaled, aligned, common_exponent, scaled_sum, scaled_total
 
 
 def named_tensors(model) -> dict:
@@ -35,7 +35,6 @@ def named_tensors(model) -> dict:
 class Lifting:
     """The primitives rules are written in; subclasses say what a parameter becomes."""
 
-    components = 1
     q = 1.0
 
     def __init__(self, graph: Graph, dtype=torch.float64, device=None):
@@ -61,7 +60,7 @@ class Lifting:
         """Concatenate or stack lifted values with ``fn`` after aligning their exponents."""
         out = []
         for parts in zip(*values):
-            exponent = max(p.e for p in parts)
+            exponent = common_exponent(parts)
             out.append(Scaled.normalized(fn(aligned(parts, exponent)), exponent))
         return tuple(out)
 
@@ -213,8 +212,6 @@ class PairLifting(Lifting):
     theta'' with theta'. ``d(theta, theta') <= d(theta, theta'') + d(theta'', theta')``, each of
     them exact for a same-orthant pair.
     """
-
-    components = 2
 
     def __init__(self, graph, tensors_a: dict, tensors_b: dict, stage="direct", dtype=torch.float64):
         device = next(iter(tensors_a.values())).device

@@ -10,6 +10,7 @@ from .capture import as_tuple, capture
 from .lifted import PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
 from .quantize import quantize_weights
+from .scaled import to_float
 
 
 def round_up(value: float, relative_error: float) -> float:
@@ -66,13 +67,7 @@ def certified_distance(graph, tensors_a: dict, tensors_b: dict, dtype=torch.floa
 
 
 def _to_float(parts, error) -> float:
-    total = 0.0
-    for part in parts:
-        try:
-            total += math.ldexp(float(part.m), part.e)
-        except OverflowError:
-            return math.inf
-    return round_up(total, error)
+    return round_up(sum(to_float(float(part.m), part.e) for part in parts), error)
 
 
 def path_metric(model: nn.Module, other, example_inputs, precision="float64") -> float:

@@ -64,6 +64,14 @@ class Scaled:
         return math.log(total) + self.e * math.log(2.0)
 
 
+def to_float(mantissa: float, exponent: int) -> float:
+    """``mantissa * 2**exponent`` as a Python float (``inf`` past float64)."""
+    try:
+        return math.ldexp(mantissa, exponent)
+    except OverflowError:
+        return math.inf
+
+
 def common_exponent(values) -> int:
     return max(v.e for v in values)
 

@@ -14,6 +14,7 @@ from .capture import Value, capture
 from .errors import UnsupportedModelError
 from .lifted import NormLifting, PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
+from .scaled import to_float
 
 
 def _check_unshared(graph):
@@ -82,18 +83,20 @@ class PathMasses:
             idxs = torch.as_tensor(list(idxs), dtype=torch.long)
             roots = torch.as_tensor(list(root_idxs), dtype=torch.long)
             out.index_add_(0, roots, share[idxs])
-        if not relative:
-            out = out * float(torch.ldexp(self._total, torch.tensor(self.exponent)))
-        return out
+        return out if relative else self.absolute(out)
 
     def share(self, key) -> torch.Tensor:
         if key not in self._shares:
             self._shares[key] = self._leaves[key] * self.gradients[key] / self._total
         return self._shares[key]
 
+    def absolute(self, share: torch.Tensor) -> torch.Tensor:
+        """Shares of N in absolute units (``inf`` past float64)."""
+        return torch.ldexp(share * self._total.to(share.dtype),
+                           torch.tensor(self.exponent, dtype=share.dtype))
+
     def mass(self, key) -> torch.Tensor:
-        return torch.ldexp(self.share(key) * self._total,
-                           torch.tensor(self.exponent, dtype=self._total.dtype))
+        return self.absolute(self.share(key))
 
     def gradient(self, key) -> torch.Tensor:
         """``dN/d|theta|`` up to the common factor ``2**exponent`` (shared by all keys)."""
@@ -179,9 +182,8 @@ def channel_scores(model, example_inputs, relative=False, precision="float64") -
     """``{layer name: per-output-channel mass}``: the mass removed by deleting an output channel
     of a conv/linear layer together with the BatchNorm channel that directly follows it."""
     masses = PathMasses(model, example_inputs, precision)
-    factor = 1.0 if relative else torch.ldexp(masses._total, torch.tensor(masses.exponent,
-                                                                          dtype=masses._total.dtype))
-    return {name: masses.channel_share(name) * factor for name in masses.layers}
+    get = masses.channel_share if relative else lambda name: masses.absolute(masses.channel_share(name))
+    return {name: get(name) for name in masses.layers}
 
 
 def zeroed_members(model, example_inputs, members, roots=None) -> dict:
@@ -254,7 +256,7 @@ def group_mass(model, example_inputs, members, num_channels, exact=False, relati
                 outputs, _ = ev.run()
             a, d = total_of(outputs, 0), total_of(outputs, 1)
             value = float(d.m) * 2.0 ** (d.e - a.e) / float(a.m) if relative else \
-                float(torch.ldexp(d.m, torch.tensor(d.e)))
+                to_float(float(d.m), d.e)
             out[root] = value
         return out
     masses = masses or PathMasses(model, example_inputs, precision)

@@ -17,6 +17,7 @@ import torch
 
 from .metric import layer_weights, path_metric, round_up
 from .quantize import quantize_weights
+from .scaled import to_float
 from .scores import PathMasses
 
 
@@ -84,15 +85,8 @@ def layer_sensitivity(model, example_inputs, bits=(2, 3, 4, 8), scheme="symmetri
         value = float(((w.double() - q.double()).abs() * grad).sum())
         # forward and backward each carry masses.relative_error; the final dot product n * eps
         error = 2 * masses.relative_error + w.numel() * torch.finfo(torch.float64).eps
-        out[layer, b] = round_up(_times_pow2(value, masses.exponent), error)
+        out[layer, b] = round_up(to_float(value, masses.exponent), error)
     return out
-
-
-def _times_pow2(value: float, exponent: int) -> float:
-    try:
-        return math.ldexp(value, exponent)
-    except OverflowError:
-        return math.inf
 
 
 @dataclass
@@ -192,7 +186,7 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
     for plan in candidates.values():
         certified = path_metric(model, {weights[l][0]: quantized[l, b] for l, b in plan.items()},
                                 example_inputs, precision)
-        additive = _times_pow2(sum(costs[names.index(l)][bits.index(b)] for l, b in plan.items()),
+        additive = to_float(sum(costs[names.index(l)][bits.index(b)] for l, b in plan.items()),
                                masses.exponent)
         if best is None or certified < best.certified_bound:
             average = sum(n * plan[l] for l, n in zip(names, counts)) / sum(counts)
