@@ -54,6 +54,19 @@ class Node:
     module: str        # path of the innermost module running when the call was made
     module_type: str
     shape: object      # output shape, or tuple of shapes for multi-output ops
+    _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def call(self, resolve):
+        """``(args, kwargs)`` with every leaf replaced by ``resolve(leaf)`` (flattened once)."""
+        if self._flat is None:
+            leaves, spec = pytree.tree_flatten((self.args, self.kwargs))
+            self._flat = (leaves, spec, [i for i, x in enumerate(leaves)
+                                         if isinstance(x, (Value, Param, Buffer))])
+        leaves, spec, refs = self._flat
+        leaves = list(leaves)
+        for i in refs:
+            leaves[i] = resolve(leaves[i])
+        return pytree.tree_unflatten(leaves, spec)
 
 
 @dataclass
@@ -342,8 +355,7 @@ def replay(graph: Graph, model: nn.Module, inputs):
         if node.rule == "input":
             results.append(next(feed))
             continue
-        args, kwargs = pytree.tree_map(resolve, (node.args, node.kwargs),
-                                       is_leaf=lambda x: isinstance(x, (Value, Param, Buffer)))
+        args, kwargs = node.call(resolve)
         results.append(node.func(*args, **kwargs))
     return [resolve(v) for v in graph.outputs]
 

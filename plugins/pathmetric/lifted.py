@@ -15,6 +15,7 @@ Every lifted value is a tuple of :class:`~pathmetric.scaled.Scaled` components (
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -22,7 +23,8 @@ from torch.utils import _pytree as pytree
 from . import rules
 from .capture import Buffer, Graph, Param, Value
 from .errors import UnsupportedModelError
-from .scaled import Scaled, aligned, common_exponent, scaled_sum, scaled_total
+from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
+                     scaled_total)
 
 
 def named_tensors(model) -> dict:
@@ -61,7 +63,7 @@ class Lifting:
         out = []
         for parts in zip(*values):
             exponent = common_exponent(parts)
-            out.append(Scaled.normalized(fn(aligned(parts, exponent)), exponent))
+            out.append(Scaled(fn(aligned(parts, exponent)), exponent))
         return tuple(out)
 
     def terms(self, n):
@@ -101,6 +103,13 @@ class Lifting:
                 raise ValueError(f"'{ref.name}' holds NaN or infinite values")
         return values[0] if fn is None else fn(*values)
 
+    def magnitude(self, fn, refs, which=0) -> torch.Tensor:
+        """``|fn(*refs)|`` (``|ref|`` when ``fn`` is None) of model ``which``, in the evaluation
+        precision."""
+        if fn is None:
+            return absolute(self.raw(refs[0], which).detach(), self.device, self.dtype)
+        return self.computed(fn, refs, which).abs()
+
     def _non_finite_parameter(self):
         """A clear error naming the NaN or infinite parameter behind a non-finite lifted value."""
         for tensors in self.tensors:
@@ -125,15 +134,14 @@ class Lifting:
             if isinstance(x, Value):
                 v = values[x.node]
                 return v if x.item is None else v[x.item]
-            return x
+            return x  # parameters and buffers stay references, read by ev.param
 
         for index, node in enumerate(self.graph.nodes):
             self.node = node
             if node.rule == "input":
                 values.append(self.inputs(node.shape))
                 continue
-            args, kwargs = pytree.tree_map(resolve, (node.args, node.kwargs),
-                                           is_leaf=lambda x: isinstance(x, Value))
+            args, kwargs = node.call(resolve)
             try:
                 out = rules.RULES[node.rule].lift(self, *args, func=node.func, **kwargs)
             except FloatingPointError as exc:
@@ -170,10 +178,9 @@ class NormLifting(Lifting):
     """
 
     def __init__(self, graph, model, q=1.0, dtype=torch.float64, overrides=None, track=False):
-        device = next(iter(named_tensors(model).values())).device
-        super().__init__(graph, dtype, device)
-        self.q = float(q)
         tensors = named_tensors(model)
+        super().__init__(graph, dtype, next(iter(tensors.values())).device)
+        self.q = float(q)
         tensors.update(overrides or {})
         self.tensors = (tensors,)
         self.leaves = {} if track else None
@@ -182,7 +189,7 @@ class NormLifting(Lifting):
         return (Scaled(torch.ones(shape, dtype=self.dtype, device=self.device), 0),)
 
     def param(self, fn, *refs):
-        value = self.computed(fn, refs, 0).abs()
+        value = self.magnitude(fn, refs)
         if self.q != 1.0:
             value = value ** self.q
         if self.leaves is not None and isinstance(refs[0], (Param, Buffer)):
@@ -195,6 +202,16 @@ class NormLifting(Lifting):
 
     def bias(self, p, fn):
         return (Scaled.normalized(fn(p), 0),)
+
+    def affine(self, x, s, t, shape):
+        return (scaled_affine(x[0], s.reshape(shape), t.reshape(shape)).renormalized(),)
+
+
+def absolute(tensor, device, dtype) -> torch.Tensor:
+    """``|tensor|`` on ``device`` in ``dtype``, with one new tensor (never the input itself)."""
+    if tensor.device == torch.device(device) and tensor.dtype == dtype:
+        return tensor.abs()
+    return tensor.to(device, dtype).abs_()
 
 
 def _leaf_key(fn, refs, node):
@@ -222,55 +239,82 @@ class PairLifting(Lifting):
 
     def inputs(self, shape):
         ones = torch.ones(shape, dtype=self.dtype, device=self.device)
-        return (Scaled(ones, 0), Scaled(torch.zeros_like(ones), 0))
+        return (Scaled(ones, 0), Scaled(torch.zeros_like(ones), ZERO_EXPONENT))
 
-    def param(self, fn, *refs):
-        """``(U, U - L, L)`` of the lifted parameter; ``U - L`` is None when both models agree."""
+    def param(self, fn, *refs) -> "PairParam":
+        """``U``, ``U - L`` and ``L`` of the lifted parameter (``U - L`` None where both models
+        agree); ``U`` and ``U - L`` are the two halves of one tensor stacked along dim 0."""
         if all(self.raw(r, 0) is self.raw(r, 1) or torch.equal(self.raw(r, 0), self.raw(r, 1))
                for r in refs):
-            upper = self.computed(fn, refs, 0).abs()
-            return upper, None, upper
+            upper = self.magnitude(fn, refs)
+            return PairParam(upper, None, upper)
         # signs, magnitudes, max and min are exact in the parameters' own precision
         a, b = self.computed(fn, refs, 0, cast=False), self.computed(fn, refs, 1, cast=False)
         if a.shape != b.shape:
             raise ValueError(f"'{self.node.module}' has parameters of shape {tuple(a.shape)} and "
                              f"{tuple(b.shape)} in the two models")
-        conflict = a * b < 0
-        conflicts = int(conflict.sum())
+        conflict = (a * b).lt_(0)
+        conflicts = int(torch.count_nonzero(conflict))
         self.conflicts += conflicts
         if self.stage == "to_mid":  # theta versus theta'': they differ only where signs conflict
             if not conflicts:
-                upper = a.abs().to(self.device, self.dtype)
-                return upper, None, upper
-            b = torch.where(conflict, torch.zeros_like(a), a)
+                upper = absolute(a, self.device, self.dtype)
+                return PairParam(upper, None, upper)
+            b = torch.where(conflict.bool(), torch.zeros_like(a), a)
         elif conflicts and self.stage == "from_mid":
-            a = torch.where(conflict, torch.zeros_like(a), a)
-        a, b = a.abs(), b.abs()
-        upper = torch.maximum(a, b).to(self.device, self.dtype)
-        lower = torch.minimum(a, b).to(self.device, self.dtype)
-        return upper, upper - lower, lower
+            a = torch.where(conflict.bool(), torch.zeros_like(a), a)
+        a, lower = absolute(a, self.device, self.dtype), absolute(b, self.device, self.dtype)
+        stacked = torch.empty((2 * a.shape[0],) + a.shape[1:] if a.dim() else (2,),
+                              dtype=self.dtype, device=self.device)
+        upper, gap = stacked.chunk(2) if a.dim() else stacked.unbind()
+        torch.maximum(a, lower, out=upper)
+        torch.minimum(a, lower, out=lower)
+        torch.sub(upper, lower, out=gap)
+        return PairParam(upper, gap, lower, stacked)
 
     def linear(self, x, fn, p, stack_dim=None):
         """``A' = fn(A, U)``, ``D' = fn(A, U - L) + fn(D, L)``. Where both models agree, ``A`` and
         ``D`` go through one call as a batch of two; otherwise ``U`` and ``U - L`` go through one
         call stacked along the output dimension ``stack_dim`` when the op allows it."""
-        (a, d), (upper, gap, lower) = x, p
+        a, d = x
         self.terms(1)
-        if gap is None:
-            both = fn(torch.cat([a.m, d.m]), upper)
+        if p.gap is None:
+            both = fn(torch.cat([a.m, d.m]), p.upper)
             n = a.m.shape[0]
             return Scaled.normalized(both[:n], a.e), Scaled.normalized(both[n:], d.e)
         if stack_dim is None:
-            y_upper, y_gap = fn(a.m, upper), fn(a.m, gap)
+            y_upper, y_gap = fn(a.m, p.upper), fn(a.m, p.gap)
         else:
-            y_upper, y_gap = fn(a.m, torch.cat([upper, gap])).chunk(2, dim=stack_dim)
+            y_upper, y_gap = fn(a.m, p.stacked).chunk(2, dim=stack_dim)
         return (Scaled.normalized(y_upper, a.e),
-                scaled_sum([Scaled(y_gap, a.e), Scaled(fn(d.m, lower), d.e)]))
+                scaled_sum([Scaled(y_gap, a.e), Scaled(fn(d.m, p.lower), d.e)]).renormalized())
 
     def bias(self, p, fn):
-        upper, gap, _ = p
-        y = Scaled.normalized(fn(upper), 0)
-        return y, (Scaled(torch.zeros_like(y.m), 0) if gap is None else Scaled.normalized(fn(gap), 0))
+        y = Scaled.normalized(fn(p.upper), 0)
+        if p.gap is None:
+            return y, Scaled(torch.zeros_like(y.m), ZERO_EXPONENT)
+        return y, Scaled.normalized(fn(p.gap), 0)
+
+    def affine(self, x, s, t, shape):
+        """``A' = U_s A + U_t``, ``D' = (U_s - L_s) A + L_s D + (U_t - L_t)``."""
+        a, d = x
+
+        def shaped(p):
+            return None if p is None else p.reshape(shape)
+        a_out = scaled_affine(a, shaped(s.upper), shaped(t.upper)).renormalized()
+        d_out = scaled_affine(d, shaped(s.lower), shaped(t.gap))
+        if s.gap is not None:
+            d_out = scaled_sum([scaled_affine(a, shaped(s.gap)), d_out])
+        return a_out, d_out.renormalized()
+
+
+class PairParam(NamedTuple):
+    """A lifted parameter in the pair pass: ``upper`` = U, ``gap`` = U - L (None where the two
+    models agree), ``lower`` = L, and ``stacked`` = ``cat([U, U - L])`` (whose halves they are)."""
+    upper: torch.Tensor
+    gap: torch.Tensor | None
+    lower: torch.Tensor
+    stacked: torch.Tensor | None = None
 
 
 def total_of(outputs, component=0) -> Scaled:

@@ -2,13 +2,15 @@
 
 A rule receives the evaluation context ``ev`` and the op's arguments, where every input-dependent
 tensor has become a lifted value and every parameter or buffer a reference. It builds the lifted op
-from four primitives of ``ev`` (see ``lifted.Lifting``), so the same rule serves the L_q path-norm
+from the primitives of ``ev`` (see ``lifted.Lifting``), so the same rule serves the L_q path-norm
 pass and the (A, D) path-metric pass:
 
 - ``ev.fixed(x, fn)``: a fixed map whose coefficients are already lifted (``|c|**q``),
 - ``ev.linear(x, fn, p)``: a map whose coefficients are the parameter ``p`` (lifted by ``ev``),
 - ``ev.bias(p, fn)``: paths that start at the bias ``p`` (``fn`` broadcasts it),
 - ``ev.add(values)``: a sum of incoming edges of coefficient one.
+- ``ev.affine(x, s, t, shape)``: ``s * x + t`` with lifted per-channel parameters ``s`` and ``t``
+  (reshaped to ``shape``), the image of a frozen BatchNorm, in one pass.
 
 ``ev.terms(n)`` records that every entry of the result sums at most ``n`` terms, which bounds the
 floating-point error that certificates are rounded up by.
@@ -219,8 +221,7 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
         raise ev.unsupported("BatchNorm with a bias but no weight")
     t = ev.param(shift, *refs)
     ev.terms(3)
-    y = ev.linear(x, lambda m, p: m * p.reshape(shape), s)
-    return ev.add([y, ev.bias(t, lambda p: p.reshape(shape))])
+    return ev.affine(x, s, t, shape)
 
 
 # ---------------------------------------------------------------- pooling

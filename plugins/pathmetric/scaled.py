@@ -1,11 +1,16 @@
 """Scaled arithmetic: a non-negative tensor carried as ``mantissa * 2**exponent``.
 
 Path-norms of deep networks overflow any floating-point format (ResNet-152's L1 path-norm is about
-1e194, a 1000-layer MLP's about 1e1500). Every lifted tensor is therefore a mantissa tensor whose
-largest entry stays within [2**-60, 2**60] (it is brought back to [0.5, 1) when it leaves that
-range) and one integer power-of-two exponent. Multiplying by a power of two
-is exact, so the scaling itself adds no rounding error; additions and concatenations first bring
-their operands to a common exponent.
+1e194, a 1000-layer MLP's about 1e1500). Every lifted tensor is therefore a mantissa tensor and one
+integer power-of-two exponent. Multiplying by a power of two is exact, so the scaling itself adds
+no rounding error; additions and concatenations first bring their operands to a common exponent.
+
+Renormalisation costs a reduction over the tensor, so it is done where magnitudes can change by an
+arbitrary factor: after every parametrised map (convolution, linear, frozen BatchNorm). There the
+largest entry is brought back to [0.5, 1) once it leaves [2**-60, 2**60]. Fixed maps (pooling,
+upsampling, reshaping) and sums change the largest entry by a factor bounded by the number of
+summed terms, and the next parametrised map renormalises. An all-zero tensor takes the exponent
+``ZERO_EXPONENT``, so it never drags the other operands of a sum down to its scale.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch
 # one in float64 (and float32), so it is dropped rather than scaled into denormals.
 _NEGLIGIBLE_GAP = 1100
 _LOW, _HIGH = 2.0 ** -60, 2.0 ** 60
+ZERO_EXPONENT = -(1 << 40)
 
 
 def times_pow2(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
@@ -39,22 +45,24 @@ class Scaled:
 
     @classmethod
     def normalized(cls, m: torch.Tensor, e: int = 0) -> "Scaled":
-        """``m * 2**e`` with ``max(m)`` brought back to [0.5, 1) once it leaves [2**-60, 2**60].
-
-        Between those limits the tensor is kept as it is (no extra pass over it); any single
-        op grows a tensor by far less than the 2**67 float32 still has above 2**60.
-        """
+        """``m * 2**e`` with ``max(m)`` brought back to [0.5, 1) once it leaves [2**-60, 2**60]
+        (an all-zero ``m`` gets ``ZERO_EXPONENT``)."""
         if m.numel() == 0:
             return cls(m, e)
         peak = float(m.detach().max())
-        if _LOW <= peak <= _HIGH or peak == 0.0:
+        if _LOW <= peak <= _HIGH:
             return cls(m, e)
+        if peak == 0.0:
+            return cls(m, ZERO_EXPONENT)
         if not math.isfinite(peak):
             raise FloatingPointError(
                 "a lifted tensor is not finite: a parameter holds NaN or infinity, or one "
                 "operation overflowed (use the float64 precision)")
         shift = math.frexp(peak)[1]
         return cls(times_pow2(m, -shift), e + shift)
+
+    def renormalized(self) -> "Scaled":
+        return Scaled.normalized(self.m, self.e)
 
     def log(self) -> float:
         """Natural log of the sum of all entries (``-inf`` for an all-zero tensor)."""
@@ -66,6 +74,8 @@ class Scaled:
 
 def to_float(mantissa: float, exponent: int) -> float:
     """``mantissa * 2**exponent`` as a Python float (``inf`` past float64)."""
+    if mantissa == 0.0:
+        return 0.0
     try:
         return math.ldexp(mantissa, exponent)
     except OverflowError:
@@ -86,16 +96,35 @@ def aligned(values, exponent: int):
 
 
 def scaled_sum(values) -> Scaled:
-    """Sum of broadcastable scaled tensors."""
-    values = list(values)
+    """Sum of broadcastable scaled tensors, ``sum_k m_k 2**(e_k - E)`` at ``E = max e_k``: each
+    operand is scaled inside the addition (``alpha``), not in a pass of its own."""
+    values = sorted(values, key=lambda v: v.e, reverse=True)
     if len(values) == 1:
         return values[0]
-    exponent = common_exponent(values)
-    mantissas = aligned(values, exponent)
-    total = mantissas[0]
-    for m in mantissas[1:]:
-        total = total + m
-    return Scaled.normalized(total, exponent)
+    exponent = values[0].e
+    total = values[0].m
+    for v in values[1:]:
+        gap = v.e - exponent
+        if gap < -_NEGLIGIBLE_GAP:
+            shape = torch.broadcast_shapes(total.shape, v.m.shape)
+            total = total if shape == total.shape else total.expand(shape)
+        elif gap >= -120:
+            total = torch.add(total, v.m, alpha=2.0**gap)
+        else:
+            total = total + times_pow2(v.m, gap)
+    return Scaled(total, exponent)
+
+
+def scaled_affine(x: Scaled, scale: torch.Tensor, shift: torch.Tensor | None = None) -> Scaled:
+    """``x * scale + shift`` for non-negative broadcastable ``scale`` and ``shift`` (the latter
+    at exponent 0) in one pass over ``x``: the small factors, not ``x``, are brought to the
+    common exponent."""
+    if shift is None:
+        return Scaled(x.m * scale, x.e)
+    bias = Scaled.normalized(shift)
+    exponent = max(x.e, bias.e)
+    factor, offset = aligned([Scaled(scale, x.e), bias], exponent)
+    return Scaled(torch.addcmul(offset, x.m, factor), exponent)
 
 
 def scaled_total(values) -> Scaled:
