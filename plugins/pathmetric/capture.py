@@ -76,6 +76,7 @@ class Graph:
     input_shapes: tuple
     param_names: tuple             # parameters used, in order of first use
     uses: dict = field(default_factory=dict)  # parameter name -> number of nodes using it
+    scratch: object = field(default=None, repr=False, compare=False)  # lifted.Scratch
 
     def signature(self):
         """What two models must share for a path-metric between them to make sense."""

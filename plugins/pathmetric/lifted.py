@@ -15,6 +15,7 @@ Every lifted value is a tuple of :class:`~pathmetric.scaled.Scaled` components (
 from __future__ import annotations
 
 import math
+import threading
 from typing import NamedTuple
 
 import torch
@@ -34,17 +35,65 @@ def named_tensors(model) -> dict:
     return named
 
 
+class Scratch:
+    """Memory for lifted parameters, reused from one op to the next and from call to call.
+
+    Lifted parameters are as large as the model, and a freshly allocated large tensor costs a
+    page fault per page on its first write, which doubles the elementwise work on them. Views of
+    one growing buffer, handed out again from the start at every op, avoid that. A view is valid
+    until the next op; ``owns`` tells whether a tensor uses the buffer. Each captured graph keeps
+    one (up to ``KEEP_BYTES``) for its next evaluation; a concurrent evaluation of the same graph
+    gets a private one.
+    """
+
+    KEEP_BYTES = 256 * 2**20
+
+    def __init__(self):
+        self.buffer = torch.empty(0, dtype=torch.uint8)
+        self.used = 0
+        self.lock = threading.Lock()
+
+    def acquire(self) -> "Scratch":
+        return self if self.lock.acquire(blocking=False) else Scratch()
+
+    def release(self):
+        if self.buffer.numel() > self.KEEP_BYTES:
+            self.buffer = torch.empty(0, dtype=torch.uint8)
+        if self.lock.locked():
+            self.lock.release()
+
+    def reset(self):
+        self.used = 0
+
+    def empty(self, shape, dtype, device) -> torch.Tensor:
+        shape = tuple(shape)
+        size = math.prod(shape) * dtype.itemsize
+        start = -(-self.used // 64) * 64
+        if start + size > self.buffer.numel() or self.buffer.device != torch.device(device):
+            # views handed out earlier in this op keep the old buffer alive
+            self.buffer = torch.empty(max(2 * self.buffer.numel(), size), dtype=torch.uint8,
+                                      device=device)
+            start = 0
+        self.used = start + size
+        return self.buffer[start:start + size].view(dtype).view(shape)
+
+    def owns(self, tensor) -> bool:
+        return tensor.untyped_storage().data_ptr() == self.buffer.untyped_storage().data_ptr()
+
+
 class Lifting:
     """The primitives rules are written in; subclasses say what a parameter becomes."""
 
     q = 1.0
 
-    def __init__(self, graph: Graph, dtype=torch.float64, device=None):
+    def __init__(self, graph: Graph, dtype=torch.float64, device=None, scratch=True):
         self.graph = graph
         self.dtype = dtype
         self.device = device
         self.node = None
         self.summed_terms = 0
+        self.uses_scratch = scratch
+        self.scratch = None
 
     # -- primitives used by rules
     def fixed(self, x, fn):
@@ -107,8 +156,22 @@ class Lifting:
         """``|fn(*refs)|`` (``|ref|`` when ``fn`` is None) of model ``which``, in the evaluation
         precision."""
         if fn is None:
-            return absolute(self.raw(refs[0], which).detach(), self.device, self.dtype)
+            return self.absolute(self.raw(refs[0], which).detach())
         return self.computed(fn, refs, which).abs()
+
+    def empty(self, shape, dtype=None) -> torch.Tensor:
+        """A new tensor for a lifted parameter (scratch memory, valid during the current op)."""
+        dtype = dtype or self.dtype
+        if self.scratch is None:
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        return self.scratch.empty(shape, dtype, self.device)
+
+    def absolute(self, tensor) -> torch.Tensor:
+        """``|tensor|`` in the evaluation precision, never the tensor itself."""
+        out = self.empty(tensor.shape)
+        if tensor.dtype == out.dtype and tensor.device == out.device:
+            return torch.abs(tensor, out=out)
+        return out.copy_(tensor).abs_()
 
     def _non_finite_parameter(self):
         """A clear error naming the NaN or infinite parameter behind a non-finite lifted value."""
@@ -127,6 +190,17 @@ class Lifting:
 
     def run(self, keep=()):
         """Evaluate the graph; return the lifted outputs (and the values of ``keep`` nodes)."""
+        if self.uses_scratch and self.graph.scratch is None:
+            self.graph.scratch = Scratch()
+        self.scratch = self.graph.scratch.acquire() if self.uses_scratch else None
+        try:
+            return self._run(keep)
+        finally:
+            if self.scratch is not None:
+                self.scratch.release()
+            self.scratch = None
+
+    def _run(self, keep):
         values: list = []
         kept = {}
 
@@ -142,10 +216,17 @@ class Lifting:
                 values.append(self.inputs(node.shape))
                 continue
             args, kwargs = node.call(resolve)
+            if self.scratch is not None:
+                self.scratch.reset()
             try:
                 out = rules.RULES[node.rule].lift(self, *args, func=node.func, **kwargs)
             except FloatingPointError as exc:
                 raise self._non_finite_parameter() or exc
+            if self.scratch is not None:
+                for value in (out if isinstance(out, list) else [out]):
+                    for part in value:
+                        if self.scratch.owns(part.m):  # e.g. a bias broadcast as it is
+                            part.m = part.m.clone()
             values.append(out)
             if index in keep:
                 kept[index] = out
@@ -179,7 +260,7 @@ class NormLifting(Lifting):
 
     def __init__(self, graph, model, q=1.0, dtype=torch.float64, overrides=None, track=False):
         tensors = named_tensors(model)
-        super().__init__(graph, dtype, next(iter(tensors.values())).device)
+        super().__init__(graph, dtype, next(iter(tensors.values())).device, scratch=not track)
         self.q = float(q)
         tensors.update(overrides or {})
         self.tensors = (tensors,)
@@ -204,14 +285,7 @@ class NormLifting(Lifting):
         return (Scaled.normalized(fn(p), 0),)
 
     def affine(self, x, s, t, shape):
-        return (scaled_affine(x[0], s.reshape(shape), t.reshape(shape)).renormalized(),)
-
-
-def absolute(tensor, device, dtype) -> torch.Tensor:
-    """``|tensor|`` on ``device`` in ``dtype``, with one new tensor (never the input itself)."""
-    if tensor.device == torch.device(device) and tensor.dtype == dtype:
-        return tensor.abs()
-    return tensor.to(device, dtype).abs_()
+        return (scaled_affine([(x[0], s.reshape(shape))], t.reshape(shape)).renormalized(),)
 
 
 def _leaf_key(fn, refs, node):
@@ -253,22 +327,27 @@ class PairLifting(Lifting):
         if a.shape != b.shape:
             raise ValueError(f"'{self.node.module}' has parameters of shape {tuple(a.shape)} and "
                              f"{tuple(b.shape)} in the two models")
-        conflict = (a * b).lt_(0)
-        conflicts = int(torch.count_nonzero(conflict))
+        product = torch.mul(a, b, out=self.empty(a.shape, a.dtype))
+        conflict = product.lt_(0) if product.numel() and float(product.amin()) < 0 else None
+        conflicts = 0 if conflict is None else int(torch.count_nonzero(conflict))
         self.conflicts += conflicts
         if self.stage == "to_mid":  # theta versus theta'': they differ only where signs conflict
             if not conflicts:
-                upper = absolute(a, self.device, self.dtype)
+                upper = self.absolute(a)
                 return PairParam(upper, None, upper)
             b = torch.where(conflict.bool(), torch.zeros_like(a), a)
         elif conflicts and self.stage == "from_mid":
             a = torch.where(conflict.bool(), torch.zeros_like(a), a)
-        a, lower = absolute(a, self.device, self.dtype), absolute(b, self.device, self.dtype)
-        stacked = torch.empty((2 * a.shape[0],) + a.shape[1:] if a.dim() else (2,),
-                              dtype=self.dtype, device=self.device)
+        stacked = self.empty((2 * a.shape[0],) + a.shape[1:] if a.dim() else (2,))
         upper, gap = stacked.chunk(2) if a.dim() else stacked.unbind()
-        torch.maximum(a, lower, out=upper)
-        torch.minimum(a, lower, out=lower)
+        lower = self.empty(a.shape)
+        a, b = (torch.abs(v, out=self.empty(v.shape, v.dtype)) for v in (a, b))
+        if torch.can_cast(a.dtype, self.dtype):
+            torch.maximum(a, b, out=upper)
+            torch.minimum(a, b, out=lower)
+        else:
+            upper.copy_(torch.maximum(a, b))
+            lower.copy_(torch.minimum(a, b))
         torch.sub(upper, lower, out=gap)
         return PairParam(upper, gap, lower, stacked)
 
@@ -286,8 +365,9 @@ class PairLifting(Lifting):
             y_upper, y_gap = fn(a.m, p.upper), fn(a.m, p.gap)
         else:
             y_upper, y_gap = fn(a.m, p.stacked).chunk(2, dim=stack_dim)
+        y_lower = fn(d.m, p.lower)
         return (Scaled.normalized(y_upper, a.e),
-                scaled_sum([Scaled(y_gap, a.e), Scaled(fn(d.m, p.lower), d.e)]).renormalized())
+                scaled_sum([Scaled(y_gap, a.e), Scaled(y_lower, d.e)], owned=True).renormalized())
 
     def bias(self, p, fn):
         y = Scaled.normalized(fn(p.upper), 0)
@@ -296,16 +376,14 @@ class PairLifting(Lifting):
         return y, Scaled.normalized(fn(p.gap), 0)
 
     def affine(self, x, s, t, shape):
-        """``A' = U_s A + U_t``, ``D' = (U_s - L_s) A + L_s D + (U_t - L_t)``."""
+        """``A' = U_s A + U_t``, ``D' = L_s D + (U_s - L_s) A + (U_t - L_t)``."""
         a, d = x
 
         def shaped(p):
             return None if p is None else p.reshape(shape)
-        a_out = scaled_affine(a, shaped(s.upper), shaped(t.upper)).renormalized()
-        d_out = scaled_affine(d, shaped(s.lower), shaped(t.gap))
-        if s.gap is not None:
-            d_out = scaled_sum([scaled_affine(a, shaped(s.gap)), d_out])
-        return a_out, d_out.renormalized()
+        d_terms = [(d, shaped(s.lower))] + ([(a, shaped(s.gap))] if s.gap is not None else [])
+        return (scaled_affine([(a, shaped(s.upper))], shaped(t.upper)).renormalized(),
+                scaled_affine(d_terms, shaped(t.gap)).renormalized())
 
 
 class PairParam(NamedTuple):

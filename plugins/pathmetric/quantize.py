@@ -38,29 +38,39 @@ def quantize_weights(tensor: torch.Tensor, bits: int, scheme: str = "symmetric",
     with one scale per tensor, per output channel (dim 0) or per group of ``group_size``
     consecutive entries of a row. Rounding is half-to-even; all-zero rows stay zero.
     """
-    if not 2 <= int(bits) <= 16:
-        raise ValueError(f"bits must be between 2 and 16, got {bits}")
+    return quantizer(tensor, scheme, granularity, group_size)(bits)
+
+
+def quantizer(tensor: torch.Tensor, scheme: str = "symmetric", granularity: str = "per_channel",
+              group_size: int | None = None):
+    """``bits -> quantize_weights(tensor, bits, scheme, granularity, group_size)``, computing the
+    per-row minima and maxima once for all bit-widths."""
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    w = tensor.detach()
-    rows, grouping = _rows(w, granularity, group_size)
-    if scheme == "symmetric":
-        top = 2 ** (bits - 1) - 1
-        scale = rows.abs().amax(dim=1, keepdim=True) / top
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.clamp(torch.round(rows / safe), -top - 1, top) * safe
-    else:
-        top = 2 ** bits - 1
-        lo = rows.amin(dim=1, keepdim=True).clamp(max=0)
-        hi = rows.amax(dim=1, keepdim=True).clamp(min=0)
-        scale = (hi - lo) / top
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero = torch.round(-lo / safe)
-        q = (torch.clamp(torch.round(rows / safe) + zero, 0, top) - zero) * safe
-    q = torch.where(scale > 0, q, torch.zeros_like(q))
-    if grouping is not None:
-        shape, pad = grouping
-        q = q.reshape(shape[0], -1)[:, :shape[1]]
-    return q.reshape(tensor.shape).to(tensor.dtype)
+    rows, grouping = _rows(tensor.detach(), granularity, group_size)
+    lo = rows.amin(dim=1, keepdim=True).clamp(max=0)
+    hi = rows.amax(dim=1, keepdim=True).clamp(min=0)
+
+    def quantize(bits: int) -> torch.Tensor:
+        if not 2 <= int(bits) <= 16:
+            raise ValueError(f"bits must be between 2 and 16, got {bits}")
+        # |round(w/s)| <= top: w/s is at most top * (1 + 2 eps), so the symmetric clamp never
+        # binds, and an all-zero row (s = 0, divided by 1) quantizes to zeros
+        if scheme == "symmetric":
+            top = 2 ** (bits - 1) - 1
+            scale = torch.maximum(hi, lo.neg()) / top
+            safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+            q = torch.div(rows, safe).round_().mul_(safe)
+        else:
+            top = 2 ** bits - 1
+            scale = (hi - lo) / top
+            safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+            zero = torch.round(-lo / safe)
+            q = torch.div(rows, safe).round_().add_(zero).clamp_(0, top).sub_(zero).mul_(safe)
+        if grouping is not None:
+            shape, pad = grouping
+            q = q.reshape(shape[0], -1)[:, :shape[1]]
+        return q.reshape(tensor.shape).to(tensor.dtype)
+    return quantize

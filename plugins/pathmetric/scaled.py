@@ -25,13 +25,24 @@ _LOW, _HIGH = 2.0 ** -60, 2.0 ** 60
 ZERO_EXPONENT = -(1 << 40)
 
 
-def times_pow2(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
-    """Return ``tensor * 2**exponent`` exactly, in steps that stay representable in float32."""
-    while exponent > 120:
-        tensor, exponent = tensor * 2.0**120, exponent - 120
-    while exponent < -120:
-        tensor, exponent = tensor * 2.0**-120, exponent + 120
-    return tensor if exponent == 0 else tensor * 2.0**exponent
+def times_pow2(tensor: torch.Tensor, exponent: int, inplace=False) -> torch.Tensor:
+    """Return ``tensor * 2**exponent`` exactly, in steps that stay representable in float32
+    (one step when the factor is representable in the tensor's precision); ``inplace``
+    overwrites ``tensor``."""
+    steps = []
+    if tensor.dtype == torch.float64 and -1000 <= exponent <= 1000:
+        steps.append(exponent)
+    else:
+        while exponent > 120 or exponent < -120:
+            step = 120 if exponent > 0 else -120
+            steps.append(step)
+            exponent -= step
+        steps.append(exponent)
+    for step in steps:
+        if step:
+            tensor = tensor.mul_(2.0**step) if inplace else tensor * 2.0**step
+            inplace = True  # the first step made a new tensor
+    return tensor
 
 
 class Scaled:
@@ -49,7 +60,7 @@ class Scaled:
         (an all-zero ``m`` gets ``ZERO_EXPONENT``)."""
         if m.numel() == 0:
             return cls(m, e)
-        peak = float(m.detach().max())
+        peak = float(m.detach().amax())
         if _LOW <= peak <= _HIGH:
             return cls(m, e)
         if peak == 0.0:
@@ -95,9 +106,10 @@ def aligned(values, exponent: int):
     return out
 
 
-def scaled_sum(values) -> Scaled:
+def scaled_sum(values, owned=False) -> Scaled:
     """Sum of broadcastable scaled tensors, ``sum_k m_k 2**(e_k - E)`` at ``E = max e_k``: each
-    operand is scaled inside the addition (``alpha``), not in a pass of its own."""
+    operand is scaled inside the addition (``alpha``), not in a pass of its own. ``owned``: the
+    operands are temporaries of one shape, and the sum is accumulated into one of them."""
     values = sorted(values, key=lambda v: v.e, reverse=True)
     if len(values) == 1:
         return values[0]
@@ -108,23 +120,33 @@ def scaled_sum(values) -> Scaled:
         if gap < -_NEGLIGIBLE_GAP:
             shape = torch.broadcast_shapes(total.shape, v.m.shape)
             total = total if shape == total.shape else total.expand(shape)
-        elif gap >= -120:
-            total = torch.add(total, v.m, alpha=2.0**gap)
+            continue
+        if gap < -120:
+            v = Scaled(times_pow2(v.m, gap), exponent)
+            gap = 0
+        if owned:
+            total = total.add_(v.m, alpha=2.0**gap)
         else:
-            total = total + times_pow2(v.m, gap)
+            total = torch.add(total, v.m, alpha=2.0**gap)
     return Scaled(total, exponent)
 
 
-def scaled_affine(x: Scaled, scale: torch.Tensor, shift: torch.Tensor | None = None) -> Scaled:
-    """``x * scale + shift`` for non-negative broadcastable ``scale`` and ``shift`` (the latter
-    at exponent 0) in one pass over ``x``: the small factors, not ``x``, are brought to the
-    common exponent."""
-    if shift is None:
-        return Scaled(x.m * scale, x.e)
-    bias = Scaled.normalized(shift)
-    exponent = max(x.e, bias.e)
-    factor, offset = aligned([Scaled(scale, x.e), bias], exponent)
-    return Scaled(torch.addcmul(offset, x.m, factor), exponent)
+def scaled_affine(terms, shift: torch.Tensor | None = None) -> Scaled:
+    """``sum_k x_k * s_k + shift`` for scaled ``x_k`` and non-negative broadcastable factors
+    ``s_k`` and ``shift`` (the latter at exponent 0), one pass per term: the small factors, not
+    the ``x_k``, are brought to the common exponent."""
+    parts = [Scaled(s, x.e) for x, s in terms]
+    if shift is not None:
+        parts.append(Scaled.normalized(shift))
+    exponent = common_exponent(parts)
+    factors = aligned(parts, exponent)
+    total = factors[-1] if shift is not None else None
+    for (x, _), factor in zip(terms, factors):
+        if total is None:
+            total = x.m * factor
+        else:
+            total = torch.addcmul(total, x.m, factor)
+    return Scaled(total, exponent)
 
 
 def scaled_total(values) -> Scaled:

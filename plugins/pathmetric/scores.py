@@ -14,7 +14,7 @@ from .capture import Value, capture
 from .errors import UnsupportedModelError
 from .lifted import NormLifting, PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
-from .scaled import to_float
+from .scaled import times_pow2, to_float
 
 
 def _check_unshared(graph):
@@ -56,9 +56,7 @@ class PathMasses:
         self.gradients = {key: leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                           for key, leaf in ev.leaves.items()}
         self._shares = {}
-        self._neurons = {index: (value[0].m.detach() * value[0].m.grad / self._total)
-                         if value[0].m.grad is not None else torch.zeros_like(value[0].m)
-                         for index, value in kept.items()}
+        self._kept = {index: value[0].m for index, value in kept.items()}
         self.output_layers = {name for name, (index, _, _) in self.layers.items()
                               if index in outputs_nodes}
         self.batch_norm_after = self._batch_norms_after_layers()
@@ -87,16 +85,24 @@ class PathMasses:
 
     def share(self, key) -> torch.Tensor:
         if key not in self._shares:
-            self._shares[key] = self._leaves[key] * self.gradients[key] / self._total
+            self._shares[key] = torch.mul(self._leaves[key], self.gradients[key]).div_(self._total)
         return self._shares[key]
 
     def absolute(self, share: torch.Tensor) -> torch.Tensor:
-        """Shares of N in absolute units (``inf`` past float64)."""
-        return torch.ldexp(share * self._total.to(share.dtype),
-                           torch.tensor(self.exponent, dtype=share.dtype))
+        """Shares of N in absolute units (``inf`` past the precision's range)."""
+        return times_pow2(share * self._total.to(share.dtype), self.exponent, inplace=True)
 
     def mass(self, key) -> torch.Tensor:
-        return self.absolute(self.share(key))
+        """``|theta| * dN/d|theta|`` in absolute units (``inf`` past the precision's range)."""
+        return times_pow2(torch.mul(self._leaves[key], self.gradients[key]), self.exponent,
+                          inplace=True)
+
+    def _neurons(self, index) -> torch.Tensor:
+        """Share of N through each output neuron of node ``index``: ``a * dN/da / N``."""
+        value = self._kept[index]
+        if value.grad is None:
+            return torch.zeros_like(value.detach())
+        return torch.mul(value.detach(), value.grad).div_(self._total)
 
     def gradient(self, key) -> torch.Tensor:
         """``dN/d|theta|`` up to the common factor ``2**exponent`` (shared by all keys)."""
@@ -109,7 +115,7 @@ class PathMasses:
         at that BatchNorm's shift."""
         index = self.layers[layer][0]
         node = self.graph.nodes[index]
-        neurons = self._neurons[index]
+        neurons = self._neurons(index)
         dim = 1 if node.rule in ("conv", "conv_transpose") else neurons.dim() - 1
         per_channel = neurons.transpose(0, dim).reshape(neurons.shape[dim], -1).sum(dim=1)
         bn = self.batch_norm_after.get(layer)

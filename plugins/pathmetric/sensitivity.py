@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .metric import layer_weights, path_metric, round_up
-from .quantize import quantize_weights
+from .quantize import quantize_weights, quantizer
 from .scaled import to_float
 from .scores import PathMasses
 
@@ -66,6 +66,22 @@ def _quantized(weights, bits, scheme, granularity, group_size):
             for layer, (_, w) in weights.items() for b in bits}
 
 
+def _moved_mass(w_eval, q, grad) -> float:
+    """``sum_i |w_i - q_i| * g_i`` in the precision of ``grad`` (``w_eval``: ``w`` in it), summed
+    per row in that precision and across rows in float64. Relative error at most
+    ``(2 + row length) * eps`` plus ``rows * eps64`` (see :func:`_moved_mass_error`)."""
+    diff = torch.sub(q, w_eval) if q.dtype == grad.dtype else q.to(grad.dtype).sub_(w_eval)
+    moved = diff.abs_().mul_(grad)
+    rows = moved.reshape(moved.shape[0], -1) if moved.dim() > 1 else moved.reshape(1, -1)
+    return float(rows.sum(dim=1).double().sum())
+
+
+def _moved_mass_error(w, dtype) -> float:
+    rows = w.shape[0] if w.dim() > 1 else 1
+    return (2 + w.numel() // max(rows, 1)) * torch.finfo(dtype).eps + \
+        rows * torch.finfo(torch.float64).eps
+
+
 def layer_sensitivity(model, example_inputs, bits=(2, 3, 4, 8), scheme="symmetric",
                       granularity="per_channel", group_size=None, layers=None,
                       precision="float64") -> Sensitivity:
@@ -77,15 +93,15 @@ def layer_sensitivity(model, example_inputs, bits=(2, 3, 4, 8), scheme="symmetri
     """
     weights = layer_weights(model, example_inputs, layers)
     masses = PathMasses(model, example_inputs, precision)
-    quantized = _quantized(weights, bits, scheme, granularity, group_size)
     out = Sensitivity()
-    for (layer, b), q in quantized.items():
-        name, w = weights[layer]
-        grad = masses.gradient(name).to(torch.float64)
-        value = float(((w.double() - q.double()).abs() * grad).sum())
-        # forward and backward each carry masses.relative_error; the final dot product n * eps
-        error = 2 * masses.relative_error + w.numel() * torch.finfo(torch.float64).eps
-        out[layer, b] = round_up(to_float(value, masses.exponent), error)
+    for layer, (name, w) in weights.items():
+        grad = masses.gradient(name)
+        error = 2 * masses.relative_error + _moved_mass_error(w, grad.dtype)
+        w_eval = w.to(grad.dtype)
+        quantize = quantizer(w, scheme, granularity, group_size)
+        for b in bits:
+            value = _moved_mass(w_eval, quantize(b), grad)
+            out[layer, b] = round_up(to_float(value, masses.exponent), error)
     return out
 
 
@@ -170,8 +186,10 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
         upper[name] = top
     masses = PathMasses(model, example_inputs, precision, overrides=upper)
     names = list(weights)
-    costs = [[float(((weights[l][1].double() - quantized[l, b].double()).abs()
-                     * masses.gradient(weights[l][0]).double()).sum()) for b in bits] for l in names]
+    costs = []
+    for l in names:
+        (name, w), grad = weights[l], masses.gradient(weights[l][0])
+        costs.append([_moved_mass(w.to(grad.dtype), quantized[l, b], grad) for b in bits])
     counts = [weights[l][1].numel() for l in names]
     sizes = [[n * b for b in bits] for n in counts]
     budget = int(size_bits if size_bits is not None else math.floor(avg_bits * sum(counts)))
