@@ -97,6 +97,15 @@ class PathMasses:
         return times_pow2(torch.mul(self._leaves[key], self.gradients[key]), self.exponent,
                           inplace=True)
 
+    def release(self, key, relative=False) -> torch.Tensor:
+        """``share(key)`` (``relative``) or ``mass(key)``, formed in the memory of the lifted
+        parameter, which this object then drops: for a caller that needs each key once."""
+        self._shares.pop(key, None)
+        product = self._leaves.pop(key).mul_(self.gradients[key])
+        if relative:
+            return product.div_(self._total)
+        return times_pow2(product, self.exponent, inplace=True)
+
     def _neurons(self, index) -> torch.Tensor:
         """Share of N through each output neuron of node ``index``: ``a * dN/da / N``."""
         value = self._kept[index]
@@ -175,12 +184,10 @@ def weight_scores(model, example_inputs, relative=False, precision="float64") ->
     ``relative=True`` divides by ``N`` (finite for any depth). One forward and one backward.
     """
     masses = PathMasses(model, example_inputs, precision)
-    get = masses.share if relative else masses.mass
     out = {}
     for _, weight, bias in masses.layers.values():
-        out[weight] = get(weight)
-        if bias:
-            out[bias] = get(bias)
+        for name in (weight, bias) if bias else (weight,):
+            out[name] = masses.release(name, relative)
     return out
 
 

@@ -66,19 +66,26 @@ def _quantized(weights, bits, scheme, granularity, group_size):
             for layer, (_, w) in weights.items() for b in bits}
 
 
-def _moved_mass(w_eval, q, grad) -> float:
-    """``sum_i |w_i - q_i| * g_i`` in the precision of ``grad`` (``w_eval``: ``w`` in it), summed
-    per row in that precision and across rows in float64. Relative error at most
-    ``(2 + row length) * eps`` plus ``rows * eps64`` (see :func:`_moved_mass_error`)."""
-    diff = torch.sub(q, w_eval) if q.dtype == grad.dtype else q.to(grad.dtype).sub_(w_eval)
-    moved = diff.abs_().mul_(grad)
+def _moved_mass(w, q, grad) -> float:
+    """``sum_i |w_i - q_i| * g_i`` for a round-to-nearest ``q`` of ``w`` (``q`` is overwritten).
+
+    ``w - q`` is exact in ``w``'s precision (at least float32): ``q`` is 0 or lies within
+    ``[w/2, 2w]`` (Sterbenz). The products are formed in ``grad``'s precision and summed per row
+    there, then across rows in float64: relative error at most ``(1 + row length) * eps`` plus
+    ``rows * eps64`` (:func:`_moved_mass_error`).
+    """
+    if w.dtype in (torch.float32, torch.float64):
+        diff = torch.sub(w, q, out=q)
+    else:
+        diff = torch.sub(w.float(), q.float())
+    moved = diff.abs_().to(grad.dtype).mul_(grad)
     rows = moved.reshape(moved.shape[0], -1) if moved.dim() > 1 else moved.reshape(1, -1)
     return float(rows.sum(dim=1).double().sum())
 
 
 def _moved_mass_error(w, dtype) -> float:
     rows = w.shape[0] if w.dim() > 1 else 1
-    return (2 + w.numel() // max(rows, 1)) * torch.finfo(dtype).eps + \
+    return (1 + w.numel() // max(rows, 1)) * torch.finfo(dtype).eps + \
         rows * torch.finfo(torch.float64).eps
 
 
@@ -97,10 +104,9 @@ def layer_sensitivity(model, example_inputs, bits=(2, 3, 4, 8), scheme="symmetri
     for layer, (name, w) in weights.items():
         grad = masses.gradient(name)
         error = 2 * masses.relative_error + _moved_mass_error(w, grad.dtype)
-        w_eval = w.to(grad.dtype)
         quantize = quantizer(w, scheme, granularity, group_size)
         for b in bits:
-            value = _moved_mass(w_eval, quantize(b), grad)
+            value = _moved_mass(w, quantize(b), grad)
             out[layer, b] = round_up(to_float(value, masses.exponent), error)
     return out
 
@@ -189,7 +195,7 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
     costs = []
     for l in names:
         (name, w), grad = weights[l], masses.gradient(weights[l][0])
-        costs.append([_moved_mass(w.to(grad.dtype), quantized[l, b], grad) for b in bits])
+        costs.append([_moved_mass(w, quantized[l, b].clone(), grad) for b in bits])
     counts = [weights[l][1].numel() for l in names]
     sizes = [[n * b for b in bits] for n in counts]
     budget = int(size_bits if size_bits is not None else math.floor(avg_bits * sum(counts)))
