@@ -284,8 +284,8 @@ class NormLifting(Lifting):
     def bias(self, p, fn):
         return (Scaled.normalized(fn(p), 0),)
 
-    def affine(self, x, s, t, shape):
-        return (scaled_affine([(x[0], s.reshape(shape))], t.reshape(shape)).renormalized(),)
+    def affine(self, x, s, t):
+        return (scaled_affine([(x[0], s)], t).renormalized(),)
 
 
 def _leaf_key(fn, refs, node):
@@ -375,15 +375,12 @@ class PairLifting(Lifting):
             return y, Scaled(torch.zeros_like(y.m), ZERO_EXPONENT)
         return y, Scaled.normalized(fn(p.gap), 0)
 
-    def affine(self, x, s, t, shape):
+    def affine(self, x, s, t):
         """``A' = U_s A + U_t``, ``D' = L_s D + (U_s - L_s) A + (U_t - L_t)``."""
         a, d = x
-
-        def shaped(p):
-            return None if p is None else p.reshape(shape)
-        d_terms = [(d, shaped(s.lower))] + ([(a, shaped(s.gap))] if s.gap is not None else [])
-        return (scaled_affine([(a, shaped(s.upper))], shaped(t.upper)).renormalized(),
-                scaled_affine(d_terms, shaped(t.gap)).renormalized())
+        d_terms = [(d, s.lower)] + ([(a, s.gap)] if s.gap is not None else [])
+        return (scaled_affine([(a, s.upper)], t.upper).renormalized(),
+                scaled_affine(d_terms, t.gap).renormalized())
 
 
 class PairParam(NamedTuple):

@@ -9,8 +9,8 @@ pass and the (A, D) path-metric pass:
 - ``ev.linear(x, fn, p)``: a map whose coefficients are the parameter ``p`` (lifted by ``ev``),
 - ``ev.bias(p, fn)``: paths that start at the bias ``p`` (``fn`` broadcasts it),
 - ``ev.add(values)``: a sum of incoming edges of coefficient one.
-- ``ev.affine(x, s, t, shape)``: ``s * x + t`` with lifted per-channel parameters ``s`` and ``t``
-  (reshaped to ``shape``), the image of a frozen BatchNorm, in one pass.
+- ``ev.affine(x, s, t)``: ``s * x + t`` with lifted per-channel (dim 1) parameters ``s`` and
+  ``t``, the image of a frozen BatchNorm, in one pass.
 
 ``ev.terms(n)`` records that every entry of the result sums at most ``n`` terms, which bounds the
 floating-point error that certificates are rounded up by.
@@ -213,15 +213,13 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
         t = -mean * scale(var, gamma)
         return t if beta is None else beta + t
 
-    ndim = len(ev.out_shape())
-    shape = (1, -1) + (1,) * (ndim - 2)
     s = ev.param(scale, running_var, *([weight] if weight is not None else []))
     refs = [running_mean, running_var] + [r for r in (weight, bias) if r is not None]
     if weight is None and bias is not None:
         raise ev.unsupported("BatchNorm with a bias but no weight")
     t = ev.param(shift, *refs)
     ev.terms(3)
-    return ev.affine(x, s, t, shape)
+    return ev.affine(x, s, t)
 
 
 # ---------------------------------------------------------------- pooling

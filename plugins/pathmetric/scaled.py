@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 # Beyond this exponent gap, the smaller operand of an addition is below the rounding of the larger
 # one in float64 (and float32), so it is dropped rather than scaled into denormals.
@@ -132,20 +133,21 @@ def scaled_sum(values, owned=False) -> Scaled:
 
 
 def scaled_affine(terms, shift: torch.Tensor | None = None) -> Scaled:
-    """``sum_k x_k * s_k + shift`` for scaled ``x_k`` and non-negative broadcastable factors
-    ``s_k`` and ``shift`` (the latter at exponent 0), one pass per term: the small factors, not
-    the ``x_k``, are brought to the common exponent."""
+    """``sum_k x_k * s_k + shift`` for scaled ``x_k`` with channels along dim 1 and non-negative
+    per-channel vectors ``s_k`` and ``shift`` (the latter at exponent 0), one pass per term: the
+    small vectors, not the ``x_k``, are brought to the common exponent. The first term goes
+    through ``F.batch_norm`` with zero mean and unit variance (``x * s + shift`` exactly, and a
+    fused backward)."""
     parts = [Scaled(s, x.e) for x, s in terms]
     if shift is not None:
         parts.append(Scaled.normalized(shift))
     exponent = common_exponent(parts)
     factors = aligned(parts, exponent)
-    total = factors[-1] if shift is not None else None
-    for (x, _), factor in zip(terms, factors):
-        if total is None:
-            total = x.m * factor
-        else:
-            total = torch.addcmul(total, x.m, factor)
+    (first, _), factor = terms[0], factors[0]
+    total = F.batch_norm(first.m, torch.zeros_like(factor), torch.ones_like(factor), factor,
+                         factors[-1] if shift is not None else None, False, 0.0, 0.0)
+    for (x, _), factor in zip(terms[1:], factors[1:]):
+        total = torch.addcmul(total, x.m, factor.reshape((1, -1) + (1,) * (x.m.dim() - 2)))
     return Scaled(total, exponent)
 
 
