@@ -342,12 +342,12 @@ class PairLifting(Lifting):
         upper, gap = stacked.chunk(2) if a.dim() else stacked.unbind()
         lower = self.empty(a.shape)
         a, b = (torch.abs(v, out=self.empty(v.shape, v.dtype)) for v in (a, b))
-        if torch.can_cast(a.dtype, self.dtype):
+        if a.dtype == self.dtype:
             torch.maximum(a, b, out=upper)
             torch.minimum(a, b, out=lower)
-        else:
-            upper.copy_(torch.maximum(a, b))
-            lower.copy_(torch.minimum(a, b))
+        else:  # in the parameters' precision, then converted (mixed-precision out= is slower)
+            upper.copy_(torch.maximum(a, b, out=self.empty(a.shape, a.dtype)))
+            lower.copy_(torch.minimum(a, b, out=a))
         torch.sub(upper, lower, out=gap)
         return PairParam(upper, gap, lower, stacked)
 
