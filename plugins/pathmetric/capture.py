@@ -60,9 +60,14 @@ class Node:
         """``(args, kwargs)`` with every leaf replaced by ``resolve(leaf)`` (flattened once)."""
         if self._flat is None:
             leaves, spec = pytree.tree_flatten((self.args, self.kwargs))
-            self._flat = (leaves, spec, [i for i, x in enumerate(leaves)
-                                         if isinstance(x, (Value, Param, Buffer))])
-        leaves, spec, refs = self._flat
+            nested = any(isinstance(x, (list, tuple, dict))
+                         for x in list(self.args) + list(self.kwargs.values()))
+            self._flat = (nested, leaves, spec,
+                          [i for i, x in enumerate(leaves) if isinstance(x, (Value, Param, Buffer))])
+        nested, leaves, spec, refs = self._flat
+        if not nested:
+            return (tuple(resolve(x) for x in self.args),
+                    {key: resolve(x) for key, x in self.kwargs.items()})
         leaves = list(leaves)
         for i in refs:
             leaves[i] = resolve(leaves[i])
@@ -77,10 +82,19 @@ class Graph:
     param_names: tuple             # parameters used, in order of first use
     uses: dict = field(default_factory=dict)  # parameter name -> number of nodes using it
     scratch: object = field(default=None, repr=False, compare=False)  # lifted.Scratch
+    _buffer_names: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def signature(self):
         """What two models must share for a path-metric between them to make sense."""
         return [(n.rule, n.module, n.shape, _refs(n.args, n.kwargs)) for n in self.nodes]
+
+    def buffer_names(self) -> tuple:
+        """Buffers the operations read, in order of first use."""
+        if self._buffer_names is None:
+            self._buffer_names = tuple(dict.fromkeys(
+                r.name for n in self.nodes for r in _refs(n.args, n.kwargs)
+                if isinstance(r, Buffer)))
+        return self._buffer_names
 
     def shared_parameters(self) -> list:
         return sorted(name for name, count in self.uses.items() if count > 1)

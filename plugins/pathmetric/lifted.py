@@ -145,11 +145,6 @@ class Lifting:
         values = [self.raw(r, which).detach() for r in refs]
         if cast or fn is not None or not all(v.is_floating_point() for v in values):
             values = [v.to(self.device, self.dtype) for v in values]
-        for ref, value in zip(refs, values):
-            # an infinite running variance would silently zero a BatchNorm scale; parameters
-            # need no check here: a NaN or infinity in them makes a lifted tensor non-finite
-            if isinstance(ref, Buffer) and not torch.isfinite(value).all():
-                raise ValueError(f"'{ref.name}' holds NaN or infinite values")
         return values[0] if fn is None else fn(*values)
 
     def magnitude(self, fn, refs, which=0) -> torch.Tensor:
@@ -176,13 +171,20 @@ class Lifting:
     def _non_finite_parameter(self):
         """A clear error naming the NaN or infinite parameter behind a non-finite lifted value."""
         for tensors in self.tensors:
-            for name in self.graph.param_names + tuple(
-                    r.name for n in self.graph.nodes
-                    for r in pytree.tree_leaves((n.args, n.kwargs)) if isinstance(r, Buffer)):
+            for name in self.graph.param_names + self.graph.buffer_names():
                 tensor = tensors[name]
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     return ValueError(f"'{name}' holds NaN or infinite values")
         return None
+
+    def _check_buffers(self):
+        """Buffers must be finite: an infinite running variance would silently zero a BatchNorm
+        scale (a NaN or infinite parameter shows up as a non-finite lifted value instead)."""
+        for tensors in self.tensors:
+            floating = [tensors[name].detach().reshape(-1).double()
+                        for name in self.graph.buffer_names() if tensors[name].is_floating_point()]
+            if floating and not torch.isfinite(torch.cat(floating)).all():
+                raise self._non_finite_parameter()
 
     # -- evaluation
     def inputs(self, shape):
@@ -201,6 +203,7 @@ class Lifting:
             self.scratch = None
 
     def _run(self, keep):
+        self._check_buffers()
         values: list = []
         kept = {}
 
@@ -285,7 +288,7 @@ class NormLifting(Lifting):
         return (Scaled.normalized(fn(p), 0),)
 
     def affine(self, x, s, t):
-        return (scaled_affine([(x[0], s)], t).renormalized(),)
+        return (scaled_affine([(x[0], s)], t),)
 
 
 def _leaf_key(fn, refs, node):
@@ -354,10 +357,16 @@ class PairLifting(Lifting):
     def linear(self, x, fn, p, stack_dim=None):
         """``A' = fn(A, U)``, ``D' = fn(A, U - L) + fn(D, L)``. Where both models agree, ``A`` and
         ``D`` go through one call as a batch of two; otherwise ``U`` and ``U - L`` go through one
-        call stacked along the output dimension ``stack_dim`` when the op allows it."""
+        call stacked along the output dimension ``stack_dim`` when the op allows it. An all-zero
+        ``D`` (no change upstream) is not run through the op."""
         a, d = x
         self.terms(1)
+        no_change_yet = d.e == ZERO_EXPONENT
         if p.gap is None:
+            if no_change_yet:
+                y_upper = fn(a.m, p.upper)
+                return (Scaled.normalized(y_upper, a.e),
+                        Scaled(torch.zeros_like(y_upper), ZERO_EXPONENT))
             both = fn(torch.cat([a.m, d.m]), p.upper)
             n = a.m.shape[0]
             return Scaled.normalized(both[:n], a.e), Scaled.normalized(both[n:], d.e)
@@ -365,6 +374,8 @@ class PairLifting(Lifting):
             y_upper, y_gap = fn(a.m, p.upper), fn(a.m, p.gap)
         else:
             y_upper, y_gap = fn(a.m, p.stacked).chunk(2, dim=stack_dim)
+        if no_change_yet:
+            return Scaled.normalized(y_upper, a.e), Scaled.normalized(y_gap, a.e)
         y_lower = fn(d.m, p.lower)
         return (Scaled.normalized(y_upper, a.e),
                 scaled_sum([Scaled(y_gap, a.e), Scaled(y_lower, d.e)], owned=True).renormalized())
@@ -379,8 +390,7 @@ class PairLifting(Lifting):
         """``A' = U_s A + U_t``, ``D' = L_s D + (U_s - L_s) A + (U_t - L_t)``."""
         a, d = x
         d_terms = [(d, s.lower)] + ([(a, s.gap)] if s.gap is not None else [])
-        return (scaled_affine([(a, s.upper)], t.upper).renormalized(),
-                scaled_affine(d_terms, t.gap).renormalized())
+        return scaled_affine([(a, s.upper)], t.upper), scaled_affine(d_terms, t.gap)
 
 
 class PairParam(NamedTuple):

@@ -206,8 +206,8 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
     """Frozen BatchNorm: identity neurons with weight ``s = gamma / sqrt(var + eps)`` and bias
     ``t = beta - mean * s``, lifted to ``|s|^q`` and ``|t|^q`` (running statistics always)."""
     def scale(var, gamma=None, *_):
-        s = 1.0 / torch.sqrt(var + eps)
-        return s if gamma is None else gamma * s
+        root = torch.sqrt(var + eps)
+        return root.reciprocal() if gamma is None else gamma / root
 
     def shift(mean, var, gamma=None, beta=None):
         t = -mean * scale(var, gamma)

@@ -5,12 +5,13 @@ Path-norms of deep networks overflow any floating-point format (ResNet-152's L1 
 integer power-of-two exponent. Multiplying by a power of two is exact, so the scaling itself adds
 no rounding error; additions and concatenations first bring their operands to a common exponent.
 
-Renormalisation costs a reduction over the tensor, so it is done where magnitudes can change by an
-arbitrary factor: after every parametrised map (convolution, linear, frozen BatchNorm). There the
-largest entry is brought back to [0.5, 1) once it leaves [2**-60, 2**60]. Fixed maps (pooling,
-upsampling, reshaping) and sums change the largest entry by a factor bounded by the number of
-summed terms, and the next parametrised map renormalises. An all-zero tensor takes the exponent
-``ZERO_EXPONENT``, so it never drags the other operands of a sum down to its scale.
+Renormalisation costs a reduction over the tensor, so it is done after the maps that sum many
+weighted terms (convolution, linear): there the largest entry is brought back to [0.5, 1) once it
+leaves [2**-60, 2**60]. Fixed maps (pooling, upsampling, reshaping) and sums change the largest
+entry by a factor bounded by the number of summed terms, a frozen BatchNorm by at most
+``|gamma| / sqrt(eps)`` (300 |gamma| for the default eps), and the next convolution or linear map
+renormalises; float32 keeps 2**66 of headroom above 2**60 for them. An all-zero tensor takes the
+exponent ``ZERO_EXPONENT``, so it never drags the other operands of a sum down to its scale.
 """
 from __future__ import annotations
 
