@@ -87,7 +87,7 @@ def synflow_scores(model, size):
     net.zero_grad()
     out = net(torch.ones(1, 3, size, size, dtype=torch.float64)).sum()
     out.backward()
-    return {n: (p * p.grad).detach() for n, p in net.named_parameters()}, float(out)
+    return {n: (p * p.grad).detach() for n, p in net.named_parameters()}, float(out.detach())
 
 
 def measure(model, x, size, repeat):
