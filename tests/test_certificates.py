@@ -194,3 +194,52 @@ def _quantized_like(model, bits, scheme):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 module.weight.copy_(pm.quantize_weights(module.weight, bits, scheme))
     return other
+
+
+def _reference_quantizer(w, bits, scheme, granularity, group_size):
+    """The quantizer as the docstring writes it, clamps and zero-row guard included."""
+    rows = w.reshape(1, -1) if granularity == "per_tensor" else w.reshape(w.shape[0], -1)
+    pad = 0
+    if granularity == "per_group":
+        pad = (-rows.shape[1]) % group_size
+        rows = torch.nn.functional.pad(rows, (0, pad)).reshape(-1, group_size)
+    if scheme == "symmetric":
+        top = 2 ** (bits - 1) - 1
+        scale = rows.abs().amax(dim=1, keepdim=True) / top
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = torch.clamp(torch.round(rows / safe), -top - 1, top) * safe
+    else:
+        top = 2 ** bits - 1
+        lo = rows.amin(dim=1, keepdim=True).clamp(max=0)
+        hi = rows.amax(dim=1, keepdim=True).clamp(min=0)
+        scale = (hi - lo) / top
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.round(-lo / safe)
+        q = (torch.clamp(torch.round(rows / safe) + zero, 0, top) - zero) * safe
+    q = torch.where(scale > 0, q, torch.zeros_like(q))
+    if granularity == "per_group":
+        q = q.reshape(w.shape[0], -1)[:, :q.numel() // w.shape[0] - pad]
+    return q.reshape(w.shape)
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("granularity,group_size", [("per_tensor", None), ("per_channel", None),
+                                                    ("per_group", 5)])
+def test_quantizer_is_the_documented_formula_bit_for_bit_and_w_minus_q_is_exact(
+        scheme, granularity, group_size):
+    """The in-place quantizer drops the symmetric clamp and the zero-row guard (both never
+    bind) and shares row statistics across bit-widths; the sensitivity relies on ``w - q`` being
+    exact in float32 (Sterbenz)."""
+    g = torch.Generator().manual_seed(7)
+    for trial in range(30):
+        w = torch.randn(12, 3, 3, 3, generator=g) * 10.0 ** (trial % 9 - 4)
+        w[0] = 0.0
+        w[1] = w[1].abs()
+        w[2] = -w[2].abs()
+        w[3, 0, 0, 0] = 1e-30
+        quantize = pm.quantizer(w, scheme, granularity, group_size)
+        for bits in (2, 3, 4, 8, 16):
+            q = pm.quantize_weights(w, bits, scheme, granularity, group_size)
+            assert torch.equal(q, _reference_quantizer(w, bits, scheme, granularity, group_size))
+            assert torch.equal(quantize(bits), q)
+            assert torch.equal((w - q).double(), w.double() - q.double())

@@ -246,6 +246,48 @@ def test_capture_is_cached_and_invalidated(monkeypatch):
     assert len(calls) == 2
 
 
+def test_scratch_memory_is_reused_safely_across_calls_and_threads():
+    """Lifted parameters live in scratch memory kept with the captured graph: repeated and
+    concurrent calls give the same numbers bit for bit, a value changed in place is read (no
+    stale lifted parameter), and no result shares memory with the scratch."""
+    import threading
+    model = torchvision.models.resnet18(weights=None).eval()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_((torch.rand_like(p) > 0.3).to(p.dtype))
+    x = torch.zeros(1, 3, 32, 32)
+    expected = [pm.path_norm(model, x), pm.path_metric(model, other, x),
+                pm.path_norm(model, x, precision="float32")]
+    graph = capture_module.capture(model, x)
+    kept = graph.scratch.buffer.numel()
+    assert kept > 0
+    for _ in range(2):
+        assert [pm.path_norm(model, x), pm.path_metric(model, other, x),
+                pm.path_norm(model, x, precision="float32")] == expected
+    assert graph.scratch.buffer.numel() == kept  # reused, not grown
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append([pm.path_norm(model, x), pm.path_metric(model, other, x)])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [expected[:2]] * 4
+    with torch.no_grad():
+        model.fc.weight.mul_(0.5)
+    assert pm.path_norm(model, x) < expected[0]
+    from pathmetric.lifted import NormLifting
+    ev = NormLifting(graph, model, dtype=torch.float64)
+    outputs, _ = ev.run()
+    assert not any(graph.scratch.owns(out[0].m) for out in outputs)
+
+
 def _bias_mass(model):
     """Mass of the paths that start at a bias of the 2-layer MLP (unchanged by scaling W1)."""
     with torch.no_grad():

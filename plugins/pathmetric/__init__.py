@@ -5,7 +5,7 @@ from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from .metric import output_bound, path_metric, quantization_bound
 from .norms import log_path_norm, path_norm
 from .prune import PruneResult, prune
-from .quantize import quantize_weights
+from .quantize import quantize_weights, quantizer
 from .rescale import random_rescale
 from .scores import (PathMasses, channel_scores, group_mass, prunable_layers, weight_scores,
                      zeroed_members)
@@ -13,7 +13,7 @@ from .sensitivity import Plan, Sensitivity, layer_sensitivity, mixed_precision_p
 
 __all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError",
            "ModelCaptureError", "SupportReport", "path_metric", "output_bound",
-           "quantization_bound", "quantize_weights", "weight_scores", "channel_scores",
+           "quantization_bound", "quantize_weights", "quantizer", "weight_scores", "channel_scores",
            "group_mass", "zeroed_members", "PathMasses", "prunable_layers", "layer_sensitivity", "Sensitivity",
            "mixed_precision_plan", "Plan", "prune", "PruneResult", "random_rescale", "calibrate",
            "estimate", "Calibration", "Estimate", "adversarial_gap"]
