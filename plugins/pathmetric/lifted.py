@@ -19,7 +19,6 @@ import threading
 from typing import NamedTuple
 
 import torch
-from torch.utils import _pytree as pytree
 
 from . import rules
 from .capture import Buffer, Graph, Param, Value
