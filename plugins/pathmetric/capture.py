@@ -57,21 +57,17 @@ class Node:
     _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def call(self, resolve):
-        """``(args, kwargs)`` with every leaf replaced by ``resolve(leaf)`` (flattened once)."""
+        """``(args, kwargs)`` with every leaf replaced by ``resolve(leaf)`` (nested arguments are
+        flattened once)."""
         if self._flat is None:
-            leaves, spec = pytree.tree_flatten((self.args, self.kwargs))
             nested = any(isinstance(x, (list, tuple, dict))
                          for x in list(self.args) + list(self.kwargs.values()))
-            self._flat = (nested, leaves, spec,
-                          [i for i, x in enumerate(leaves) if isinstance(x, (Value, Param, Buffer))])
-        nested, leaves, spec, refs = self._flat
-        if not nested:
+            self._flat = pytree.tree_flatten((self.args, self.kwargs)) if nested else ()
+        if not self._flat:
             return (tuple(resolve(x) for x in self.args),
                     {key: resolve(x) for key, x in self.kwargs.items()})
-        leaves = list(leaves)
-        for i in refs:
-            leaves[i] = resolve(leaves[i])
-        return pytree.tree_unflatten(leaves, spec)
+        leaves, spec = self._flat
+        return pytree.tree_unflatten([resolve(x) for x in leaves], spec)
 
 
 @dataclass

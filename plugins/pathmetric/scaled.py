@@ -31,19 +31,12 @@ def times_pow2(tensor: torch.Tensor, exponent: int, inplace=False) -> torch.Tens
     """Return ``tensor * 2**exponent`` exactly, in steps that stay representable in float32
     (one step when the factor is representable in the tensor's precision); ``inplace``
     overwrites ``tensor``."""
-    steps = []
-    if tensor.dtype == torch.float64 and -1000 <= exponent <= 1000:
-        steps.append(exponent)
-    else:
-        while exponent > 120 or exponent < -120:
-            step = 120 if exponent > 0 else -120
-            steps.append(step)
-            exponent -= step
-        steps.append(exponent)
-    for step in steps:
-        if step:
-            tensor = tensor.mul_(2.0**step) if inplace else tensor * 2.0**step
-            inplace = True  # the first step made a new tensor
+    limit = 1000 if tensor.dtype == torch.float64 else 120
+    while exponent:
+        step = exponent if abs(exponent) <= limit else (120 if exponent > 0 else -120)
+        tensor = tensor.mul_(2.0**step) if inplace else tensor * 2.0**step
+        inplace = True  # the first step made a new tensor
+        exponent -= step
     return tensor
 
 

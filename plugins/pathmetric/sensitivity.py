@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .metric import layer_weights, path_metric, round_up
-from .quantize import quantize_weights, quantizer
+from .quantize import quantizer
 from .scaled import to_float
 from .scores import PathMasses
 
@@ -62,8 +62,11 @@ class Sensitivity(dict):
 
 def _quantized(weights, bits, scheme, granularity, group_size):
     """``{(layer, b): q_b(theta_layer)}``."""
-    return {(layer, b): quantize_weights(w, b, scheme, granularity, group_size)
-            for layer, (_, w) in weights.items() for b in bits}
+    out = {}
+    for layer, (_, w) in weights.items():
+        quantize = quantizer(w, scheme, granularity, group_size)
+        out.update({(layer, b): quantize(b) for b in bits})
+    return out
 
 
 def _moved_mass(w, q, grad) -> float:
@@ -194,8 +197,9 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
     names = list(weights)
     costs = []
     for l in names:
-        (name, w), grad = weights[l], masses.gradient(weights[l][0])
-        costs.append([_moved_mass(w, quantized[l, b].clone(), grad) for b in bits])
+        name, w = weights[l]
+        costs.append([_moved_mass(w, quantized[l, b].clone(), masses.gradient(name))
+                      for b in bits])
     counts = [weights[l][1].numel() for l in names]
     sizes = [[n * b for b in bits] for n in counts]
     budget = int(size_bits if size_bits is not None else math.floor(avg_bits * sum(counts)))
