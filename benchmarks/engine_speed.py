@@ -26,7 +26,10 @@ import pathmetric as pm
 from pathmetric.capture import _CACHE
 
 
-def best_time(fn, repeat):
+def best_time(fn, repeat, warmup=0):
+    """Shortest of ``repeat`` timed calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -176,9 +179,14 @@ def main(argv=None):
               "downstream factor is shared.", "",
               "| layer | path share | SynFlow share | Spearman within layer |", "|---|---:|---:|---:|"]
     lines += [f"| {n} | {a:.3e} | {b:.3e} | {c:.4f} |" for n, a, b, c in differences]
+    publish(lines, args.out)
+
+
+def publish(lines, path):
+    """Print the markdown ``lines`` and write them to ``path``."""
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(args.out, "w") as handle:
+    with open(path, "w") as handle:
         handle.write(text)
 
 
