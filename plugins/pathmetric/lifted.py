@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from . import rules
-from .capture import Buffer, Graph, Param, Value
+from .capture import Buffer, Derived, Graph, Param, Value
 from .errors import UnsupportedModelError
 from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
                      scaled_total)
@@ -93,6 +93,7 @@ class Lifting:
         self.summed_terms = 0
         self.uses_scratch = scratch
         self.scratch = None
+        self.derived_memo = ({}, {})  # per model: buffer-derived tensors of this evaluation
 
     # -- primitives used by rules
     def fixed(self, x, fn):
@@ -133,7 +134,10 @@ class Lifting:
 
     # -- parameters
     def raw(self, ref, which):
-        """The signed value of ``ref`` (parameter, buffer or constant) in model ``which``."""
+        """The signed value of ``ref`` (parameter, buffer, buffer-derived tensor or constant) in
+        model ``which``."""
+        if isinstance(ref, Derived):
+            return self.graph.derive(ref, self.tensors[which], self.derived_memo[which])
         if isinstance(ref, (Param, Buffer)):
             return self.tensors[which][ref.name]
         return ref
@@ -203,6 +207,7 @@ class Lifting:
 
     def _run(self, keep):
         self._check_buffers()
+        self.derived_memo = ({}, {})
         values: list = []
         kept = {}
 
@@ -271,23 +276,53 @@ class NormLifting(Lifting):
     def inputs(self, shape):
         return (Scaled(torch.ones(shape, dtype=self.dtype, device=self.device), 0),)
 
-    def param(self, fn, *refs):
-        value = self.magnitude(fn, refs)
-        if self.q != 1.0:
-            value = value ** self.q
+    def param(self, fn, *refs) -> Scaled:
+        """``|fn(*refs)|^q`` as a scaled tensor (``|w|^q`` can leave float64's range for large
+        ``q`` even where ``|w|`` does not)."""
+        value = scaled_power(self.magnitude(fn, refs), self.q)
         if self.leaves is not None and isinstance(refs[0], (Param, Buffer)):
-            value = value.detach().requires_grad_()
-            self.leaves[_leaf_key(fn, refs, self.node)] = value
+            value.m = value.m.detach().requires_grad_()
+            self.leaves[_leaf_key(fn, refs, self.node)] = value.m
         return value
 
     def linear(self, x, fn, p, stack_dim=None):
-        return (Scaled.normalized(fn(x[0].m, p), x[0].e),)
+        y = fn(x[0].m, p.m)
+        if self.q != 1.0 and bool(((y == 0) & (fn((x[0].m > 0).to(y.dtype), (p.m > 0).to(y.dtype)) > 0)).any()):
+            raise ValueError(f"q = {self.q} is too large for this model: products of |w|^q "
+                             f"underflow in '{self.node.module or '<model>'}'; use a smaller q")
+        return (Scaled.normalized(y, x[0].e + p.e),)
 
     def bias(self, p, fn):
-        return (Scaled.normalized(fn(p), 0),)
+        return (Scaled.normalized(fn(p.m), p.e),)
 
     def affine(self, x, s, t):
-        return (scaled_affine([(x[0], s)], t),)
+        return (scaled_affine([(Scaled(x[0].m, x[0].e + s.e), s.m)], t),)
+
+
+def scaled_power(value: torch.Tensor, q: float) -> Scaled:
+    """``value ** q`` (``value >= 0``) as ``m * 2**e``: the plain power where every non-zero entry
+    stays well inside the precision's normal range, else ``2**(q log2 value - e)`` computed in
+    float64 with ``e`` the largest entry's exponent (so ``q = 700`` gives a finite log
+    path-norm). Raises ValueError when a non-zero entry would leave the normal range even so:
+    its paths could not be evaluated exactly."""
+    if q == 1.0:
+        return Scaled(value, 0)
+    powered = value ** q
+    limit = 900 if value.dtype == torch.float64 else 100
+    positive = powered[value > 0]
+    if not positive.numel() or (float(positive.amax()) < 2.0**limit
+                                and float(positive.amin()) > 2.0**-limit):
+        return Scaled(powered, 0)
+    logs = torch.log2(value.double()).mul_(q)
+    exponent = math.floor(float(logs.amax())) + 1
+    mantissa = torch.exp2(logs.sub_(exponent)).to(value.dtype)
+    if bool(((mantissa < torch.finfo(value.dtype).tiny) & (value > 0)).any()):
+        raise ValueError(
+            f"q = {q} is too large for this model: |w|^q of one tensor spans more than the "
+            f"{value.dtype} range (largest/smallest non-zero |w| = "
+            f"{float(value.amax()) / float(value[value > 0].amin()):.3g}), so paths through its "
+            "small entries would vanish; use a smaller q")
+    return Scaled(mantissa, exponent)
 
 
 def _leaf_key(fn, refs, node):

@@ -89,7 +89,11 @@ def output_bound(model: nn.Module, other, x) -> torch.Tensor:
     """Per-sample certified bound on ``||R_theta(x) - R_theta'(x)||_1``:
     ``max(||x||_inf, 1) * path_metric(model, other)`` (sup-norm over every input tensor)."""
     inputs = as_tuple(x)
+    if any(t.dim() == 0 for t in inputs):
+        raise ValueError("output_bound needs inputs with a batch dimension")
     metric = path_metric(model, other, inputs)
+    if inputs[0].shape[0] == 0:  # an empty batch: no sample, no bound
+        return torch.empty(0, dtype=torch.float64, device=inputs[0].device)
     sup = torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double()
                        for t in inputs]).amax(dim=0)
     bound = torch.clamp(sup, min=1.0) * metric

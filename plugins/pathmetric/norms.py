@@ -21,6 +21,10 @@ def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=Non
     """``||Phi(theta)||_q^q`` as a scaled scalar (``Scaled``), from one lifted forward pass."""
     if not q > 0:
         raise ValueError(f"q must be positive, got {q}")
+    if not math.isfinite(q):
+        raise ValueError("q = inf (the largest path product, max over paths of |Phi_p|) needs a "
+                         "max-product pass that is not implemented; use a large finite q (the "
+                         "L_q path-norm tends to it as q grows)")
     graph = capture(model, example_inputs)
     ev = NormLifting(graph, model, q=q, dtype=_resolve_dtype(precision), overrides=overrides)
     with torch.no_grad():

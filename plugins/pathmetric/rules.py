@@ -155,9 +155,9 @@ def _with_bias(ev, y, bias, channel_dim, ndim):
 
 def _check_param(name):
     def check(x, weight, *args, **kwargs):
-        from .capture import Param
-        if not isinstance(weight, (Param, Tensor)):
-            return f"{name} weight must be a parameter or a constant tensor"
+        from .capture import Buffer, Param
+        if not isinstance(weight, (Param, Buffer, Tensor)):
+            return f"{name} weight must be a parameter, a buffer or a constant tensor"
         return None
     return check
 
@@ -193,7 +193,11 @@ def linear(ev, x, weight, bias=None, *, func):
     return _with_bias(ev, y, bias, -1, len(ev.out_shape()))
 
 
-def _check_batch_norm(x, running_mean, running_var, *args, **kwargs):
+def _check_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+                      *args, **kwargs):
+    if training:
+        return ("batch_norm with training=True normalises with batch statistics and updates the "
+                "running statistics; call it with training=False (the model in eval mode)")
     if running_mean is None or running_var is None:
         return ("BatchNorm without running statistics normalises with batch statistics; "
                 "use track_running_stats=True")
@@ -233,11 +237,12 @@ def sum_pool(m: Tensor, kernel, stride, padding, dilation, out_shape) -> Tensor:
     d = m.dim() - 2
     kernel, dilation, padding = _ntuple(kernel, d), _ntuple(dilation, d), _ntuple(padding, d)
     stride = _ntuple(stride if stride not in (None, ()) else kernel, d)
-    if all(x == 1 for x in dilation) and d > 1:
+    fits = all(k <= n for k, n in zip(kernel, m.shape[2:]))  # else PyTorch's pooling refuses
+    if all(x == 1 for x in dilation) and d > 1 and fits:
         pool = F.avg_pool2d if d == 2 else F.avg_pool3d
         out = pool(m, kernel, stride, padding, ceil_mode=True, count_include_pad=True,
                    divisor_override=1)
-    elif all(x == 1 for x in dilation):
+    elif all(x == 1 for x in dilation) and fits:
         out = F.avg_pool2d(m.unsqueeze(2), (1,) + kernel, (1,) + stride, (0,) + padding,
                            ceil_mode=True, count_include_pad=True, divisor_override=1).squeeze(2)
     else:
@@ -395,7 +400,8 @@ def _check_scale(x, y, *args, **kwargs):
 
 
 def _check_div(x, y, *args, **kwargs):
-    if not _const(y):
+    from .capture import Buffer
+    if not (_const(y) or isinstance(y, Buffer)):
         return "dividing by an activation or a parameter is not in the path-lifting model"
     return None
 
@@ -419,23 +425,35 @@ def mul(ev, x, y, *, func=None):
       check=_check_div)
 def div(ev, x, y, *, rounding_mode=None, func=None):
     """Division by a constant ``c``: coefficients ``|1/c|^q``."""
+    from .capture import Buffer
     if rounding_mode is not None:
         raise ev.unsupported("rounded division is not linear")
+    if isinstance(y, Buffer):  # coefficients 1/c read from the buffers of the model evaluated
+        ev.terms(1)
+        return ev.linear(x, lambda m, p: m * p, ev.param(torch.reciprocal, y))
     factor = _abs_pow(y, ev.q)
     ev.terms(1)
     return ev.fixed(x, lambda m: m / (factor.to(m) if isinstance(factor, Tensor) else factor))
 
 
+def _blocks(ev, tensors):
+    """Lifted values as they are; a constant, buffer or buffer-derived block is a set of neurons
+    holding fixed values ``c`` (paths start there, like at a bias: lifted ``|c|^q``)."""
+    from .capture import Buffer
+    return [ev.bias(ev.param(None, t), lambda p: p) if isinstance(t, (Tensor, Buffer)) else t
+            for t in tensors]
+
+
 @rule("cat", torch.cat, torch.concat, torch.concatenate)
 def cat(ev, tensors, dim=0, *, func=None):
-    """Concatenation of lifted tensors (exponents aligned)."""
-    return ev.join(list(tensors), lambda ms: torch.cat(ms, dim))
+    """Concatenation of lifted tensors and constant blocks (exponents aligned)."""
+    return ev.join(_blocks(ev, tensors), lambda ms: torch.cat(ms, dim))
 
 
 @rule("stack", torch.stack)
 def stack(ev, tensors, dim=0, *, func=None):
-    """Stacking of lifted tensors (exponents aligned)."""
-    return ev.join(list(tensors), lambda ms: torch.stack(ms, dim))
+    """Stacking of lifted tensors and constant blocks (exponents aligned)."""
+    return ev.join(_blocks(ev, tensors), lambda ms: torch.stack(ms, dim))
 
 
 # ---------------------------------------------------------------- copies and rearrangements

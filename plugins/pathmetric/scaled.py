@@ -126,15 +126,16 @@ def scaled_sum(values, owned=False) -> Scaled:
     return Scaled(total, exponent)
 
 
-def scaled_affine(terms, shift: torch.Tensor | None = None) -> Scaled:
+def scaled_affine(terms, shift=None) -> Scaled:
     """``sum_k x_k * s_k + shift`` for scaled ``x_k`` with channels along dim 1 and non-negative
-    per-channel vectors ``s_k`` and ``shift`` (the latter at exponent 0), one pass per term: the
+    per-channel vectors ``s_k`` and ``shift`` (a tensor at exponent 0 or a ``Scaled``), one pass per term: the
     small vectors, not the ``x_k``, are brought to the common exponent. The first term goes
     through ``F.batch_norm`` with zero mean and unit variance (``x * s + shift`` exactly, and a
     fused backward)."""
     parts = [Scaled(s, x.e) for x, s in terms]
     if shift is not None:
-        parts.append(Scaled.normalized(shift))
+        parts.append(Scaled.normalized(shift.m, shift.e) if isinstance(shift, Scaled)
+                     else Scaled.normalized(shift))
     exponent = common_exponent(parts)
     factors = aligned(parts, exponent)
     (first, _), factor = terms[0], factors[0]

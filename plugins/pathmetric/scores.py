@@ -42,7 +42,7 @@ class PathMasses:
         self.layers = self.graph.layers()
         outputs_nodes = {v.node for v in self.graph.outputs}
         keep = {index for index, _, _ in self.layers.values()}
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # also under inference_mode
             outputs, kept = ev.run(keep)
             for value in kept.values():
                 value[0].m.retain_grad()

@@ -140,18 +140,28 @@ class Plan:
 def _knapsack(costs, sizes, budget, resolution=100_000):
     """Multiple-choice knapsack: pick one option per layer, ``sum size <= budget``, minimal cost.
 
-    Sizes are rounded *up* to a grid of at most ``resolution`` steps, so every returned plan
-    fits the true budget. Returns the chosen option index per layer, or None if none fits.
+    Each layer's sizes are taken relative to its smallest option, and these extra sizes are
+    rounded *up* to a grid of at most ``resolution`` steps (exact when the grid step divides them
+    all), so every returned plan fits the true budget, and whenever some plan fits (the smallest
+    options, with no extra size, fit the grid) one is returned. Returns the chosen option index
+    per layer, or None if no plan fits.
     """
-    step = max(1, math.ceil(budget / resolution))
-    cap = budget // step
+    base = [min(layer_sizes) for layer_sizes in sizes]
+    spare = budget - sum(base)
+    if spare < 0:
+        return None
+    extras = [[s - b for s in layer_sizes] for layer_sizes, b in zip(sizes, base)]
+    divisor = math.gcd(*[e for layer in extras for e in layer]) or 1
+    step = max(1, math.ceil(spare / resolution))
+    step = divisor if divisor >= step else step
+    cap = spare // step
     best = np.full(cap + 1, np.inf)
     best[0] = 0.0
     choice = []
-    for layer_costs, layer_sizes in zip(costs, sizes):
+    for layer_costs, layer_extras in zip(costs, extras):
         new = np.full(cap + 1, np.inf)
         pick = np.full(cap + 1, -1, dtype=np.int64)
-        for k, (c, s) in enumerate(zip(layer_costs, layer_sizes)):
+        for k, (c, s) in enumerate(zip(layer_costs, layer_extras)):
             units = -(-s // step)
             if units > cap:
                 continue
@@ -161,14 +171,12 @@ def _knapsack(costs, sizes, budget, resolution=100_000):
             new[better], pick[better] = shifted[better], k
         best = new
         choice.append(pick)
-    if not np.isfinite(best).any():
-        return None
     used = int(np.argmin(best))
     picks = []
-    for pick, layer_sizes in zip(reversed(choice), reversed(sizes)):
+    for pick, layer_extras in zip(reversed(choice), reversed(extras)):
         k = int(pick[used])
         picks.append(k)
-        used -= -(-layer_sizes[k] // step)
+        used -= -(-layer_extras[k] // step)
     return picks[::-1]
 
 
