@@ -660,40 +660,49 @@ def _check_replay(model, graph, examples, generator):
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_PLAIN = (bool, int, float, str, type(None))
+_PLAIN = {bool, int, float, str, type(None)}
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+          "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
 def _attributes(module) -> tuple:
-    """A module's plain settings (kernel sizes, slopes, flags, ...) and plain tensor attributes
-    (by identity and version): whatever its forward may read besides parameters and buffers."""
+    """What a module's forward may read besides parameters and buffers: its plain settings
+    (kernel sizes, slopes, flags, ...), plain tensor attributes (by identity and version),
+    callables such as an instance-level ``forward``, and its forward hooks (handle ids)."""
     out = []
-    for key, value in module.__dict__.items():
-        if key in ("training", "_parameters", "_buffers", "_modules"):
+    state = module.__dict__
+    for key, value in state.items():
+        if key[0] == "_" or key == "training":
             continue
-        if isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(
-                isinstance(v, _PLAIN) for v in value)):
+        if type(value) in _PLAIN or (type(value) is tuple and all(
+                type(v) in _PLAIN for v in value)):
             out.append((key, value))
-        elif isinstance(value, torch.Tensor):
+        elif isinstance(value, torch._C.TensorBase):  # (the torch.Tensor check is slower)
             out.append((key, id(value), value._version))
-        elif callable(value) or isinstance(value, dict):  # forward overrides, hooks
-            out.append((key, id(value)) if not isinstance(value, dict) else
-                       (key, tuple((k, id(v)) for k, v in value.items())))
+        elif callable(value):
+            out.append((key, id(value)))
+    out.extend(tuple(state[key]) for key in _HOOKS if state.get(key))
     return tuple(out)
 
 
 def _cache_key(model: nn.Module, example_inputs):
     """What the captured graph depends on besides parameter and buffer values: input shapes, the
-    module tree (identities, types, forward code, hooks, settings), the identities and shapes of
-    parameters and buffers, and torch's global module hooks."""
+    module tree (identities, types, forward code, hooks, settings), the identities and shapes
+    of parameters and buffers, and torch's global module hooks (``Tensor.size`` is read
+    unbound: attribute access on a ``Parameter`` costs tens of microseconds)."""
     from torch.nn.modules import module as module_globals
     shapes = tuple((tuple(x.shape[1:]), x.dtype) for x in as_tuple(example_inputs))
-    tree = tuple((name, id(m), type(m), type(m).forward, _attributes(m))
-                 for name, m in model.named_modules(remove_duplicate=False))
-    params = tuple((n, id(p), tuple(p.shape), p.dtype) for n, p in model.named_parameters())
-    buffers = tuple((n, id(b), tuple(b.shape), b.dtype) for n, b in model.named_buffers())
-    hooks = tuple(tuple(map(id, getattr(module_globals, name, {}).values())) for name in (
+    size = torch.Tensor.size
+    tree = tuple(
+        (name, id(m), type(m), type(m).forward, _attributes(m),
+         tuple((k, id(t), size(t)) for k, t in m._parameters.items() if t is not None),
+         tuple((k, id(t), size(t)) for k, t in m._buffers.items() if t is not None))
+        for name, m in model.named_modules(remove_duplicate=False))
+    hooks = tuple(tuple(getattr(module_globals, name, {})) for name in (
         "_global_forward_hooks", "_global_forward_pre_hooks", "_global_module_registration_hooks"))
-    return shapes, tree, params, buffers, hooks
+    return shapes, tree, hooks
 
 
 def _refusal(model, unsupported) -> UnsupportedModelError:
