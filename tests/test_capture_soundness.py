@@ -449,3 +449,11 @@ def test_mixed_precision_plan_never_misses_a_plan_that_fits():
     assert plan.bits == {"0": 8, "2": 8}
     with pytest.raises(ValueError, match="no assignment"):
         pm.mixed_precision_plan(model, x, bits=(4,), size_bits=budget // 4)
+
+
+def test_int8_model_gets_one_true_reason():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(Warning):  # torch.ao's deprecation notice
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    report = pm.check_support(quantized, torch.zeros(1, 4))
+    assert not report.ok and all("quantized" in why for _, _, why in report.unsupported)

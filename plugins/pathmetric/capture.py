@@ -236,6 +236,10 @@ def written_tensor(func, args, kwargs):
     return None
 
 
+def _quantized(name, tensors) -> bool:
+    return "quantize" in name or "_dynamic" in name or any(t.is_quantized for t in tensors)
+
+
 def _storage(tensor):
     """The address of ``tensor``'s memory (None for an empty or storage-less tensor)."""
     try:
@@ -384,6 +388,8 @@ class _Recorder(TorchFunctionMode):
                 return out
             why = ("writes into an activation in place" if written is not None
                    else "a value that depends on the input is read into Python" if not out_tensors
+                   else "a quantized (integer) operation: analyse the float model, whose "
+                        "quantization pathmetric certifies" if _quantized(name, out_tensors)
                    else "not a linear, ReLU or max-pooling operation")
             self.refuse(name, rules.REFUSED.get(name, why), out)
             return out
