@@ -364,6 +364,8 @@ def test_conv_with_a_buffer_kernel_is_a_fixed_linear_map():
     expanded.load_state_dict(model.state_dict())
     assert pm.check_support(model, X).ok
     assert pm.path_norm(model, X) == pytest.approx(pm.path_norm(expanded, X), rel=1e-12)
+    from pathmetric import reports  # reports read buffer-derived kernels too
+    assert reports.classical_vs_path(expanded, copy.deepcopy(expanded), X)["path_metric"] == 0.0
     assert "conv.weight" in pm.weight_scores(model, X) and "kernel" not in pm.weight_scores(model, X)
     other = copy.deepcopy(model)
     with torch.no_grad():

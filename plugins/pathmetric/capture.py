@@ -109,6 +109,14 @@ class Graph:
                 + [(name, _function_name(n.func), n.shape, _refs(n.args, n.kwargs), item)
                    for name, (n, item) in self.derived.items()])
 
+    def with_derived(self, tensors: dict) -> dict:
+        """``tensors`` (name -> tensor of one model) and the buffer-derived tensors computed
+        from them, by their :class:`Derived` names."""
+        memo: dict = {}
+        out = dict(tensors)
+        out.update({name: self.derive(Derived(name), tensors, memo) for name in self.derived})
+        return out
+
     def derive(self, ref: "Derived", tensors: dict, memo: dict):
         """The value of the buffer-derived tensor ``ref`` computed from ``tensors`` (name ->
         tensor of one model); ``memo`` caches the values of one evaluation."""

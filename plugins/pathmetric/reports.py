@@ -267,8 +267,8 @@ def classical_bound(model, other, example_inputs, input_bound=1.0) -> dict:
     """
     graph = capture(model, example_inputs)
     facts = graph_facts(model, example_inputs)
-    before = _layers(graph, _named(model))
-    after = _layers(graph, _named(model, other))
+    before = _layers(graph, graph.with_derived(_named(model)))
+    after = _layers(graph, graph.with_derived(_named(model, other)))
     radius = max([1.0] + [_layer_radius(w, b) for w, b in before + after])
     delta = max(max(float((w - w2).abs().max()), float((b - b2).abs().max()) if b.numel() else 0.0)
                 for (w, b), (w2, b2) in zip(before, after))
