@@ -459,3 +459,21 @@ def test_int8_model_gets_one_true_reason():
         quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     report = pm.check_support(quantized, torch.zeros(1, 4))
     assert not report.ok and all("quantized" in why for _, _, why in report.unsupported)
+
+
+def test_forward_that_writes_into_a_parameter_is_refused_and_the_parameter_kept():
+    class Clamp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            self.fc.weight.data.clamp_(-0.1, 0.1)
+            with torch.no_grad():
+                self.fc.bias.mul_(2.0)
+            return self.fc(x)
+    model = Clamp()
+    with torch.no_grad():
+        model.fc.weight.fill_(0.5)
+    refused_everywhere(model, torch.zeros(1, 3), "writes into the model's parameter")
+    assert (model.fc.weight == 0.5).all()

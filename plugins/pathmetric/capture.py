@@ -248,6 +248,14 @@ def _quantized(name, tensors) -> bool:
     return "quantize" in name or "_dynamic" in name or any(t.is_quantized for t in tensors)
 
 
+def _into_copy(written, args, kwargs):
+    """``(args, kwargs)`` with the tensor an in-place call writes into replaced by a copy."""
+    copy = written.detach().clone()
+    if kwargs.get("out") is written:
+        return args, {**kwargs, "out": copy}
+    return (copy,) + tuple(args[1:]), kwargs
+
+
 def _storage(tensor):
     """The address of ``tensor``'s memory (None for an empty or storage-less tensor)."""
     try:
@@ -266,11 +274,12 @@ class _Recorder(TorchFunctionMode):
     alone to their :class:`Derived` reference, ``param_derived`` those computed from parameters.
     """
 
-    def __init__(self, params: dict, buffers: dict, paths: list, state: dict):
+    def __init__(self, params: dict, buffers: dict, paths: list, state: dict, guarded: set):
         super().__init__()
         self.params = params            # id -> name
         self.buffers = buffers          # id -> name
         self.state = state              # storage address -> name of a parameter or buffer
+        self.guarded = guarded          # storage addresses of parameters (writes go to copies)
         self.paths = paths              # stack of (module path, module type)
         self.values: dict = {}          # id(tensor) -> (tensor, Value or None if tainted)
         self.by_storage: dict = {}      # storage address -> ids of tracked tensors using it
@@ -369,6 +378,8 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
         written = written_tensor(func, args, kwargs) if tensors else None
+        if written is not None and _storage(written) in self.guarded:
+            args, kwargs = _into_copy(written, args, kwargs)  # the parameter stays intact
         out = func(*args, **kwargs)
         if not tensors:
             return out
@@ -512,20 +523,23 @@ def _check_capturable(model):
 
 @contextlib.contextmanager
 def _model_state_restored(model):
-    """Parameters and buffers are put back bit for bit afterwards; yields a list that then holds
-    the names of the tensors the model changed."""
-    named = dict(model.named_parameters())
-    named.update(model.named_buffers())
-    saved = {name: (t, t.detach().clone()) for name, t in named.items()}
+    """Buffers are put back bit for bit afterwards (train-mode batch statistics write into them
+    inside the op); parameters are guarded by the recorder, which redirects in-place writes into
+    them to copies, and checked by version counter. Yields a list that then holds the names of
+    the tensors the model changed."""
+    buffers = {name: (b, b.detach().clone()) for name, b in model.named_buffers()}
+    versions = {name: p._version for name, p in model.named_parameters()}
     changed: list = []
     try:
         yield changed
     finally:
         with torch.no_grad():
-            for name, (tensor, copy) in saved.items():
+            for name, (tensor, copy) in buffers.items():
                 if not torch.equal(tensor, copy) or tensor.dtype != copy.dtype:
                     tensor.copy_(copy)
                     changed.append(name)
+        changed.extend(name for name, p in model.named_parameters()
+                       if p._version != versions.get(name))
 
 
 def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
@@ -542,7 +556,7 @@ def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport
     state = {_storage(t): n for n, t in list(model.named_parameters()) + list(model.named_buffers())
              if _storage(t) is not None}
     paths: list = []
-    recorder = _Recorder(params, buffers, paths, state)
+    recorder = _Recorder(params, buffers, paths, state, {_storage(p) for p in model.parameters()})
     for x in inputs:
         recorder.add_input(x)
     with _model_state_restored(model) as changed:
