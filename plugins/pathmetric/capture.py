@@ -5,7 +5,7 @@ called on a tensor. Calls whose arguments depend on the model input become graph
 forms and functional forms of an op are one node kind because every ``nn.Module`` of PyTorch ends
 in the same functional call (``nn.Conv2d`` in ``F.conv2d``, ``nn.ReLU`` in ``F.relu``, ...).
 Parameters and buffers are kept by name and read again at every evaluation, so the cached graph
-stays valid when values change; it is captured anew when the set of parameters changes.
+stays valid when values change; it is captured anew when the model's structure changes.
 
 Python control flow runs concretely on the example shape, so shape-dependent code (``x.size(0)``,
 input checks of segmentation models) is fine. A second run on another random input replays the
@@ -15,8 +15,9 @@ Nothing the model does may escape the graph unseen; each of these is tracked or 
 
 - in-place ops: on a whole activation they are graph nodes like any other; one that writes through
   a view or alias (``y[:, :2].mul_(2)``) leaves the other aliases *stale*, and reading a stale
-  tensor is refused; writing into a parameter or buffer is refused, and the parameters and buffers
-  are restored bit for bit after every capture run (train-mode ``F.batch_norm`` included);
+  tensor is refused; writing into a parameter or buffer is refused (writes into parameters go
+  to copies; buffers, which train-mode ``F.batch_norm`` writes inside the op, are restored bit
+  for bit after every capture run);
 - tensors computed from buffers in forward (``self.s.view(1, -1, 1, 1)``) are :class:`Derived`
   references, recomputed from the buffers of the model evaluated (and compared between two
   models like the buffers themselves);
