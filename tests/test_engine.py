@@ -10,6 +10,7 @@ from torch import nn
 
 import pathmetric as pm
 from pathmetric import capture as capture_module
+from conftest import model_state, same_state
 
 X64 = torch.zeros(1, 3, 64, 64)
 
@@ -163,29 +164,12 @@ def test_float32_mode_agrees():
         pm.log_path_norm(model, X64), rel=1e-4)
 
 
-def _state(model):
-    return ({n: (p.detach().clone(), None if p.grad is None else p.grad.clone(), p.requires_grad)
-             for n, p in model.named_parameters()},
-            {n: b.clone() for n, b in model.named_buffers()},
-            {n: m.training for n, m in model.named_modules()},
-            {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()})
-
-
-def _same(a, b):
-    params_a, buffers_a, flags_a, hooks_a = a
-    params_b, buffers_b, flags_b, hooks_b = b
-    return (all(torch.equal(params_a[n][0], params_b[n][0]) and params_a[n][2] == params_b[n][2]
-                and ((params_a[n][1] is None) == (params_b[n][1] is None)) for n in params_a)
-            and all(torch.equal(buffers_a[n], buffers_b[n]) for n in buffers_a)
-            and flags_a == flags_b and hooks_a == hooks_b)
-
-
 def test_user_model_is_left_untouched():
     model = zoo("resnet18").train()
     model.fc.weight.grad = torch.ones_like(model.fc.weight)
     model.layer1.register_forward_hook(lambda *a: None)
     other = pm.random_rescale(model, X64, seed=1)
-    before = _state(model)
+    before = model_state(model)
     x = torch.randn(2, 3, 64, 64)
     pm.path_norm(model, x)
     pm.check_support(model, x)
@@ -196,7 +180,7 @@ def test_user_model_is_left_untouched():
     pm.channel_scores(model, x)
     pm.layer_sensitivity(model, x, bits=(4,))
     pm.prune(model, 0.5, x)
-    assert _same(before, _state(model))
+    assert same_state(before, model_state(model))
     assert model.training and model.fc.weight.dtype == torch.float32
     assert torch.equal(x, x.clone())
 
