@@ -78,6 +78,8 @@ class Graph:
     param_names: tuple             # parameters used, in order of first use
     uses: dict = field(default_factory=dict)  # parameter name -> number of nodes using it
     scratch: object = field(default=None, repr=False, compare=False)  # lifted.Scratch
+    head: str | None = None        # 'softmax'/'log_softmax' set aside after the outputs (logits)
+    head_outputs: tuple = ()       # what the model returns when a head is set aside
     _buffer_names: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def signature(self):
@@ -328,7 +330,15 @@ def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport
                 outputs.append(entry[1])
     if not outputs and not report.unsupported:
         report.unsupported.append(("output", "", "the model returns no tensor computed from its input"))
-    graph = Graph(recorder.nodes, outputs, tuple(tuple(x.shape) for x in inputs), (), {})
+    returned = outputs = [v for v in outputs if v is not None]  # None: after a refused op
+    outputs, report.head, refused = rules.set_aside_head(recorder.nodes, outputs)
+    for index, why in refused + rules.check_graph(recorder.nodes, outputs):
+        node = recorder.nodes[index]
+        report.unsupported.append((_function_name(node.func), node.module, why))
+    if report.head:
+        report.notes.append(rules.HEAD_NOTE.format(head=report.head))
+    graph = Graph(recorder.nodes, outputs, tuple(tuple(x.shape) for x in inputs), (), {},
+                  head=report.head, head_outputs=tuple(returned) if report.head else ())
     report.ops = graph.rule_counts()
     if not report.ok:
         return None, report
@@ -368,7 +378,7 @@ def replay(graph: Graph, model: nn.Module, inputs):
             continue
         args, kwargs = node.call(resolve)
         results.append(node.func(*args, **kwargs))
-    return [resolve(v) for v in graph.outputs]
+    return [resolve(v) for v in graph.head_outputs or graph.outputs]
 
 
 def _check_replay(model, graph, examples, generator):
