@@ -128,12 +128,12 @@ def make_op(spec) -> Op:
     if kind == "pad":
         return Op(lambda x: F.pad(x, (1, 1), value=spec[1]), "pad", spec[1])
     if kind == "bicubic":
-        return Op(lambda x: F.interpolate(x.unsqueeze(-1), scale_factor=(spec[1], 1.0),
-                                          mode="bicubic", align_corners=spec[2]).squeeze(-1),
+        return Op(lambda x: F.interpolate(x.unsqueeze(-2), scale_factor=(1.0, spec[1]),
+                                          mode="bicubic", align_corners=spec[2]).squeeze(-2),
                   "linear")
     if kind == "antialias":
-        return Op(lambda x: F.interpolate(x.unsqueeze(-1), scale_factor=(spec[1], 1.0),
-                                          mode="bilinear", antialias=True).squeeze(-1), "linear")
+        return Op(lambda x: F.interpolate(x.unsqueeze(-2), scale_factor=(1.0, spec[1]),
+                                          mode=spec[2], antialias=True).squeeze(-2), "linear")
     raise ValueError(kind)
 
 

@@ -46,7 +46,8 @@ def wider_spec(draw, kind):
     if kind == "bicubic":
         return ("bicubic", draw(st.sampled_from([2.0, 1.5, 0.5])), draw(st.booleans()))
     if kind == "antialias":
-        return ("antialias", draw(st.sampled_from([0.5, 0.75])))
+        return ("antialias", draw(st.sampled_from([0.5, 0.75])),
+                draw(st.sampled_from(["bilinear", "bicubic"])))
     if kind == "rrelu":
         return ("rrelu", 0.1, 0.3)
     return (kind,)

@@ -721,14 +721,14 @@ def _check_interpolate(x, size=None, scale_factor=None, mode="nearest", align_co
 def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device, antialias=False):
     """The ``n_out x n_in`` coefficient matrix of 1-D interpolation along one axis (bicubic and
     antialiased modes, which PyTorch only has in 2-D and applies axis by axis, are read off a
-    2-D call on an ``n_in x 1`` image whose second axis stays of size one)."""
+    2-D call on a ``1 x n_in`` image whose first axis stays of size one)."""
     if mode == "bicubic" or antialias:
-        eye = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, 1, n_in, 1)
-        kwargs = ({"scale_factor": (scale, 1.0), "recompute_scale_factor": False} if scale
-                  else {"size": (n_out, 1)})
+        eye = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, 1, 1, n_in)
+        kwargs = ({"scale_factor": (1.0, scale), "recompute_scale_factor": False} if scale
+                  else {"size": (1, n_out)})
         return F.interpolate(eye, mode="bicubic" if mode == "bicubic" else "bilinear",
                              align_corners=align_corners, antialias=antialias,
-                             **kwargs)[:, 0, :, 0].T
+                             **kwargs)[:, 0, 0, :].T
     eye = torch.eye(n_in, dtype=dtype, device=device).unsqueeze(1)
     mode_1d = "linear" if mode in ("bilinear", "trilinear", "linear") else mode
     kwargs = {"scale_factor": scale, "recompute_scale_factor": False} if scale else {"size": n_out}
@@ -750,6 +750,9 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
         return adaptive_avg_pool(ev, x, out, func=(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                                                   F.adaptive_avg_pool3d)[len(out) - 1])
     ev.terms((math.prod(inp) if antialias else 4 ** len(out)) + 2)
+    if antialias and inp[-1] == 1 and (ev.q != 1.0 or mode == "bicubic"):
+        raise ev.unsupported("PyTorch's antialiased resampling of an image of width one is not "
+                             "separable (its coefficients cannot be read axis by axis)")
     if (ev.q == 1.0 and mode != "bicubic") or mode.startswith("nearest"):
         return ev.fixed(x, lambda m: F.interpolate(m, **kwargs))
     scales = _ntuple(scale_factor, len(out)) if scale_factor is not None and not \
