@@ -13,6 +13,8 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
+from pathmetric import reports
+from pathmetric.capture import Param, capture
 from bruteforce import lq_norm_q, paths, to_dag
 
 X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -80,18 +82,18 @@ def test_zoo_models_are_supported_and_certified(name):
 def test_mobilenet_v2_public_functions():
     model = mobilenet_v2()
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 3
-    facts = pm.reports.graph_facts(model, X32)
+    facts = reports.graph_facts(model, X32)
     # 17 blocks, each conv-BN-ReLU6 (ReLU6: two neuron layers) ...: depth counts the ReLU6 layers
     assert facts.depth >= 3 * 35 and facts.max_pools_on_path == 0
     sensitivity = pm.layer_sensitivity(model, X32, bits=(4, 8))
     assert all(0 < v < math.inf for v in sensitivity.values())
     plan = pm.mixed_precision_plan(model, X32, bits=(4, 8), avg_bits=6)
     assert 0 < plan.certified_bound < math.inf
-    result = pm.prune(model, X32, sparsity=0.3)
+    result = pm.prune(model, 0.3, X32, structured=True)
     with torch.no_grad():
         gap = (model(x) - result.model(x)).abs().sum(dim=1)
     assert (gap <= pm.output_bound(model, result.model, x)).all()
-    generalization = pm.reports.generalization_bound(model, X32, n=50_000)
+    generalization = reports.generalization_bound(model, X32, n=50_000)
     assert math.isfinite(generalization["log_bound"])
 
 
@@ -107,11 +109,16 @@ def test_mobilenet_v2_random_rescale_keeps_function_and_scores():
                if not torch.equal(p, dict(rescaled.named_parameters())[n])]
     assert changed   # something was rescaled (the linear bottlenecks feed convolutions directly)
     # never across a ReLU6: the BatchNorms in front of one keep their parameters
-    graph = pm.capture.capture(model, X32)
+    graph = capture(model, X32)
     users = graph.users()
+    guarded = 0
     for index, node in enumerate(graph.nodes):
         if node.rule == "batch_norm" and any(graph.nodes[j].rule == "hardtanh" for j in users[index]):
-            assert node.args[3].name not in changed and node.args[4].name not in changed
+            names = [r.name for r in list(node.args) + list(node.kwargs.values())
+                     if isinstance(r, Param)]
+            assert names and not set(names) & set(changed)
+            guarded += 1
+    assert guarded == 35
     before, after = pm.weight_scores(model, X32), pm.weight_scores(rescaled, X32)
     for name in before:
         assert torch.allclose(before[name], after[name], rtol=1e-9, atol=1e-12 * float(before[name].abs().max()))
@@ -134,20 +141,17 @@ def test_treating_relu6_as_relu_would_be_wrong():
 
 @pytest.mark.slow
 def test_torch_pruning_prunes_mobilenet_v2():
-    from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
+    from pathmetric.adapters.torch_pruning import PathMetricImportance
     model = mobilenet_v2()
-    reference = copy.deepcopy(model)
     shape = model(X32).shape
     convs = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
     pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
                                   pruning_ratio=0.4, ignored_layers=[model.classifier[-1]])
-    bound = certified_step(pruner, X32) if "example_inputs" in certified_step.__code__.co_varnames \
-        else certified_step(pruner)
+    pruner.step()
     assert model(X32).shape == shape
     kept = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert 0.5 * convs <= kept <= 0.75 * convs
-    assert 0 <= bound < math.inf
-    del reference
+    assert 0.5 * convs <= kept <= 0.7 * convs
+    assert math.isfinite(pm.log_path_norm(model, X32))
 
 
 @pytest.mark.slow
