@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathmetric as pm
+from pathmetric import reports
 
 
 def mlp(depth, width=8, gain=3.0, seed=0):
@@ -86,6 +87,7 @@ def test_softmax_head_is_set_aside_and_the_bound_transfers(head, factor):
     assert report.ok and report.head == head and (bool(report.notes) == (head is not None))
     assert pm.path_norm(model, x[:1]) == pm.path_norm(logits, x[:1])
     assert pm.head_factor(model, x[:1]) == factor
+    assert reports.generalization_bound(model, x[:1], n=100)["head"] == head
     worst = 0.0
     for seed in range(5):
         g = torch.Generator().manual_seed(seed)

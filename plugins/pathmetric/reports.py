@@ -165,7 +165,8 @@ def generalization_bound(model, example_inputs, n, input_bound=1.0, lipschitz=1.
     the two), ``n`` training samples, ``B = max(sup_x ||x||_inf, 1)`` (paths starting at a
     bias see the input 1) and ``L_loss`` the Lipschitz constant of the loss in the output.
     Returned as natural logs (``log_bound``, ``log_bound_sharp``) and as floats (``inf`` only
-    past float64), with the constants and the L1 path-norm's log.
+    past float64), with the constants and the L1 path-norm's log; ``head`` names a final softmax
+    set aside (the bound is then for a loss of the logits, DESIGN.md "Output heads").
     """
     from .norms import log_path_norm
 
@@ -180,7 +181,8 @@ def generalization_bound(model, example_inputs, n, input_bound=1.0, lipschitz=1.
     out = {"D": facts.depth, "P": facts.pool_types, "K": facts.kernel,
            "M": facts.max_pools_on_path, "d_in": facts.d_in, "d_out": facts.d_out,
            "n": n, "B": max(input_bound, 1.0), "lipschitz": lipschitz, "C": c, "C_sharp": c_sharp,
-           "log_path_norm": log_norm, "log_bound": common + math.log(c),
+           "log_path_norm": log_norm, "head": capture(model, example_inputs).head,
+           "log_bound": common + math.log(c),
            "log_bound_sharp": common + math.log(c_sharp)}
     out["bound"] = _exp(out["log_bound"])
     out["bound_sharp"] = _exp(out["log_bound_sharp"])
