@@ -18,25 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 import pathmetric as pm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def mobilenet():
-    torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v2(weights=None, num_classes=10, width_mult=0.35)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1.0, 0.3)
-                m.bias.normal_(0, 0.2)
-    return model.double().eval()
 
 
 def changes(model, seed):
@@ -107,7 +93,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     import bruteforce as bf
-    model = mobilenet()
+    from test_reach import mobilenet_v2
+    model = mobilenet_v2(width_mult=0.35).double()
     mobile_rows = trial(model, changes(model, 0), inputs((3, 16, 16), args.inputs, 0), True)
     tiny_rows = []
     kinds = [("relu6",), ("hardtanh", -0.5, 1.0), ("clamp", -1.5, 0.5), ("clamp", 0.5, None),

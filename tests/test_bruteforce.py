@@ -122,6 +122,10 @@ def relative(a, b):
 
 @given(tiny_networks(), st.sampled_from([0.5, 1.0, 2.0, 4.0]))
 def test_path_norm_equals_enumeration(net, q):
+    _path_norm_equals_enumeration(net, q)
+
+
+def _path_norm_equals_enumeration(net, q):
     model, shape, phi, _ = net
     expected = lq_norm_q(phi, q) ** (1 / q)
     assert relative(pm.path_norm(model, example(shape), q=q), expected) <= 1e-12
@@ -147,6 +151,10 @@ def _owner(model, name):
 
 @given(tiny_networks())
 def test_path_metric_is_exact_for_pruning_and_shrinking(net):
+    _path_metric_is_exact_for_pruning_and_shrinking(net)
+
+
+def _path_metric_is_exact_for_pruning_and_shrinking(net):
     model, shape, phi, seed = net
     other = _shrunk(model, seed)
     expected = l1_distance(phi, paths(to_dag(other, *shape)))
@@ -223,6 +231,10 @@ def _two_pass_brute(model, other, shape):
 @settings(max_examples=25)
 @given(tiny_networks(), st.sampled_from(["grow", "mix", "flip", "quantize"]))
 def test_path_metric_bounds_general_changes(net, mode):
+    _path_metric_bounds_general_changes(net, mode)
+
+
+def _path_metric_bounds_general_changes(net, mode):
     model, shape, phi, seed = net
     other = _changed(model, seed, mode)
     true_distance = l1_distance(phi, paths(to_dag(other, *shape)))
@@ -254,58 +266,49 @@ def test_weight_scores_equal_mass_removed(net):
 def test_output_gap_never_exceeds_output_bound(net):
     """Soundness on 500 random inputs per (network, change): with 20 networks x 4 changes this
     is 40 000 trials per run."""
+    _output_gap_never_exceeds_output_bound(net, 4)
+
+
+def _output_gap_never_exceeds_output_bound(net, scale):
     model, shape, _, seed = net
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((500,) + shape, generator=g, dtype=torch.float64) * \
-        torch.rand((500, 1, 1), generator=g, dtype=torch.float64) * 4
+        torch.rand((500, 1, 1), generator=g, dtype=torch.float64) * scale
     for mode in ("grow", "mix", "flip", "quantize"):
         other = _changed(model, seed, mode)
-        gap = (model(x) - other(x)).abs().sum(dim=1)
-        assert (gap <= pm.output_bound(model, other, x)).all()
+        with torch.no_grad():
+            out, out2 = model(x), other(x)
+        gap = (out - out2).abs().sum(dim=1)
+        # the gap itself is measured in float64: allow its own rounding (a few ulps of the outputs)
+        slack = 8 * torch.finfo(torch.float64).eps * (out.abs() + out2.abs()).sum(dim=1)
+        assert (gap <= pm.output_bound(model, other, x) + slack).all()
 
 
 # ------------------------------------------------------------------ the ops of issue 15
+# Clipped activations, max/min neurons and constants as the explicit neurons of DESIGN.md
+# section 1 (built by tests/bruteforce.py, not by the engine's rules).
 
 @settings(max_examples=60, deadline=None)
 @given(tiny_networks(wider=True), st.sampled_from([1.0, 2.0, 4.0]))
 def test_wider_ops_path_norm_equals_enumeration(net, q):
-    """Clipped activations, max/min neurons and constants as the explicit neurons of DESIGN.md
-    section 1 (built by tests/bruteforce.py, not by the engine's rules)."""
-    model, shape, phi, _ = net
-    expected = lq_norm_q(phi, q) ** (1 / q)
-    assert relative(pm.path_norm(model, example(shape), q=q), expected) <= 1e-12
+    _path_norm_equals_enumeration(net, q)
 
 
 @settings(max_examples=40, deadline=None)
 @given(tiny_networks(wider=True))
 def test_wider_ops_path_metric_is_exact_for_pruning_and_shrinking(net):
-    model, shape, phi, seed = net
-    other = _shrunk(model, seed)
-    expected = l1_distance(phi, paths(to_dag(other, *shape)))
-    got = pm.path_metric(model, other, example(shape))
-    assert got >= expected
-    assert relative(got, expected) <= 1e-12
+    _path_metric_is_exact_for_pruning_and_shrinking(net)
 
 
 @settings(max_examples=30, deadline=None)
 @given(tiny_networks(wider=True), st.sampled_from(["grow", "quantize", "mix", "flip"]))
-def test_wider_ops_path_metric_bounds_growing_and_quantizing(net, mode):
-    model, shape, phi, seed = net
-    other = _changed(model, seed, mode)
-    true_distance = l1_distance(phi, paths(to_dag(other, *shape)))
-    assert pm.path_metric(model, other, example(shape)) >= true_distance * (1 - 1e-12)
+def test_wider_ops_path_metric_bounds_general_changes(net, mode):
+    _path_metric_bounds_general_changes(net, mode)
 
 
 @settings(max_examples=10, deadline=None)
 @given(tiny_networks(wider=True))
 def test_wider_ops_output_gap_never_exceeds_output_bound(net):
-    """500 inputs per (network, change), scaled up to 40 so activations reach the clipped
-    region; 10 networks x 4 changes = 20 000 trials per run."""
-    model, shape, _, seed = net
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((500,) + shape, generator=g, dtype=torch.float64) * \
-        torch.rand((500, 1, 1), generator=g, dtype=torch.float64) * 40
-    for mode in ("grow", "mix", "flip", "quantize"):
-        other = _changed(model, seed, mode)
-        gap = (model(x) - other(x)).abs().sum(dim=1)
-        assert (gap <= pm.output_bound(model, other, x)).all()
+    """Inputs scaled up to 40 so activations reach the clipped region; 10 networks x 4 changes
+    x 500 inputs = 20 000 trials per run."""
+    _output_gap_never_exceeds_output_bound(net, 40)

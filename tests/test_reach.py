@@ -20,15 +20,16 @@ from bruteforce import lq_norm_q, paths, to_dag
 X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def mobilenet_v2():
+def mobilenet_v2(width_mult=1.0):
     torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v2(weights=None, num_classes=10).eval()
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=10,
+                                            width_mult=width_mult).eval()
     with torch.no_grad():   # non-trivial running statistics, some negative BatchNorm scales
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1.0, 0.5)
+                m.weight.normal_(1.0, 0.4)
                 m.bias.normal_(0, 0.2)
     return model
 
