@@ -97,14 +97,18 @@ def render(before_path, after_path, out):
                   "", "| model | before | after |", "|---|---|---|"]
         for r in rows:
             old = before.get((family, r["name"]), "?")
-            lines.append(f"| {r['name']} | {_short(old)} | {_short(r['status'])} |")
+            lines.append(f"| {r['name']} | {_short(old)} | {_short(r['status'], reason=True)} |")
         lines.append("")
     with open(out, "w") as f:
         f.write("\n".join(lines))
 
 
-def _short(text):
-    return text.replace("|", "/")[:110]
+def _short(text, reason=False):
+    """``refused: OP in 'PATH'`` (and the reason, cut, with ``reason``) or the status as is."""
+    text = text.replace("|", "/")
+    if text.startswith("refused: ") and not reason:
+        return ":".join(text.split(":")[:2])
+    return text[:100]
 
 
 if __name__ == "__main__":
