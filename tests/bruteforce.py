@@ -31,8 +31,11 @@ class Block(nn.Module):
 
 
 class Op(nn.Module):
-    """A parameter-free op ``fn`` of kind 'linear' (fixed coefficients), 'max' (max-pooling) or
-    'leaky' (``max(x, slope * x)``)."""
+    """A parameter-free op ``fn`` of kind 'linear' (fixed coefficients), 'max' (max-pooling),
+    'leaky' (``max(x, slope * x)``), 'identity' (ReLU written another way), 'clamp' (``slope`` =
+    (low, high), either None), 'hardsigmoid', 'abs', 'maximum'/'minimum' (of ``x`` and ``x``
+    rolled by one along the last axis), 'const' (``x + slope``) or 'pad' (constant ``slope`` on
+    each side of the last axis)."""
 
     def __init__(self, fn, kind, slope=None):
         super().__init__()
@@ -49,6 +52,28 @@ class Head(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(x, 1))
+
+
+class MatMul(nn.Module):
+    """``x @ W`` with a parameter ``W`` along the last axis."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n, n))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+class AddBias(nn.Module):
+    """``x + b`` with a per-channel parameter ``b``."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(c, 1))
+
+    def forward(self, x):
+        return x + self.bias
 
 
 def make_op(spec) -> Op:
@@ -71,6 +96,44 @@ def make_op(spec) -> Op:
                   "linear")
     if kind == "leaky":
         return Op(lambda x: F.leaky_relu(x, spec[1]), "leaky", spec[1])
+    if kind == "rrelu":
+        _, lower, upper = spec
+        return Op(lambda x: F.rrelu(x, lower, upper, training=False), "leaky", (lower + upper) / 2)
+    if kind == "threshold":
+        return Op(lambda x: F.threshold(x, 0.0, 0.0), "identity")
+    if kind == "relu6":
+        return Op(F.relu6, "clamp", (0.0, 6.0))
+    if kind == "hardtanh":
+        return Op(lambda x: F.hardtanh(x, spec[1], spec[2]), "clamp", spec[1:])
+    if kind == "clamp":
+        return Op(lambda x: torch.clamp(x, spec[1], spec[2]), "clamp", spec[1:])
+    if kind == "clamp_min":
+        return Op(lambda x: x.clamp_min(spec[1]), "clamp", (spec[1], None))
+    if kind == "hardsigmoid":
+        return Op(F.hardsigmoid, "hardsigmoid")
+    if kind == "abs":
+        return Op(torch.abs, "abs")
+    if kind == "maximum":
+        return Op(lambda x: torch.maximum(x, torch.roll(x, 1, -1)), "maximum")
+    if kind == "minimum":
+        return Op(lambda x: torch.minimum(x, torch.roll(x, 1, -1)), "minimum")
+    if kind == "channel_max":
+        return Op(lambda x: torch.max(x, 1, keepdim=True).values, "max")
+    if kind == "amax_len":
+        return Op(lambda x: x.amax(-1, keepdim=True), "max")
+    if kind == "same_maxpool":   # timm's "same" max-pooling: -inf padding, then max-pooling
+        return Op(lambda x: torch.max_pool1d(F.pad(x, (1, 1), value=-math.inf), 3, 1), "max")
+    if kind == "const":
+        return Op(lambda x: x + spec[1], "const", spec[1])
+    if kind == "pad":
+        return Op(lambda x: F.pad(x, (1, 1), value=spec[1]), "pad", spec[1])
+    if kind == "bicubic":
+        return Op(lambda x: F.interpolate(x.unsqueeze(-2), scale_factor=(1.0, spec[1]),
+                                          mode="bicubic", align_corners=spec[2]).squeeze(-2),
+                  "linear")
+    if kind == "antialias":
+        return Op(lambda x: F.interpolate(x.unsqueeze(-2), scale_factor=(1.0, spec[1]),
+                                          mode=spec[2], antialias=True).squeeze(-2), "linear")
     raise ValueError(kind)
 
 
@@ -86,7 +149,7 @@ def build(specs, channels, length, outputs, generator) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64))
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
+            if isinstance(m, (nn.BatchNorm1d, nn.InstanceNorm1d)):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator))
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
     return model.eval()
@@ -101,6 +164,12 @@ def _layer(spec, c, n, generator):
         return module, out, n
     if kind == "bn":
         return nn.BatchNorm1d(c), c, n
+    if kind == "instancenorm":
+        return nn.InstanceNorm1d(c, affine=True, track_running_stats=True), c, n
+    if kind == "matmul":
+        return MatMul(n), c, n
+    if kind == "bias":
+        return AddBias(c), c, n
     if kind == "relu":
         return nn.ReLU(), c, n
     if kind in ("res", "cat"):
@@ -111,8 +180,8 @@ def _layer(spec, c, n, generator):
         assert n2 == n and (kind == "cat" or c2 == c)
         return Block(kind, nn.Sequential(*body)), (c + c2 if kind == "cat" else c), n
     op = make_op(spec)
-    n = op.fn(torch.zeros(1, c, n)).shape[-1]
-    return op, c, n
+    out = op.fn(torch.zeros(1, c, n))
+    return op, out.shape[1], out.shape[-1]
 
 
 # ---------------------------------------------------------------- the explicit neuron DAG
@@ -180,13 +249,33 @@ def _module(dag, module, ids, shape):
         return _linear_layer(dag, ids, shape, lambda x: F.conv1d(
             x, module.weight, None, module.stride, module.padding, module.dilation, module.groups),
             (lambda j, s: float(b[j // s[-1]])) if b is not None else None)
-    if isinstance(module, nn.BatchNorm1d):
+    if isinstance(module, (nn.BatchNorm1d, nn.InstanceNorm1d)):
         s = module.weight / torch.sqrt(module.running_var + module.eps)
         t = module.bias - module.running_mean * s
         return _linear_layer(dag, ids, shape, lambda x: x * s[:, None],
                              lambda j, sh: float(t[j // sh[-1]]))
-    if isinstance(module, nn.ReLU):
+    if isinstance(module, nn.ReLU) or isinstance(module, Op) and module.kind == "identity":
         return ids, shape
+    if isinstance(module, MatMul):
+        return _linear_layer(dag, ids, shape, lambda x: x @ module.weight)
+    if isinstance(module, AddBias):
+        b = module.bias
+        return _linear_layer(dag, ids, shape, lambda x: x, lambda j, s: float(b[j // s[-1], 0]))
+    if isinstance(module, Op) and module.kind in ELEMENTWISE:
+        new = [ELEMENTWISE[module.kind](dag, u, module.slope) for u in ids.reshape(-1).tolist()]
+        return torch.tensor(new).reshape(ids.shape), shape
+    if isinstance(module, Op) and module.kind in ("maximum", "minimum"):
+        sign = 1.0 if module.kind == "maximum" else -1.0
+        flat, rolled = ids, torch.roll(ids, 1, -1)
+        new = []
+        for u, w in zip(flat.reshape(-1).tolist(), rolled.reshape(-1).tolist()):
+            top = dag.neuron([(u, sign), (w, sign)])   # a 2-max-pooling neuron
+            new.append(top if sign > 0 else dag.neuron([(top, -1.0)]))
+        return torch.tensor(new).reshape(ids.shape), shape
+    if isinstance(module, Op) and module.kind == "pad":
+        side = lambda: [[dag.neuron([], module.slope)] for _ in range(shape[0])]  # noqa: E731
+        padded = torch.cat([torch.tensor(side()), ids, torch.tensor(side())], dim=1)
+        return padded, (shape[0], shape[1] + 2)
     if isinstance(module, Head):
         w, b = module.fc.weight, module.fc.bias
         return _linear_layer(dag, ids, shape, lambda x: torch.flatten(x, 1) @ w.T,
@@ -213,6 +302,34 @@ def _module(dag, module, ids, shape):
     raise TypeError(type(module))
 
 
+def _clamp(dag, u, bounds):
+    """``clamp(v, a, b) = a + relu(v - a) - relu(v - b)``; ``a + relu(v - a)``; ``v - relu(v - b)``."""
+    low, high = bounds
+    incoming = [] if low is not None else [(u, 1.0)]
+    if low is not None:
+        incoming.append((dag.neuron([(u, 1.0)], -low), 1.0))
+    if high is not None:
+        incoming.append((dag.neuron([(u, 1.0)], -high), -1.0))
+    return dag.neuron(incoming, 0.0 if low is None else low)
+
+
+def _hardsigmoid(dag, u, _):
+    """``(relu(v + 3) - relu(v - 3)) / 6``."""
+    return dag.neuron([(dag.neuron([(u, 1.0)], 3.0), 1 / 6), (dag.neuron([(u, 1.0)], -3.0), -1 / 6)])
+
+
+def _abs(dag, u, _):
+    """``relu(v) + relu(-v)``."""
+    return dag.neuron([(dag.neuron([(u, 1.0)]), 1.0), (dag.neuron([(u, -1.0)]), 1.0)])
+
+
+def _const(dag, u, c):
+    return dag.neuron([(u, 1.0)], c)
+
+
+ELEMENTWISE = {"clamp": _clamp, "hardsigmoid": _hardsigmoid, "abs": _abs, "const": _const}
+
+
 def paths(dag: Dag) -> dict:
     """Every path ``(start, kind, neurons...)`` -> ``Phi_p`` (product of edge coefficients,
     times the start bias for paths that start at a bias)."""
@@ -226,8 +343,10 @@ def paths(dag: Dag) -> dict:
     def walk(v, key, value):
         if v in outputs:
             result[key] = value
-        for w, c in out_edges[v]:
-            walk(w, key + (w,), value * c)
+        parallel: dict = {}
+        for w, c in out_edges[v]:  # parallel edges (max(u, u), |u|) are distinct paths
+            parallel[w] = parallel.get(w, -1) + 1
+            walk(w, key + ((w, parallel[w]) if parallel[w] else w,), value * c)
 
     for v in dag.inputs:
         walk(v, ("x", v), 1.0)

@@ -45,7 +45,7 @@ def test_unet_and_dict_outputs():
     assert pm.path_norm(seg, X64) < both
 
 
-@pytest.mark.parametrize("name,op", [("mobilenet_v2", "F.hardtanh"), ("efficientnet_b0", "F.silu"),
+@pytest.mark.parametrize("name,op", [("mobilenet_v3_small", "F.hardswish"), ("efficientnet_b0", "F.silu"),
                                      ("convnext_tiny", "F.layer_norm")])
 def test_unsupported_zoo_models_name_the_op(name, op):
     model = zoo(name)
@@ -70,8 +70,8 @@ class Wrap(nn.Module):
 
 
 REFUSED = [
-    ("ReLU6", lambda x: x, nn.ReLU6(), "F.hardtanh"),
-    ("Hardtanh", lambda x: x, nn.Hardtanh(), "F.hardtanh"),
+    ("Hardswish", lambda x: x, nn.Hardswish(), "F.hardswish"),
+    ("Threshold(1, 0)", lambda x: x, nn.Threshold(1.0, 0.0), "F._threshold"),
     ("GELU", lambda x: x, nn.GELU(), "F.gelu"),
     ("SiLU", lambda x: x, nn.SiLU(), "F.silu"),
     ("sigmoid", torch.sigmoid, None, "torch.sigmoid"),
@@ -82,8 +82,10 @@ REFUSED = [
     ("InstanceNorm", lambda x: x, nn.InstanceNorm2d(4), "F.instance_norm"),
     ("product", lambda x: x * x, None, "Tensor."),
     ("batch statistics", lambda x: x, nn.BatchNorm2d(4, track_running_stats=False), "F.batch_norm"),
-    ("constant add", lambda x: x + 1.0, None, "Tensor."),
-    ("clamp", lambda x: x.clamp(0, 1), None, "Tensor.clamp"),
+    ("tensor clamp bound", lambda x: x.clamp(min=torch.zeros(1)), None, "Tensor.clamp"),
+    ("clamp min > max", lambda x: x.clamp(1, 0), None, "Tensor.clamp"),
+    ("hardtanh min >= max", lambda x: F.hardtanh(x, 1.0, 1.0), None, "F.hardtanh"),
+    ("softmax over space", lambda x: F.softmax(x, dim=2), None, "F.softmax"),
     ("leaky slope > 1", lambda x: F.leaky_relu(x, 2.0), None, "F.leaky_relu"),
 ]
 

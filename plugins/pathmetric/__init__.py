@@ -2,7 +2,8 @@
 from .calibration import Calibration, Estimate, adversarial_gap, calibrate, estimate
 from .capture import check_support
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
-from .metric import output_bound, path_metric, quantization_bound
+from .metric import (head_factor, head_output_bound, log_output_bound, log_path_metric,
+                     log_quantization_bound, output_bound, path_metric, quantization_bound)
 from .norms import log_path_norm, path_norm
 from .prune import PruneResult, prune
 from .quantize import quantize_weights, quantizer
@@ -13,7 +14,8 @@ from .sensitivity import Plan, Sensitivity, layer_sensitivity, mixed_precision_p
 
 __all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError",
            "ModelCaptureError", "SupportReport", "path_metric", "output_bound",
-           "quantization_bound", "quantize_weights", "quantizer", "weight_scores", "channel_scores",
+           "quantization_bound", "log_path_metric", "log_output_bound", "log_quantization_bound",
+           "head_factor", "head_output_bound", "quantize_weights", "quantizer", "weight_scores", "channel_scores",
            "group_mass", "zeroed_members", "PathMasses", "prunable_layers", "layer_sensitivity", "Sensitivity",
            "mixed_precision_plan", "Plan", "prune", "PruneResult", "random_rescale", "calibrate",
            "estimate", "Calibration", "Estimate", "adversarial_gap"]

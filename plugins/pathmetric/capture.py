@@ -102,6 +102,8 @@ class Graph:
     uses: dict = field(default_factory=dict)  # parameter name -> number of nodes using it
     derived: dict = field(default_factory=dict)  # Derived name -> (Node over buffers, item)
     scratch: object = field(default=None, repr=False, compare=False)  # lifted.Scratch
+    head: str | None = None        # 'softmax'/'log_softmax' set aside after the outputs (logits)
+    head_outputs: tuple = ()       # what the model returns when a head is set aside
     _buffer_names: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def signature(self):
@@ -598,8 +600,16 @@ def _graph_of(recorder, out, inputs, report):
                 outputs.append(entry[1])
     if not outputs and not report.unsupported:
         report.unsupported.append(("output", "", "the model returns no tensor computed from its input"))
+    returned = outputs
+    outputs, report.head, refused = rules.set_aside_head(recorder.nodes, outputs)
+    for index, why in refused + rules.check_graph(recorder.nodes, outputs):
+        node = recorder.nodes[index]
+        report.unsupported.append((_function_name(node.func), node.module, why))
+    if report.head:
+        report.notes.append(rules.HEAD_NOTE.format(head=report.head))
     graph = Graph(recorder.nodes, outputs, tuple(tuple(x.shape) for x in inputs), (), {},
-                  derived=recorder.derivations)
+                  derived=recorder.derivations, head=report.head,
+                  head_outputs=tuple(returned) if report.head else ())
     report.ops = graph.rule_counts()
     if not report.ok:
         return None
@@ -665,7 +675,7 @@ def replay(graph: Graph, model: nn.Module, inputs):
         if node.inplace:
             args = (args[0].clone(),) + tuple(args[1:])
         results.append(node.func(*args, **kwargs))
-    return [resolve(v) for v in graph.outputs]
+    return [resolve(v) for v in graph.head_outputs or graph.outputs]
 
 
 def _check_replay(model, graph, examples, generator):

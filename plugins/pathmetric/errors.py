@@ -24,11 +24,15 @@ class SupportReport:
     """Result of :func:`pathmetric.check_support`.
 
     ``ok`` is True when every operation is inside the path-lifting model; ``unsupported`` lists
-    ``(op, module path, reason)`` triples; ``ops`` counts the supported operations by rule name.
+    ``(op, module path, reason)`` triples; ``ops`` counts the supported operations by rule name;
+    ``head`` is 'softmax' or 'log_softmax' when a final softmax head was set aside (the analysed
+    function is then the logits), and ``notes`` says what was set aside and why.
     """
 
     unsupported: list = field(default_factory=list)
     ops: dict = field(default_factory=dict)
+    head: str | None = None
+    notes: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -37,7 +41,7 @@ class SupportReport:
     def __str__(self) -> str:
         if self.ok:
             used = ", ".join(f"{name} x{count}" for name, count in sorted(self.ops.items()))
-            return f"supported ({used})"
+            return f"supported ({used})" + "".join(f"\nnote: {n}" for n in self.notes)
         lines = [f"{len(self.unsupported)} unsupported operation(s):"]
         lines += [f"  {op} in '{path or '<model>'}': {why}" for op, path, why in self.unsupported]
         return "\n".join(lines)

@@ -10,7 +10,7 @@ from .capture import as_tuple, capture
 from .lifted import PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
 from .quantize import quantize_weights
-from .scaled import to_float
+from .scaled import scaled_sum, to_float
 
 
 def round_up(value: float, relative_error: float) -> float:
@@ -85,6 +85,58 @@ def path_metric(model: nn.Module, other, example_inputs, precision="float64") ->
     return _to_float(parts, error)
 
 
+def log_round_up(parts, error) -> float:
+    """Natural log of the sum of scaled ``parts`` times ``1 + error``, rounded towards +inf
+    (``-inf`` for zero): finite for any depth."""
+    value = scaled_sum(parts).log()
+    if value == -math.inf:
+        return value
+    slack = 8 * math.ulp(abs(value) + abs(scaled_sum(parts).e) + 1.0)  # log and e ln 2 rounding
+    return math.nextafter(value + math.log1p(error) + slack, math.inf)
+
+
+def log_path_metric(model: nn.Module, other, example_inputs, precision="float64") -> float:
+    """Natural log of :func:`path_metric`'s certificate (rounded up), finite at any depth where
+    ``path_metric`` returns ``inf`` past float64 (``-inf`` when the distance is zero)."""
+    graph = capture(model, example_inputs)
+    tensors_b = _other_tensors(model, other, example_inputs, graph)
+    parts, error = certified_distance(graph, named_tensors(model), tensors_b,
+                                      _resolve_dtype(precision))
+    return log_round_up(parts, error)
+
+
+def _sup_norms(inputs) -> torch.Tensor:
+    return torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double()
+                        for t in inputs]).amax(dim=0)
+
+
+def log_output_bound(model: nn.Module, other, x) -> torch.Tensor:
+    """Natural log of :func:`output_bound` per sample: ``log max(||x||_inf, 1) +
+    log_path_metric`` (rounded up), finite at any depth."""
+    inputs = as_tuple(x)
+    log_metric = log_path_metric(model, other, inputs)
+    bound = torch.log(torch.clamp(_sup_norms(inputs), min=1.0)) + log_metric
+    return torch.nextafter(bound, torch.full_like(bound, math.inf))
+
+
+def head_factor(model: nn.Module, example_inputs) -> float:
+    """Factor that carries a bound on the logits to the model's outputs when a softmax head was
+    set aside (DESIGN.md, output heads): 1 for ``softmax`` (``||softmax(a) - softmax(b)||_1 <=
+    ||a - b||_1``), ``n + 1`` for ``log_softmax`` with ``n`` classes, 1 without a head."""
+    graph = capture(model, example_inputs)
+    if not graph.head or "log_softmax" not in graph.head:
+        return 1.0
+    return 1.0 + max(graph.nodes[v.node].shape[1] if v.item is None else
+                     graph.nodes[v.node].shape[v.item][1] for v in graph.outputs)
+
+
+def head_output_bound(model: nn.Module, other, x) -> torch.Tensor:
+    """Per-sample certified bound on the L1 change of what the model returns (probabilities or
+    log-probabilities after a softmax head): ``head_factor * output_bound``."""
+    bound = output_bound(model, other, x) * head_factor(model, x)
+    return torch.nextafter(bound, torch.full_like(bound, math.inf))
+
+
 def output_bound(model: nn.Module, other, x) -> torch.Tensor:
     """Per-sample certified bound on ``||R_theta(x) - R_theta'(x)||_1``:
     ``max(||x||_inf, 1) * path_metric(model, other)`` (sup-norm over every input tensor)."""
@@ -116,6 +168,15 @@ def quantized_weights(model, example_inputs, bits, scheme="symmetric", granulari
     """``{weight name: quantized weight}`` for the conv/linear ``layers`` (default: all)."""
     return {name: quantize_weights(w, bits, scheme, granularity, group_size)
             for name, w in layer_weights(model, example_inputs, layers).values()}
+
+
+def log_quantization_bound(model: nn.Module, example_inputs, bits=8, scheme="symmetric",
+                           granularity="per_channel", group_size=None, layers=None,
+                           precision="float64") -> float:
+    """Natural log of :func:`quantization_bound` (rounded up), finite at any depth."""
+    replaced = quantized_weights(model, example_inputs, bits, scheme, granularity, group_size,
+                                 layers)
+    return log_path_metric(model, replaced, example_inputs, precision)
 
 
 def quantization_bound(model: nn.Module, example_inputs, bits=8, scheme="symmetric",

@@ -9,9 +9,13 @@ Conventions for reading a DAG ReLU network (arXiv 2310.01225, section 2) off the
 ``s = gamma/sqrt(var+eps)`` and bias ``t = beta - mean*s``), pooling, ``mean``/``sum`` reduction,
 interpolation, ``add`` and ``sub`` node is one layer of neurons; ReLU is the activation of the
 layer before it; reshapes, concatenation, padding and constant scales only re-index neurons or
-carry a fixed edge coefficient. LeakyReLU/PReLU, ``max(x, a*x)``, is an identity neuron ``a*x``
-followed by a max-pooling neuron over two inputs (two layers). This is a valid DAG-ReLU
-description of the model; the bounds hold for it.
+carry a fixed edge coefficient. LeakyReLU/PReLU/RReLU, ``max(x, a*x)``, is an identity neuron
+``a*x`` followed by a max-pooling neuron over two inputs (two layers). Clipped activations (ReLU6,
+hardtanh, clamp, hardsigmoid) and ``abs`` are a layer of ReLU neurons with biases followed by an
+identity neuron (two layers, DESIGN.md section 1); ``maximum`` and a max reduction are one layer of
+max-pooling neurons, ``minimum`` and a min reduction (``-max(-x)``) add an identity layer after it;
+``x @ W`` is a linear layer; a constant added to an activation is a bias of the adding neuron. This
+is a valid DAG-ReLU description of the model; the bounds hold for it.
 """
 from __future__ import annotations
 
@@ -26,15 +30,19 @@ from .capture import Buffer, Param, Value, as_tuple, capture
 NEURON_LAYERS = {"conv": 1, "conv_transpose": 1, "linear": 1, "batch_norm": 1, "max_pool": 1,
                  "adaptive_max_pool": 1, "avg_pool": 1, "adaptive_avg_pool": 1, "mean": 1,
                  "sum": 1, "add": 1, "sub": 1, "interpolate": 1, "upsample_linear": 1,
-                 "leaky_relu": 2, "prelu": 2}
-MAX_POOLING = {"max_pool", "adaptive_max_pool", "leaky_relu", "prelu"}
-AFFINE = {"conv", "conv_transpose", "linear"}
+                 "leaky_relu": 2, "prelu": 2, "rrelu": 2, "relu6": 2, "hardtanh": 2, "clamp": 2,
+                 "clamp_min": 2, "clamp_max": 2, "hardsigmoid": 2, "abs": 2, "maximum": 1,
+                 "minimum": 2, "max": 1, "min": 2, "matmul": 1}
+MAX_POOLING = {"max_pool", "adaptive_max_pool", "leaky_relu", "prelu", "rrelu", "maximum",
+               "minimum", "max", "min"}
+AFFINE = {"conv", "conv_transpose", "linear", "matmul"}
 
 # argument names of the functional forms, to read positional or keyword arguments alike
 _SIGNATURES = {
     "conv": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
     "conv_transpose": ("input", "weight", "bias", "stride", "padding", "output_padding", "groups"),
     "linear": ("input", "weight", "bias"),
+    "matmul": ("input", "weight"),
     "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training",
                    "momentum", "eps"),
     "max_pool": ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"),
@@ -85,8 +93,16 @@ class GraphFacts:
 
 def _pool_kernel(graph, node) -> int:
     """Largest number of inputs of one max-pooling neuron of ``node``."""
-    if node.rule in ("leaky_relu", "prelu"):
+    if node.rule in ("leaky_relu", "prelu", "rrelu", "maximum", "minimum"):
         return 2
+    if node.rule in ("max", "min"):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if isinstance(dim, Value):
+            return 2
+        shape = _shape(graph, node.args[0])
+        dims = range(len(shape)) if dim is None or dim == () else \
+            (dim if isinstance(dim, (tuple, list)) else (dim,))
+        return math.prod(shape[d] for d in dims)
     bound = _bind(node)
     spatial_in = _shape(graph, bound["input"])[2:]
     if node.rule == "max_pool":
@@ -149,7 +165,8 @@ def generalization_bound(model, example_inputs, n, input_bound=1.0, lipschitz=1.
     the two), ``n`` training samples, ``B = max(sup_x ||x||_inf, 1)`` (paths starting at a
     bias see the input 1) and ``L_loss`` the Lipschitz constant of the loss in the output.
     Returned as natural logs (``log_bound``, ``log_bound_sharp``) and as floats (``inf`` only
-    past float64), with the constants and the L1 path-norm's log.
+    past float64), with the constants and the L1 path-norm's log; ``head`` names a final softmax
+    set aside (the bound is then for a loss of the logits, DESIGN.md "Output heads").
     """
     from .norms import log_path_norm
 
@@ -164,7 +181,8 @@ def generalization_bound(model, example_inputs, n, input_bound=1.0, lipschitz=1.
     out = {"D": facts.depth, "P": facts.pool_types, "K": facts.kernel,
            "M": facts.max_pools_on_path, "d_in": facts.d_in, "d_out": facts.d_out,
            "n": n, "B": max(input_bound, 1.0), "lipschitz": lipschitz, "C": c, "C_sharp": c_sharp,
-           "log_path_norm": log_norm, "log_bound": common + math.log(c),
+           "log_path_norm": log_norm, "head": capture(model, example_inputs).head,
+           "log_bound": common + math.log(c),
            "log_bound_sharp": common + math.log(c_sharp)}
     out["bound"] = _exp(out["log_bound"])
     out["bound_sharp"] = _exp(out["log_bound_sharp"])
@@ -230,7 +248,7 @@ def _layers(graph, named) -> list:
             continue
         bound = _bind(node)
         w = _resolve(bound["weight"], named)
-        if node.rule == "conv_transpose":   # (in, out/groups, k...) -> output channels first
+        if node.rule in ("conv_transpose", "matmul"):  # input channels first -> output first
             w = w.transpose(0, 1)
         b = _resolve(bound.get("bias"), named)
         b = torch.zeros(w.shape[0], dtype=w.dtype) if b is None else b
@@ -302,7 +320,8 @@ def classical_vs_path(model, other, example_inputs, input_bound=1.0) -> dict:
 
 PASS_THROUGH = {"relu", "dropout", "max_pool", "adaptive_max_pool", "avg_pool",
                 "adaptive_avg_pool", "pad", "interpolate", "upsample_linear", "cast",
-                "rearrange", "mul", "div", "neg", "leaky_relu", "prelu"}
+                "rearrange", "mul", "div", "neg", "leaky_relu", "prelu", "rrelu", "threshold",
+                "abs"}
 
 
 def _channel_groups(graph, bn_diagonal: bool) -> list:
@@ -336,7 +355,7 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
         if rule == "input":
             new(i, None, False)
         elif rule in AFFINE or rule == "batch_norm" and not bn_diagonal:
-            count = node.shape[-1] if rule == "linear" else node.shape[1]
+            count = node.shape[-1] if rule in ("linear", "matmul") else node.shape[1]
             groups = _bind(node).get("groups", 1) if rule in ("conv", "conv_transpose") else 1
             in_count = _shape(graph, _bind(node)["input"])[1] if groups != 1 else None
             if groups != 1 and bn_diagonal and groups == count == in_count:

@@ -14,9 +14,11 @@ import torch
 from .capture import Param, Value, _CACHE, capture
 
 # Ops a rescaled channel may cross on its way to the next layer: positively homogeneous and
-# channel-preserving.
+# channel-preserving. Clipped activations (relu6, hardtanh, clamp, hardsigmoid) are not: their
+# biases do not scale, so no channel is rescaled across them.
 _HOMOGENEOUS = {"relu", "leaky_relu", "max_pool", "adaptive_max_pool", "avg_pool",
-                "adaptive_avg_pool", "dropout", "cast", "interpolate"}
+                "adaptive_avg_pool", "dropout", "cast", "interpolate", "threshold", "rrelu",
+                "abs"}
 
 
 def _flatten_factor(graph, index, node):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils import _pytree as pytree
 
 Tensor = torch.Tensor
 
@@ -67,17 +68,16 @@ def is_query(func) -> bool:
 
 # Refused ops that deserve a precise reason (anything unknown is refused as well).
 REFUSED = {name: why for names, why in [
-    (("F.relu6", "F.hardtanh", "Tensor.clamp", "torch.clamp", "Tensor.clamp_", "F.hardswish",
-      "F.hardsigmoid"), "a clipped activation is not positively homogeneous"),
+    (("F.hardswish", "F.hardswish_"),
+     "hardswish is x * hardsigmoid(x), a product of two activations: no path-lifting exists"),
     (("F.gelu", "F.silu", "F.mish", "F.elu", "F.selu", "F.celu", "F.softplus", "torch.sigmoid",
       "Tensor.sigmoid", "F.sigmoid", "torch.tanh", "Tensor.tanh", "F.tanh", "F.logsigmoid"),
      "a smooth activation is not ReLU-like: no path-lifting exists for it"),
-    (("F.softmax", "F.log_softmax", "Tensor.softmax", "torch.softmax", "F.softmin"),
-     "softmax is not piecewise linear"),
-    (("F.layer_norm", "F.group_norm", "F.instance_norm", "F.local_response_norm", "F.normalize",
+    (("F.softmin",), "softmax is not piecewise linear"),
+    (("F.layer_norm", "F.group_norm", "F.local_response_norm", "F.normalize",
       "F.rms_norm"), "a data-dependent normalisation is not in the path-lifting model"),
     (("F.scaled_dot_product_attention", "F.multi_head_attention_forward", "torch.bmm",
-      "torch.matmul", "Tensor.matmul", "Tensor.__matmul__", "torch.einsum"),
+      "torch.einsum"),
      "attention and products of two activations are not in the path-lifting model"),
 ]  for name in names}
 
@@ -90,6 +90,12 @@ def _const(value):
 def _lifted(x) -> bool:
     from .capture import Value
     return isinstance(x, Value)
+
+
+def _activation(x) -> bool:
+    """At evaluation: whether ``x`` is a lifted value (a tuple of scaled tensors)."""
+    from .scaled import Scaled
+    return isinstance(x, tuple) and bool(x) and isinstance(x[0], Scaled)
 
 
 def _abs_pow(value, q):
@@ -143,6 +149,184 @@ def prelu(ev, x, weight, *, func=None):
     return ev.add([x, ev.linear(x, lambda m, p: m * p.reshape(shape), a)])
 
 
+def _check_rrelu(x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
+    if training:
+        return "RReLU in training mode draws random slopes"
+    return _check_slope(x, (lower + upper) / 2)
+
+
+@rule("rrelu", F.rrelu, F.rrelu_, check=_check_rrelu)
+def rrelu(ev, x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False, *, func=None):
+    """RReLU in eval mode is LeakyReLU with slope ``(lower + upper) / 2``."""
+    return leaky_relu(ev, x, (lower + upper) / 2)
+
+
+def _check_threshold(x, threshold, value, inplace=False):
+    if threshold != 0 or value != 0:
+        return (f"threshold({threshold}, {value}) jumps from {value} to {threshold} (a "
+                "discontinuity): only Threshold(0, 0), which is ReLU, is piecewise linear")
+    return None
+
+
+@rule("threshold", F.threshold, F.threshold_, torch.threshold, torch.threshold_,
+      check=_check_threshold)
+def threshold(ev, x, *args, func=None, **kwargs):
+    """``threshold(x, 0, 0)`` is ReLU: an identity neuron in the lifted network."""
+    return x
+
+
+# ---------------------------------------------------------------- clipped activations
+#
+# DESIGN.md section 1: with ``v`` the identity neuron holding the pre-activation,
+# ``clamp(v, a, b) = a + relu(v - a) - relu(v - b)``, ``clamp(v, min=a) = a + relu(v - a)`` and
+# ``clamp(v, max=b) = v - relu(v - b)``: ReLU copies read ``v`` through edges of coefficient one,
+# and the constants are biases that both models share. Each form is an identity output neuron
+# fed by one layer of ReLU neurons (two neuron layers), not positively homogeneous.
+
+def offset(ev, value, spread=None):
+    """Paths that start at an additive constant or parameter ``value`` (a bias; a constant is a
+    parameter coordinate both models share): lifted ``|value|^q``, broadcast by ``spread``."""
+    if isinstance(value, (int, float)):
+        value = torch.tensor(float(value), dtype=torch.float64)
+    return ev.bias(ev.param(None, value), spread or (lambda p: p))
+
+
+def clip(ev, x, low, high):
+    """``clamp(v, low, high)`` as neurons: lifted ``copies * v`` (``copies`` = 1 with a lower
+    bound only, else 2) plus the paths from the biases: ``|low|^q`` twice for a lower bound (the
+    output bias and the first ReLU's), ``|high|^q`` once for an upper bound."""
+    factor = 1.0 if high is None else 2.0
+    biases = ([] if low is None else [low] * 2) + ([] if high is None else [high])
+    ev.terms(len(biases) + 2)
+    y = ev.fixed(x, lambda m: m * factor)
+    return ev.add([y] + [offset(ev, b) for b in biases if b != 0])
+
+
+def _scalar(value) -> bool:
+    return value is None or isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_bounds(low, high):
+    if not (_scalar(low) and _scalar(high)):
+        return ("a clamp bound that is a tensor (a parameter, a buffer or an activation) is not a "
+                "fixed scalar bias; use scalar min/max")
+    if low is not None and high is not None and low > high:
+        return f"clamp with min {low} > max {high} is a constant, not a ReLU network"
+    return None
+
+
+def _check_hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+    if _scalar(min_val) and _scalar(max_val) and min_val >= max_val:
+        return f"hardtanh needs min_val < max_val, got {min_val} and {max_val}"
+    return _check_bounds(min_val, max_val)
+
+
+@rule("hardtanh", F.hardtanh, F.hardtanh_, check=_check_hardtanh)
+def hardtanh(ev, x, min_val=-1.0, max_val=1.0, inplace=False, *, func=None):
+    """``clamp(v, a, b) = a + relu(v - a) - relu(v - b)``: lifted ``2 v + 2 |a|^q + |b|^q``
+    (``nn.ReLU6`` is ``hardtanh(v, 0, 6)``: ``2 v + 6^q``)."""
+    return clip(ev, x, min_val, max_val)
+
+
+@rule("relu6", F.relu6)
+def relu6(ev, x, inplace=False, *, func=None):
+    """``relu6(v) = relu(v) - relu(v - 6)``: lifted ``2 v + 6^q``."""
+    return clip(ev, x, 0.0, 6.0)
+
+
+def _check_clamp(x, min=None, max=None, *, out=None):
+    if min is None and max is None:
+        return "clamp without bounds"
+    return _check_bounds(min, max)
+
+
+@rule("clamp", torch.clamp, Tensor.clamp, Tensor.clamp_, torch.clip, Tensor.clip, Tensor.clip_,
+      torch.clamp_, check=_check_clamp)
+def clamp(ev, x, min=None, max=None, *, func=None):
+    """``clamp(v, a, b)``, ``clamp(v, min=a) = a + relu(v - a)`` (lifted ``v + 2 |a|^q``),
+    ``clamp(v, max=b) = v - relu(v - b)`` (lifted ``2 v + |b|^q``)."""
+    return clip(ev, x, min, max)
+
+
+@rule("clamp_min", torch.clamp_min, Tensor.clamp_min, Tensor.clamp_min_, torch.clamp_min_,
+      check=lambda x, min: _check_bounds(min, None))
+def clamp_min(ev, x, min, *, func=None):
+    """``clamp(v, min=a) = a + relu(v - a)``: lifted ``v + 2 |a|^q``."""
+    return clip(ev, x, min, None)
+
+
+@rule("clamp_max", torch.clamp_max, Tensor.clamp_max, Tensor.clamp_max_, torch.clamp_max_,
+      check=lambda x, max: _check_bounds(None, max))
+def clamp_max(ev, x, max, *, func=None):
+    """``clamp(v, max=b) = v - relu(v - b)``: lifted ``2 v + |b|^q``."""
+    return clip(ev, x, None, max)
+
+
+@rule("hardsigmoid", F.hardsigmoid)
+def hardsigmoid(ev, x, inplace=False, *, func=None):
+    """``hardsigmoid(v) = (relu(v + 3) - relu(v - 3)) / 6``: ReLU biases 3 and -3 on edges of
+    coefficient +-1/6 (paths worth +-1/2), lifted ``2 v / 6^q + 2 (1/2)^q``."""
+    factor = 2.0 / 6.0 ** ev.q
+    ev.terms(4)
+    return ev.add([ev.fixed(x, lambda m: m * factor), offset(ev, 0.5), offset(ev, 0.5)])
+
+
+@rule("abs", torch.abs, Tensor.abs, Tensor.abs_, Tensor.__abs__, torch.absolute, Tensor.absolute)
+def absolute(ev, x, *, func=None):
+    """``|v| = relu(v) + relu(-v)``: lifted ``2 v``."""
+    ev.terms(2)
+    return ev.fixed(x, lambda m: m * 2.0)
+
+
+# ---------------------------------------------------------------- max and min neurons
+
+def _check_elementwise(x, other, *args, **kwargs):
+    if not (_lifted(x) and _lifted(other)):
+        return ("maximum/minimum with a constant or a parameter is a clamp with a tensor bound; "
+                "use clamp with a scalar bound")
+    return None
+
+
+@rule("maximum", torch.maximum, Tensor.maximum, torch.fmax, Tensor.fmax, check=_check_elementwise)
+def maximum(ev, x, other, *, func=None):
+    """``max(x, y)``: a 2-max-pooling neuron per entry (broadcasting copies entries); lifted
+    ``x + y``."""
+    ev.terms(2)
+    return ev.add([x, other])
+
+
+@rule("minimum", torch.minimum, Tensor.minimum, torch.fmin, Tensor.fmin, check=_check_elementwise)
+def minimum(ev, x, other, *, func=None):
+    """``min(x, y) = -max(-x, -y)``: a max neuron with edges of coefficient -1 and an identity
+    neuron after it; lifted ``x + y``."""
+    return maximum(ev, x, other)
+
+
+def _check_reduction(x, dim=None, keepdim=False, *args, **kwargs):
+    if _lifted(dim):
+        return _check_elementwise(x, dim)
+    if isinstance(dim, Tensor) or dim is not None and not isinstance(dim, (int, tuple, list)):
+        return "max/min with a constant tensor is a clamp with a tensor bound; use clamp"
+    return None
+
+
+def _reduce_max(ev, x, dim=None, keepdim=False, *, func=None):
+    """A max (min: ``-max(-x)``) neuron over the reduced entries: lifted sum over them; with an
+    activation as second operand, the elementwise ``maximum``. The indices ``torch.max(x, dim)``
+    also returns are not a value of the network (:func:`check_graph` refuses their use)."""
+    if _activation(dim):
+        return maximum(ev, x, dim)
+    ev.terms(_reduced_count(ev.shape(x), dim) + 2)
+    kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}
+    if ev.out_shape() and isinstance(ev.out_shape()[0], tuple):  # (values, indices)
+        return ev.fixed(x, lambda m: (torch.sum(m, **kwargs),) * 2)
+    return ev.fixed(x, lambda m: torch.sum(m, **kwargs))
+
+
+rule("max", torch.max, Tensor.max, torch.amax, Tensor.amax, check=_check_reduction)(_reduce_max)
+rule("min", torch.min, Tensor.min, torch.amin, Tensor.amin, check=_check_reduction)(_reduce_max)
+
+
 # ---------------------------------------------------------------- parametrised linear maps
 
 def _with_bias(ev, y, bias, channel_dim, ndim):
@@ -193,21 +377,22 @@ def linear(ev, x, weight, bias=None, *, func):
     return _with_bias(ev, y, bias, -1, len(ev.out_shape()))
 
 
-def _check_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-                      *args, **kwargs):
+def _check_batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                      training=False, momentum=0.1, eps=1e-5, use_input_stats=False):
     if training:
         return ("batch_norm with training=True normalises with batch statistics and updates the "
                 "running statistics; call it with training=False (the model in eval mode)")
-    if running_mean is None or running_var is None:
-        return ("BatchNorm without running statistics normalises with batch statistics; "
-                "use track_running_stats=True")
+    if running_mean is None or running_var is None or use_input_stats:
+        return ("a normalisation with batch or instance statistics is data-dependent; use "
+                "running statistics (track_running_stats=True, eval mode)")
     return None
 
 
-@rule("batch_norm", F.batch_norm, check=_check_batch_norm)
+@rule("batch_norm", F.batch_norm, F.instance_norm, check=_check_batch_norm)
 def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, func=None):
-    """Frozen BatchNorm: identity neurons with weight ``s = gamma / sqrt(var + eps)`` and bias
+               momentum=0.1, eps=1e-5, *, use_input_stats=False, func=None):
+    """Frozen BatchNorm (and InstanceNorm with running statistics in eval mode, the same map):
+    identity neurons with weight ``s = gamma / sqrt(var + eps)`` and bias
     ``t = beta - mean * s``, lifted to ``|s|^q`` and ``|t|^q`` (running statistics always)."""
     def scale(var, gamma=None, *_):
         root = torch.sqrt(var + eps)
@@ -236,7 +421,7 @@ def sum_pool(m: Tensor, kernel, stride, padding, dilation, out_shape) -> Tensor:
     """Sum of each pooling window over the valid entries (zero padding, ceil_mode windows)."""
     d = m.dim() - 2
     kernel, dilation, padding = _ntuple(kernel, d), _ntuple(dilation, d), _ntuple(padding, d)
-    stride = _ntuple(stride if stride not in (None, ()) else kernel, d)
+    stride = _ntuple(stride if stride not in (None, (), []) else kernel, d)
     fits = all(k <= n for k, n in zip(kernel, m.shape[2:]))  # else PyTorch's pooling refuses
     if all(x == 1 for x in dilation) and d > 1 and fits:
         pool = F.avg_pool2d if d == 2 else F.avg_pool3d
@@ -266,7 +451,8 @@ def _check_adaptive_max_pool(x, output_size, return_indices=False):
     return "max-pooling indices are not a value of the network" if return_indices else None
 
 
-@rule("max_pool", F.max_pool1d, F.max_pool2d, F.max_pool3d, check=_check_max_pool)
+@rule("max_pool", F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d,
+      torch.max_pool3d, check=_check_max_pool)
 def max_pool(ev, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
              return_indices=False, *, func=None):
     """Max-pooling neurons become sum-pooling (not average) over the same windows."""
@@ -363,21 +549,35 @@ def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
 # ---------------------------------------------------------------- sums of activations
 
 def _check_add(x, y=None, *args, alpha=1, **kwargs):
-    if not (_lifted(x) and _lifted(y)):
-        return ("adding a constant to an activation is not supported; fold it into a bias "
-                "parameter")
+    from .capture import Buffer, Param
+    for operand in (x, y):
+        if not (_lifted(operand) or isinstance(operand, (Tensor, Param, Buffer)) or
+                isinstance(operand, (int, float)) and math.isfinite(operand)):
+            return f"adding {type(operand).__name__} {operand!r} to an activation"
     return None
 
 
 @rule("add", torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__radd__,
       Tensor.__iadd__, check=_check_add)
 def add(ev, x, y, *, alpha=1, func=None):
-    """Residual addition: coefficients one (``|alpha|^q`` on the second operand)."""
+    """Residual addition: coefficients one (``|alpha|^q`` on the second operand). An operand
+    that is a constant ``c`` or a parameter is a bias (paths starting there, ``|c|^q``; a
+    constant is a parameter coordinate both models share)."""
     ev.terms(2)
-    if alpha != 1:
-        factor = abs(alpha) ** ev.q
-        y = ev.fixed(y, lambda m: m * factor)
-    return ev.add([x, y])
+    terms = []
+    for operand, scale in ((x, 1), (y, alpha)):
+        if not _activation(operand):
+            if isinstance(operand, (int, float)) or scale == 1:
+                terms.append(offset(ev, operand * scale if isinstance(operand, (int, float))
+                                    else operand))
+            else:
+                terms.append(ev.bias(ev.param(lambda v: v * scale, operand), lambda p: p))
+        elif scale != 1:
+            factor = abs(scale) ** ev.q
+            terms.append(ev.fixed(operand, lambda m: m * factor))
+        else:
+            terms.append(operand)
+    return ev.add(terms)
 
 
 @rule("sub", torch.sub, Tensor.sub, Tensor.sub_, Tensor.__sub__, Tensor.__rsub__,
@@ -444,6 +644,21 @@ def _blocks(ev, tensors):
             for t in tensors]
 
 
+def _check_matmul(x, other, *args, **kwargs):
+    from .capture import Buffer, Param
+    if not (_lifted(x) and isinstance(other, (Param, Buffer, Tensor)) and not _lifted(other)):
+        return "a product of two activations (or a parameter on the left) is not supported"
+    return None
+
+
+@rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, check=_check_matmul)
+def matmul(ev, x, weight, *, func=None):
+    """``x @ W`` with a parameter ``W`` (in, out): a linear layer, ``|W|^q``."""
+    w = ev.param(None, weight)
+    ev.terms(ev.param_shape(weight)[0] + 2)
+    return ev.linear(x, lambda m, p: torch.matmul(m, p), w)
+
+
 @rule("cat", torch.cat, torch.concat, torch.concatenate)
 def cat(ev, tensors, dim=0, *, func=None):
     """Concatenation of lifted tensors and constant blocks (exponents aligned)."""
@@ -454,6 +669,12 @@ def cat(ev, tensors, dim=0, *, func=None):
 def stack(ev, tensors, dim=0, *, func=None):
     """Stacking of lifted tensors and constant blocks (exponents aligned)."""
     return ev.join(_blocks(ev, tensors), lambda ms: torch.stack(ms, dim))
+
+
+@rule("hstack", torch.hstack, torch.vstack, torch.dstack, torch.column_stack)
+def hstack(ev, tensors, *, func):
+    """Concatenations along a fixed axis (exponents aligned)."""
+    return ev.join(list(tensors), func)
 
 
 # ---------------------------------------------------------------- copies and rearrangements
@@ -468,6 +689,9 @@ _REARRANGE = (
     F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle, torch.channel_shuffle,
     Tensor.view_as, Tensor.reshape_as, Tensor.flip, torch.flip, Tensor.roll, torch.roll,
     torch.tile, Tensor.tile, Tensor.repeat_interleave, torch.repeat_interleave,
+    Tensor.ravel, torch.ravel, Tensor.swapaxes, torch.swapaxes, Tensor.swapdims, torch.swapdims,
+    Tensor.moveaxis, torch.moveaxis, Tensor.T.__get__, Tensor.mT.__get__, Tensor.unsqueeze_,
+    Tensor.squeeze_, Tensor.index_select, torch.index_select,
 )
 
 
@@ -478,35 +702,50 @@ def rearrange(ev, x, *args, func, **kwargs):
 
 
 @rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
-      Tensor.detach, torch.detach)
+      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type)
 def cast(ev, x, *args, func=None, **kwargs):
     """Dtype and device changes: the lifted network keeps its own precision."""
     return x
 
 
 def _check_pad(x, pad, mode="constant", value=None):
-    if mode == "constant" and value not in (None, 0, 0.0):
-        return f"padding with the constant {value} adds a fixed bias; only zero padding is linear"
+    if mode == "constant" and value is not None and not (math.isfinite(value) or value == -math.inf):
+        return f"padding with {value}"
     return None
 
 
 @rule("pad", F.pad, check=_check_pad)
 def pad(ev, x, pad, mode="constant", value=None, *, func):
-    """Zero, reflect, replicate and circular padding copy entries (coefficients one)."""
-    return ev.fixed(x, lambda m: F.pad(m, pad, mode=mode))
+    """Zero, reflect, replicate and circular padding copy entries (coefficients one). A padded
+    constant ``c`` is a bias on the padded entries (``|c|^q``); a ``-inf`` entry never wins the
+    max-pooling that must follow it (:func:`check_graph`), so it starts no path."""
+    y = ev.fixed(x, lambda m: F.pad(m, pad, mode=mode))
+    if mode != "constant" or not value or value == -math.inf:
+        return y
+    mask = F.pad(torch.zeros(ev.shape(x), dtype=ev.dtype, device=ev.device), pad, value=1.0)
+    ev.terms(2)
+    return ev.add([y, offset(ev, value, lambda p: p * mask)])
 
 
 def _check_interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                        recompute_scale_factor=None, antialias=False):
-    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area"):
-        return f"interpolation mode '{mode}' has negative coefficients"
-    if antialias:
-        return "antialiased interpolation is not supported"
+    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area",
+                    "bicubic"):
+        return f"interpolation mode '{mode}' is not supported"
     return None
 
 
-def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device):
-    """The ``n_out x n_in`` coefficient matrix of 1-D interpolation along one axis."""
+def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device, antialias=False):
+    """The ``n_out x n_in`` coefficient matrix of 1-D interpolation along one axis (bicubic and
+    antialiased modes, which PyTorch only has in 2-D and applies axis by axis, are read off a
+    2-D call on a ``1 x n_in`` image whose first axis stays of size one)."""
+    if mode == "bicubic" or antialias:
+        eye = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, 1, 1, n_in)
+        kwargs = ({"scale_factor": (1.0, scale), "recompute_scale_factor": False} if scale
+                  else {"size": (1, n_out)})
+        return F.interpolate(eye, mode="bicubic" if mode == "bicubic" else "bilinear",
+                             align_corners=align_corners, antialias=antialias,
+                             **kwargs)[:, 0, 0, :].T
     eye = torch.eye(n_in, dtype=dtype, device=device).unsqueeze(1)
     mode_1d = "linear" if mode in ("bilinear", "trilinear", "linear") else mode
     kwargs = {"scale_factor": scale, "recompute_scale_factor": False} if scale else {"size": n_out}
@@ -518,16 +757,20 @@ def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device)
 @rule("interpolate", F.interpolate, check=_check_interpolate)
 def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None, antialias=False, *, func):
-    """Nearest, (bi/tri)linear and area resampling: fixed non-negative coefficients ``c``,
-    lifted to ``c^q``. Linear modes are separable, so ``c^q`` is applied axis by axis."""
+    """Nearest, (bi/tri)linear, bicubic, antialiased and area resampling: fixed coefficients
+    ``c``, lifted to ``|c|^q`` (bicubic ones can be negative). All but nearest are separable, so
+    ``|c|^q`` is applied axis by axis."""
     inp, out = _spatial(ev.shape(x)), _spatial(ev.out_shape())
     kwargs = dict(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
-                  recompute_scale_factor=recompute_scale_factor)
+                  recompute_scale_factor=recompute_scale_factor, antialias=antialias)
     if mode == "area":
         return adaptive_avg_pool(ev, x, out, func=(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                                                   F.adaptive_avg_pool3d)[len(out) - 1])
-    ev.terms(2 ** len(out) + 2)
-    if ev.q == 1.0 or mode.startswith("nearest"):
+    ev.terms((math.prod(inp) if antialias else 4 ** len(out)) + 2)
+    if antialias and inp[-1] == 1 and (ev.q != 1.0 or mode == "bicubic"):
+        raise ev.unsupported("PyTorch's antialiased resampling of an image of width one is not "
+                             "separable (its coefficients cannot be read axis by axis)")
+    if (ev.q == 1.0 and mode != "bicubic") or mode.startswith("nearest"):
         return ev.fixed(x, lambda m: F.interpolate(m, **kwargs))
     scales = _ntuple(scale_factor, len(out)) if scale_factor is not None and not \
         recompute_scale_factor else (None,) * len(out)
@@ -535,7 +778,7 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
     def lifted(m):
         for axis, (n_in, n_out, scale) in enumerate(zip(inp, out, scales)):
             coeff = interpolation_matrix(n_in, n_out, mode, align_corners, scale, m.dtype,
-                                         m.device) ** ev.q
+                                         m.device, antialias).abs() ** ev.q
             m = torch.movedim(torch.movedim(m, 2 + axis, -1) @ coeff.T, -1, 2 + axis)
         return m
     return ev.fixed(x, lifted)
@@ -549,3 +792,84 @@ def upsample(ev, x, size=None, scale_factor=None, *args, func, **kwargs):
     if func is F.upsample_nearest:
         return interpolate(ev, x, size, scale_factor, "nearest", func=F.interpolate)
     return interpolate(ev, x, size, scale_factor, *args, func=F.interpolate, **kwargs)
+
+
+# ---------------------------------------------------------------- output heads and graph checks
+
+HEAD_NOTE = ("the analysed function is the logits before the final {head} (DESIGN.md, output "
+             "heads): every certificate bounds the logits; it bounds the probabilities with "
+             "factor 1 (softmax) and the log-probabilities with factor n + 1 (n classes)")
+
+
+@rule("softmax_head", F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax,
+      Tensor.log_softmax)
+def softmax_head(ev, x, *args, func=None, **kwargs):
+    """A final softmax or log-softmax over the class dimension of every output is set aside at
+    capture (:func:`set_aside_head`): the logits are the analysed outputs and this node's value is
+    never read; any other softmax is refused there."""
+    return x
+
+
+def head_kind(node) -> str:
+    return "log_softmax" if "log" in getattr(node.func, "__name__", "") else "softmax"
+
+
+def _head_dim(node):
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return dim if isinstance(dim, int) else None
+
+
+def set_aside_head(nodes, outputs):
+    """DESIGN.md "Output heads": when every output is a ``softmax``/``log_softmax`` over the class
+    dimension (dim 1) read by nothing else, return ``(logits, kind, [])``: the analysed outputs,
+    and 'softmax', 'log_softmax' or both joined by '+'. Otherwise ``(outputs, None, refused)``
+    with the refused softmax nodes as ``[(index, reason)]``."""
+    from .capture import Value
+    read = {ref.node for node in nodes for ref in pytree.tree_leaves((node.args, node.kwargs))
+            if _lifted(ref)}
+    heads = [v for v in outputs if nodes[v.node].rule == "softmax_head"]
+    refused = []
+    for index, node in enumerate(nodes):
+        if node.rule != "softmax_head":
+            continue
+        dim, ndim = _head_dim(node), len(node.shape)
+        if dim is None or ndim < 2 or dim % ndim != 1:
+            refused.append((index, "softmax over a dimension other than the class dimension (1)"))
+        elif index in read or Value(index) not in outputs:
+            refused.append((index, "softmax inside the network is not piecewise linear (only a "
+                                   "final softmax/log_softmax on every output is set aside)"))
+        elif len(heads) != len(outputs):
+            refused.append((index, "softmax on some outputs only: the analysed function would "
+                                   "mix logits and probabilities"))
+    if refused or not heads:
+        return outputs, None, refused
+    kinds = sorted({head_kind(nodes[v.node]) for v in heads})
+    return [nodes[v.node].args[0] for v in heads], "+".join(kinds), []
+
+
+def check_graph(nodes, outputs) -> list:
+    """Facts a single op cannot check at capture: ``[(index, reason)]`` for a ``-inf`` padding
+    read by anything but a max-pooling, and for max/min indices used as values."""
+    bad = []
+    pools = {"max_pool", "adaptive_max_pool", "max"}
+    for index, node in enumerate(nodes):
+        for ref in pytree.tree_leaves((node.args, node.kwargs)):
+            if not _lifted(ref):
+                continue
+            source = nodes[ref.node]
+            if source.rule == "pad" and _pads_minus_infinity(source) and (
+                    node.rule not in pools or ref is not node.args[0]):
+                bad.append((ref.node, "-inf padding is only a missing entry before a max-pooling"))
+            if source.rule in ("max", "min") and ref.item == 1:
+                bad.append((ref.node, "max/min indices are not a value of the network"))
+    for ref in outputs:
+        source = nodes[ref.node]
+        if source.rule == "pad" and _pads_minus_infinity(source) or \
+                source.rule in ("max", "min") and ref.item == 1:
+            bad.append((ref.node, "a model output that is not a value of the network"))
+    return bad
+
+
+def _pads_minus_infinity(node) -> bool:
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+    return value == -math.inf
