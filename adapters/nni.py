@@ -372,6 +372,10 @@ CONFIG_KEYS = {
 }
 
 
+#: ratio keys of a config-list entry, and whether 1 is allowed (a ratio of 1 empties a layer)
+RATIO_KEYS = {"sparse_ratio": False, "min_sparse_ratio": False, "max_sparse_ratio": True}
+
+
 def _schema_keys(schema) -> list:
     keys = []
     for key in schema.schema:
@@ -390,8 +394,16 @@ def load_config(path_or_dict) -> dict:
         config = deepcopy(path_or_dict)
     else:
         path = Path(path_or_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
         text = path.read_text()
-        config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            where = getattr(error, "problem_mark", None)
+            raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
+                             f"{f' (line {where.line + 1})' if where else ''}: "
+                             f"{getattr(error, 'problem', None) or error}") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path}: expected a mapping with keys {sorted(CONFIG_KEYS)}")
     unknown = sorted(set(config) - set(CONFIG_KEYS))
@@ -410,6 +422,15 @@ def load_config(path_or_dict) -> dict:
         except SchemaError as error:
             raise ValueError(f"config_list[{i}] is not a valid NNI pruning config: "
                              f"{error.code}. Accepted keys: {_schema_keys(schema)}") from None
+        for key, upper in RATIO_KEYS.items():
+            value = entry.get(key)
+            if value is not None and not (isinstance(value, (int, float))
+                                          and 0.0 <= value and (value < 1.0 or upper)):
+                raise ValueError(f"config_list[{i}]: {key} must be in [0, 1{']' if upper else ')'}"
+                                 f", got {value!r}")
+        if entry.get("sparse_threshold") is not None and not entry["sparse_threshold"] >= 0:
+            raise ValueError(f"config_list[{i}]: sparse_threshold must be >= 0, "
+                             f"got {entry['sparse_threshold']!r}")
     config.setdefault("speedup", False)
     config.setdefault("auto_dependency", False)
     config.setdefault("pruner_args", {})
