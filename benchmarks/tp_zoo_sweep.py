@@ -82,7 +82,7 @@ def sweep_one(name, size, max_params):
     except Exception as error:  # noqa: BLE001
         magnitude = None
         tp_error = _short(error)
-    if support.ok and magnitude is None:
+    if magnitude is None:
         return dict(status="torch-pruning fails", params=params, note=tp_error)
     try:
         left, bound = _prune(model, x, PathMetricImportance(x), True)
