@@ -12,14 +12,18 @@ Three bridges between INC's tuning loop and the path-metric engine:
   walks a config set by increasing certified bound; ``path_metric_config_set`` builds a layer-wise
   fallback sequence from ``pm.layer_sensitivity``.
 * ``PathMetricConfig`` is registered with INC (``register_config`` / ``register_algo`` under the name
-  ``"path_metric"``), so ``quantize`` and ``autotune`` prune by path magnitude (``pm.prune``).
+  ``"path_metric"``), so ``quantize`` and ``autotune`` prune by path magnitude (``pm.prune``);
+  ``PathMetricConfig(...) + RTNConfig(...)`` prunes then quantizes, as one config, with the
+  certificate of the combined change.
 
 The bound covers the weights (and the fp16-stored biases of RTN layers) only: activation
 quantization of static/dynamic int8 is not part of it.
 """
 import copy
 import dataclasses
+import math
 import re
+import warnings
 from collections import OrderedDict
 from types import SimpleNamespace
 
@@ -27,17 +31,17 @@ import torch
 from torch import nn
 
 import pathmetric as pm
-from neural_compressor.common.base_config import register_config
+from neural_compressor.common.base_config import ComposableConfig, register_config
 from neural_compressor.common.base_tuning import Sampler
 from neural_compressor.common.utils import DEFAULT_WHITE_LIST, RTN, Mode
 from neural_compressor.torch.algorithms.pt2e_quant.utility import create_quant_spec_from_config
 from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor, search_clip
 from neural_compressor.torch.quantization import DynamicQuantConfig, INT8StaticQuantConfig, RTNConfig
 from neural_compressor.torch.quantization.config import FRAMEWORK_NAME, OperatorConfig, TorchBaseConfig
-from neural_compressor.torch.utils import register_algo
+from neural_compressor.torch.utils import algos_mapping, register_algo
 
-__all__ = ["simulate_weights", "quantization_bound", "path_metric_sampler", "path_metric_config_set",
-           "PathMetricConfig", "PATH_METRIC"]
+__all__ = ["simulate_weights", "quantization_bound", "storage_bits", "path_metric_sampler",
+           "path_metric_config_set", "PathMetricConfig", "PrunedThenQuantizedConfig", "PATH_METRIC"]
 
 PATH_METRIC = "path_metric"
 _FLOAT_DTYPES = ("fp32", "fp16", "bf16")
@@ -68,11 +72,64 @@ def simulate_weights(model, config):
 
 def quantization_bound(model, example_inputs, config):
     """Certified ``||Phi(theta) - Phi(theta')||_1`` with ``theta'`` = ``simulate_weights(model, config)``;
-    for a ``PathMetricConfig``, ``theta'`` is the pruned model (``pm.prune(...).certified_bound``)."""
+    for a ``PathMetricConfig``, ``theta'`` is the pruned model (``pm.prune(...).certified_bound``);
+    for a ``PrunedThenQuantizedConfig``, the pruned model's weights quantized by its RTN config."""
     _check_eager(model)
     if isinstance(config, PathMetricConfig):
         return _prune(model, config, example_inputs, inplace=False).certified_bound
+    if isinstance(config, PrunedThenQuantizedConfig):
+        prune, quant = config.config_list
+        pruned = _prune(model, prune, example_inputs, inplace=False).model
+        return _combined_bound(model, pruned, simulate_weights(pruned, quant), example_inputs)
     return pm.path_metric(model, simulate_weights(model, config), example_inputs)
+
+
+def _combined_bound(model, pruned, quantized, example_inputs):
+    """``pm.path_metric(model, theta')`` with ``theta'`` = ``pruned``'s parameters, ``quantized``'s
+    replacing those it names: the certificate of pruning then quantizing."""
+    replaced = {name: p.detach() for name, p in pruned.named_parameters()}
+    replaced.update(quantized)
+    return pm.path_metric(model, replaced, example_inputs)
+
+
+def storage_bits(model, config):
+    """Bits per conv/linear weight of ``model`` once ``config`` is applied (lower = smaller model).
+
+    RTN layers: ``b`` bits per weight plus, per group, an fp16 scale and (asymmetric) a ``b``-bit
+    zero point; PT2E int8 layers: 8 bits plus a float32 scale per output channel (per tensor:
+    one); layers a config leaves in float: 32. ``PathMetricConfig``: 32 bits per weight left
+    non-zero (sparse storage, indices not counted); combined with RTN: the RTN bits of the
+    weights left. ``None`` for configs the adapter cannot simulate.
+    """
+    if isinstance(config, PathMetricConfig):
+        return 32.0 * (1.0 - config.sparsity)
+    if isinstance(config, PrunedThenQuantizedConfig):
+        prune, quant = config.config_list
+        return (1.0 - prune.sparsity) * storage_bits(model, quant)
+    if not isinstance(config, (RTNConfig, INT8StaticQuantConfig, DynamicQuantConfig)):
+        return None
+    if isinstance(config, RTNConfig):
+        mapping = copy.deepcopy(config).to_config_mapping(model_info=config.get_model_info(model))
+        local = {name: c for (name, _), c in mapping.items() if c.name == RTN}
+    else:
+        local = {name.rsplit(".", 1)[0]: None for name in simulate_weights(model, config)}
+    total = bits = 0
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        rows, count = m.weight.shape[0], m.weight.numel()
+        total += count
+        if name not in local or (local[name] is not None and local[name].dtype == "fp32"):
+            bits += 32 * count
+        elif local[name] is None:   # PT2E int8
+            per_channel = "channel" in str(getattr(config, "w_granularity", ""))
+            bits += 8 * count + 32 * (rows if per_channel else 1)
+        else:
+            c = local[name]
+            b = c.bits if c.dtype == "int" else int(c.dtype[3:])
+            groups = 1 if c.group_size == -1 else -(-(count // rows) // c.group_size)
+            bits += count * b + rows * groups * (16 + (0 if c.use_sym else b))
+    return bits / total
 
 
 def _rtn_weights(model, config):
@@ -83,7 +140,11 @@ def _rtn_weights(model, config):
     ``W = int8(q - z) * fp16(s)`` in float16, cast to float32 at inference on CPU.
     """
     config = copy.deepcopy(config)  # to_config_mapping adds the lm_head fallback to the config
-    mapping = config.to_config_mapping(model_info=config.get_model_info(model))
+    return _rtn_mapping_weights(model, config.to_config_mapping(model_info=config.get_model_info(model)))
+
+
+def _rtn_mapping_weights(model, mapping):
+    """:func:`_rtn_weights` for INC's per-op mapping ``{(name, type): RTNConfig}``."""
     modules = dict(model.named_modules())
     out = {}
     for (name, _), c in mapping.items():
@@ -171,21 +232,60 @@ def _observe_quantize_dequantize(w, c):
 # ----------------------------------------------------------------------------------------------
 # Tuning: sampler and fallback sequence
 # ----------------------------------------------------------------------------------------------
-def path_metric_sampler(model, example_inputs):
+SAMPLER_ORDERS = ("bound", "size", "bound_per_saved_bit")
+
+
+def _certified(config):
+    return isinstance(config, (RTNConfig, INT8StaticQuantConfig, DynamicQuantConfig,
+                               PathMetricConfig, PrunedThenQuantizedConfig))
+
+
+def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
     """A sampler class for ``TuningConfig(config_set=[...], sampler=...)``.
 
     INC builds it as ``sampler(config_set)``; it computes ``quantization_bound`` of every config
-    (``.bounds``, in config-set order) and yields indices by increasing bound (ties keep the
-    config-set order), so the trial most likely to meet ``tolerable_loss`` runs first. Put
-    candidates of comparable cost in one set: the sampler ranks by certified error only.
+    it can certify (``.bounds``, in config-set order, ``None`` for the others) and
+    ``storage_bits`` (``.bits``), and yields indices in the chosen ``order`` (ties keep the
+    config-set order):
+
+    - ``"bound"``: increasing certified bound, so the trial most likely to meet
+      ``tolerable_loss`` runs first; on a grid of unequal cost this is the mildest config (the
+      least compression). Put candidates of comparable cost in one set.
+    - ``"size"``: the configs whose bound is at most ``max_bound`` (required), smallest model
+      first, then the others by increasing bound: the smallest model the certificate trusts
+      runs first.
+    - ``"bound_per_saved_bit"``: increasing ``bound / (32 - bits)``, the certified error per bit
+      saved per weight (configs that save nothing last).
+
+    Configs without a certificate (AutoRound, GPTQ, AWQ, HQQ, ...) are tried after the
+    certified ones, in config-set (INC's) order, with one warning naming them.
     """
     _check_eager(model)
+    if order not in SAMPLER_ORDERS:
+        raise ValueError(f"order must be one of {SAMPLER_ORDERS}, got {order!r}")
+    if order == "size" and max_bound is None:
+        raise ValueError("order='size' needs max_bound: the largest certified bound to trust")
+
+    def key(bound, bits):
+        if order == "bound":
+            return (bound,)
+        if order == "size":
+            return (0, bits, bound) if bound <= max_bound else (1, bound, bits)
+        return (bound / (32.0 - bits) if bits < 32.0 else math.inf, bound)
 
     class PathMetricSampler(Sampler):
         def __init__(self, config_source):
-            self.bounds = [quantization_bound(model, example_inputs, config_source[i])
-                           for i in range(len(config_source))]
-            self.order = sorted(range(len(self.bounds)), key=self.bounds.__getitem__)
+            configs = [config_source[i] for i in range(len(config_source))]
+            self.bounds = [quantization_bound(model, example_inputs, c) if _certified(c) else None
+                           for c in configs]
+            self.bits = [storage_bits(model, c) for c in configs]
+            certified = [i for i, b in enumerate(self.bounds) if b is not None]
+            others = [i for i, b in enumerate(self.bounds) if b is None]
+            if others:
+                warnings.warn("path_metric_sampler: no certificate for " + ", ".join(
+                    f"#{i} {type(configs[i]).__name__}" for i in others) + "; they are tried "
+                    "after the certified configs, in the config set's order", stacklevel=2)
+            self.order = sorted(certified, key=lambda i: key(self.bounds[i], self.bits[i])) + others
 
         def __iter__(self):
             return iter(self.order)
@@ -279,26 +379,70 @@ class PathMetricConfig(TorchBaseConfig):
         return None
 
     def to_config_mapping(self, config_list=None, model_info=None):
-        return OrderedDict({self.name: self})
+        return OrderedDict({(self.name, self.name): self})   # (op name, op type) keys, as INC's
+
+    def __add__(self, other):
+        """``PathMetricConfig(...) + RTNConfig(...)``: prune, then quantize the pruned model."""
+        if not isinstance(other, RTNConfig):
+            raise TypeError(f"PathMetricConfig + {type(other).__name__}: pruning composes with "
+                            "RTNConfig (weight-only, eager model) only")
+        return PrunedThenQuantizedConfig([self, other])
 
     @classmethod
     def get_config_set_for_tuning(cls):
         return cls(sparsity=[0.25, 0.5, 0.75])
 
 
+class PrunedThenQuantizedConfig(ComposableConfig):
+    """``PathMetricConfig(...) + RTNConfig(...)``: path-magnitude pruning, then RTN of the pruned
+    model, in one ``quantize`` / ``autotune`` trial.
+
+    INC 3.10's own ``ComposableConfig`` maps only ``set_local`` entries (its global settings map
+    to no op, and ``PathMetricConfig`` has no op list), so this subclass builds the mapping
+    itself: ``{"path_metric": pruning config}`` and RTN's own mapping. The pruning entry runs
+    first (it is registered ahead of INC's algorithms) and sets ``path_metric_bound`` to the
+    certificate of the combined change, ``pm.path_metric(theta, theta')`` with ``theta'`` the
+    pruned weights quantized as RTN will (:func:`simulate_weights`).
+    """
+
+    def __add__(self, other):
+        raise TypeError("PrunedThenQuantizedConfig composes one PathMetricConfig and one RTNConfig")
+
+    def to_config_mapping(self, config_list=None, model_info=None):
+        prune, quant = self.config_list
+        info = (model_info or {}).get(quant.name)
+        mapping = prune.to_config_mapping()
+        mapping.update(quant.to_config_mapping(model_info=info))
+        return mapping
+
+
 @register_algo(PATH_METRIC)
 @torch.no_grad()
 def path_metric_entry(model, configs_mapping, mode=Mode.QUANTIZE, *args, example_inputs=None, **kwargs):
-    """INC algorithm entry for ``PathMetricConfig``: prunes ``model`` in place (nothing to prepare)."""
+    """INC algorithm entry for ``PathMetricConfig``: prunes ``model`` in place (nothing to prepare).
+
+    When RTN follows in the same mapping (:class:`PrunedThenQuantizedConfig`), the bound it
+    records is that of pruning then quantizing."""
     if mode == Mode.PREPARE:
         return model
     if example_inputs is None:
         raise ValueError("path_metric needs example_inputs: quantize(model, PathMetricConfig(...), "
                          "example_inputs=x) / autotune(..., example_inputs=x)")
-    result = _prune(model, configs_mapping[PATH_METRIC], example_inputs, inplace=True)
-    result.model.path_metric_bound = result.certified_bound
+    rtn = OrderedDict((key, c) for key, c in configs_mapping.items() if c.name == RTN)
+    original = copy.deepcopy(model) if rtn else None
+    key = next(k for k, c in configs_mapping.items() if c.name == PATH_METRIC)
+    # done once applied; INC's RTN entry reads every config left in the mapping as an RTN one
+    config = configs_mapping.pop(key) if rtn else configs_mapping[key]
+    result = _prune(model, config, example_inputs, inplace=True)
+    result.model.path_metric_bound = result.certified_bound if not rtn else _combined_bound(
+        original, result.model, _rtn_mapping_weights(result.model, rtn), example_inputs)
     result.model.path_metric_masks = result.masks
     return result.model
+
+
+# quantize() applies algorithms in registration order: pruning must come before quantization
+algos_mapping.update({name: algos_mapping.pop(name) for name in list(algos_mapping)
+                      if name != PATH_METRIC})
 
 
 def _prune(model, c, example_inputs, inplace):

@@ -1,5 +1,10 @@
 """NNI 3.0 adapter: a path-metric pruner, pruners chosen from a config file, a quantization bound.
 
+**Importing this module patches NNI 3.0's tracer for recent torch** (:func:`apply_compat_patches`:
+three fixes, idempotent; :func:`revert_compat_patches` undoes them exactly), so that
+``ModelSpeedup`` and NNI's dependency detection work right after ``PathMetricPruner`` as in NNI's
+own tutorials, with no call from the user.
+
 - :class:`PathMetricPruner` is an NNI ``Pruner``: NNI parses the ``config_list``, builds the target
   spaces and turns metrics into masks (ratio, threshold, global and dependency groups, bias
   alignment); only the metrics come from the engine, as shares of the L1 path-norm ``N``, so they
@@ -9,8 +14,9 @@
   ``pathmetric nni prune`` calls :func:`prune_from_config`.
 - :func:`quantization_bound_from_config` certifies the weight quantization of an NNI quantization
   ``config_list`` before any calibration.
-- :func:`apply_compat_patches` / :func:`revert_compat_patches` / :func:`compat_patches` fix NNI
-  3.0's tracer (used by ``ModelSpeedup`` and dependency detection) for recent torch.
+- :func:`apply_compat_patches` (applied on import) / :func:`revert_compat_patches` /
+  :func:`compat_patches` fix NNI 3.0's tracer (used by ``ModelSpeedup`` and dependency
+  detection) for recent torch.
 
 See docs/nni.md.
 """
@@ -29,12 +35,13 @@ import torch
 import yaml
 from nni.common.concrete_trace_utils import concrete_tracer
 from nni.compression.base.apply_method import ClampRound
-from nni.compression.base.compressor import Pruner, register_scalers
+from nni.compression.base.compressor import register_scalers
 from nni.compression.base.config import default_config_schema, trans_legacy_config_list
 from nni.compression.base.target_space import TargetType
 from nni.compression.base.wrapper import register_wrappers
 from nni.compression.pruning import (FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner,
                                      SlimPruner, TaylorPruner)
+from nni.compression.pruning.basic_pruner import _NormPruner
 from nni.compression.pruning.tools import generate_sparsity, is_active_target, sparse_gen
 from nni.compression.quantization.ptq_quantizer import compute_scale_zp
 from nni.compression.speedup import ModelSpeedup
@@ -123,6 +130,9 @@ def compat_patches():
             revert_compat_patches()
 
 
+apply_compat_patches()   # on import: NNI's tutorials (pruner -> ModelSpeedup) work as written
+
+
 # --------------------------------------------------------------------------- the pruner
 
 @contextlib.contextmanager
@@ -156,7 +166,7 @@ def _global_threshold(metrics: dict, group: list, sparse_number: int) -> float:
     return float(values[taken]) if taken < len(values) else math.inf
 
 
-class PathMetricPruner(Pruner):
+class PathMetricPruner(_NormPruner):
     """NNI pruner whose metric is the L1 path mass removed by pruning, as a share of ``N``.
 
     ``N = ||Phi(theta)||_1`` is the L1 path-norm; a block's metric is the share of ``N`` carried
@@ -182,16 +192,26 @@ class PathMetricPruner(Pruner):
     the asked number of weights up to less than one block (:func:`_global_threshold`).
     ``sparse_threshold`` is a share of ``N``.
 
+    ``sparse_threshold`` never empties a target either: its largest block is kept, as in global
+    groups.
+
     Parameters: ``model``, ``config_list`` as for any NNI pruner; ``example_inputs`` a tensor or
     tuple of tensors (only shapes matter); ``fine_grained`` and ``exact_groups`` see above (an
     explicit ``granularity`` in the config list wins over ``fine_grained``).
+
+    Alone it is one-shot: ``compress()`` generates and applies the masks. NNI's scheduled pruners
+    drive it as they drive ``L1NormPruner`` (it follows the same trigger protocol:
+    ``interval_steps``, ``total_times``): ``AGPPruner(PathMetricPruner(...), interval_steps,
+    total_times, evaluator=...)`` then ``.compress(max_steps, max_epochs)`` regenerates the masks
+    during training at growing sparsity, each time from the path masses of the **masked** model
+    (what the network currently computes), so a pruned block carries no mass and stays pruned.
     """
 
     def __init__(self, model: nn.Module, config_list: list, example_inputs,
                  fine_grained: bool = False, exact_groups: bool = False, evaluator=None,
                  existed_wrappers=None):
         self.fine_grained = fine_grained
-        super().__init__(model, config_list, evaluator, existed_wrappers)
+        super().__init__(model, config_list, evaluator, existed_wrappers)  # interval_steps, ...
         self.example_inputs = example_inputs
         self.exact_groups = exact_groups
 
@@ -220,9 +240,17 @@ class PathMetricPruner(Pruner):
                                      "out_channel on 'weight') only")
                 groups[space.dependency_group_id].append((module_name, space.target.shape[0]))
         x = self.example_inputs
+        masked = [(space.target, space.mask) for spaces in self._target_spaces.values()
+                  for space in spaces.values()
+                  if space.type is TargetType.PARAMETER and space.target is not None
+                  and space.mask is not None]
         self.unwrap_model()
+        saved = [param.detach().clone() for param, _ in masked]
         try:
             model = self.bound_model
+            with torch.no_grad():
+                for param, mask in masked:
+                    param.mul_(mask)
             masses = pm.PathMasses(model, x)
             shares = {}
             for group_id, members in groups.items():
@@ -237,6 +265,9 @@ class PathMetricPruner(Pruner):
                 shares[group_id] = pm.group_mass(model, x, members, size, exact=self.exact_groups,
                                                  relative=True, masses=masses)
         finally:
+            with torch.no_grad():
+                for (param, _), value in zip(masked, saved):
+                    param.copy_(value)
             self.wrap_model()
         return {"masses": masses, "groups": shares}
 
@@ -269,10 +300,11 @@ class PathMetricPruner(Pruner):
         return metrics
 
     def _generate_sparsity(self, metrics: dict) -> dict:
-        """NNI's mask generation, with each global-group target's best blocks protected and the
-        group threshold from :func:`_global_threshold`."""
+        """NNI's mask generation, with each global-group or threshold target's best blocks
+        protected (at least one) and the group threshold from :func:`_global_threshold`."""
         for module_name, target_name, space in self._active():
-            if space.global_group_id is None or space.dependency_group_id is not None:
+            if space.dependency_group_id is not None or (space.global_group_id is None
+                                                          and space.sparse_threshold is None):
                 continue
             metric = metrics[module_name][target_name]
             ratio = space.max_sparse_ratio if space.max_sparse_ratio is not None else 1.0
@@ -289,13 +321,11 @@ class PathMetricPruner(Pruner):
 
     def _single_compress(self, max_steps, max_epochs):
         if max_steps is not None or max_epochs is not None:
-            raise ValueError("PathMetricPruner is data-free and one-shot: call compress() "
-                             "without max_steps / max_epochs")
+            raise ValueError("PathMetricPruner alone is data-free and one-shot: call compress() "
+                             "without max_steps / max_epochs; to prune during training, wrap it "
+                             "in AGPPruner or LinearPruner(pruner, interval_steps, total_times, "
+                             "evaluator=...) and call their compress(max_steps, max_epochs)")
         self.update_masks(self.generate_masks())
-
-    def compress(self):
-        """Generate and apply the masks; returns ``(wrapped model, masks)`` like NNI pruners."""
-        return super().compress(None, None)
 
 
 # --------------------------------------------------------------------------- config files
@@ -342,6 +372,10 @@ CONFIG_KEYS = {
 }
 
 
+#: ratio keys of a config-list entry, and whether 1 is allowed (a ratio of 1 empties a layer)
+RATIO_KEYS = {"sparse_ratio": False, "min_sparse_ratio": False, "max_sparse_ratio": True}
+
+
 def _schema_keys(schema) -> list:
     keys = []
     for key in schema.schema:
@@ -360,8 +394,16 @@ def load_config(path_or_dict) -> dict:
         config = deepcopy(path_or_dict)
     else:
         path = Path(path_or_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
         text = path.read_text()
-        config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            where = getattr(error, "problem_mark", None)
+            raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
+                             f"{f' (line {where.line + 1})' if where else ''}: "
+                             f"{getattr(error, 'problem', None) or error}") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path}: expected a mapping with keys {sorted(CONFIG_KEYS)}")
     unknown = sorted(set(config) - set(CONFIG_KEYS))
@@ -380,6 +422,15 @@ def load_config(path_or_dict) -> dict:
         except SchemaError as error:
             raise ValueError(f"config_list[{i}] is not a valid NNI pruning config: "
                              f"{error.code}. Accepted keys: {_schema_keys(schema)}") from None
+        for key, upper in RATIO_KEYS.items():
+            value = entry.get(key)
+            if value is not None and not (isinstance(value, (int, float))
+                                          and 0.0 <= value and (value < 1.0 or upper)):
+                raise ValueError(f"config_list[{i}]: {key} must be in [0, 1{']' if upper else ')'}"
+                                 f", got {value!r}")
+        if entry.get("sparse_threshold") is not None and not entry["sparse_threshold"] >= 0:
+            raise ValueError(f"config_list[{i}]: sparse_threshold must be >= 0, "
+                             f"got {entry['sparse_threshold']!r}")
     config.setdefault("speedup", False)
     config.setdefault("auto_dependency", False)
     config.setdefault("pruner_args", {})
@@ -513,12 +564,15 @@ def quantized_parameters(model: nn.Module, config_list: list) -> dict:
     """
     _, spaces = register_wrappers(model, trans_legacy_config_list(deepcopy(config_list)),
                                   "quantization")
+    # activation targets are outside the certificate; NNI's scalers reject some of their
+    # granularities (out_channel on _input_), so they are dropped before registering scalers
+    spaces = {module_name: {target_name: space for target_name, space in targets.items()
+                            if space.type is TargetType.PARAMETER and space.target is not None}
+              for module_name, targets in spaces.items()}
     register_scalers(spaces, lambda space: None)
     out = {}
     for module_name, targets in spaces.items():
         for target_name, space in targets.items():
-            if space.type is not TargetType.PARAMETER or space.target is None:
-                continue
             if space.quant_dtype is None:
                 raise ValueError(f"'{module_name}.{target_name}': quant_dtype is not set")
             weight = space.target.detach()

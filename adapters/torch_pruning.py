@@ -16,12 +16,17 @@ after it, the input channels of every consumer, the other producers of a residua
 slices of a concatenation). :func:`group_members` translates a group into the engine's members
 ``(module name, "out" | "in", idxs, root positions)``; pseudo-nodes of the dependency graph
 (element-wise ops, concatenation, split, flatten, the output) carry no parameter and are skipped.
+
+Example inputs are what torch-pruning takes: a tensor, a tuple of positional inputs, or a dict
+of keyword inputs of ``model.forward`` (given to the engine in the signature's order).
 The mathematics (lifted network, masses, certificates) is the engine's: ``pm.group_mass`` and
 ``pm.path_metric``.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 import weakref
 from itertools import chain
 
@@ -36,7 +41,47 @@ __all__ = ["PathMetricImportance", "certified_step", "group_members"]
 _OPTYPE = tp.ops.OPTYPE
 _PSEUDO_NODES = {_OPTYPE.ELEMENTWISE, _OPTYPE.CONCAT, _OPTYPE.SPLIT, _OPTYPE.RESHAPE,
                  _OPTYPE.UNBIND, _OPTYPE.EXPAND, _OPTYPE.SLICE, _OPTYPE.OUTPUT}
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.PReLU)
+#: score of a channel that must stay: above every other score, so no ratio selects it
+_KEPT = math.inf
+#: offset of the channels ``max_layer_ratio`` protects: above every path-mass share (a share is
+#: at most the number of a group's layers), below ``_KEPT``
+_PROTECTED = 1e9
+
+
+def engine_inputs(model: nn.Module, example_inputs):
+    """torch-pruning's example inputs as the engine takes them: a dict holds keyword inputs of
+    ``model.forward``, turned into positional ones in the signature's order (parameters left
+    out before the last given one take their defaults)."""
+    if not isinstance(example_inputs, dict):
+        return example_inputs
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    names = [p.name for p in parameters]
+    unknown = sorted(set(example_inputs) - set(names))
+    if unknown:
+        raise TypeError(f"example inputs {unknown} are not parameters of "
+                        f"{type(model).__name__}.forward{inspect.signature(model.forward)}")
+    last = max(names.index(key) for key in example_inputs)
+    positional = []
+    for parameter in parameters[:last + 1]:
+        if parameter.name in example_inputs:
+            positional.append(example_inputs[parameter.name])
+        elif parameter.default is not inspect.Parameter.empty:
+            positional.append(parameter.default)
+        else:
+            raise TypeError(f"example inputs lack '{parameter.name}' of "
+                            f"{type(model).__name__}.forward, which has no default")
+    return tuple(positional)
+
+
+def _shapes(inputs) -> list:
+    if isinstance(inputs, torch.Tensor):
+        return [tuple(inputs.shape)]
+    if isinstance(inputs, dict):
+        return [(key, shape) for key in sorted(inputs) for shape in _shapes(inputs[key])]
+    if isinstance(inputs, (tuple, list)):
+        return [shape for item in inputs for shape in _shapes(item)]
+    return [repr(inputs)]
 
 
 def group_members(group, names: dict) -> tuple[list, int]:
@@ -48,7 +93,8 @@ def group_members(group, names: dict) -> tuple[list, int]:
     place of ``root_idxs[k][j]`` in the root item's ``idxs`` (the order of the scores). An output
     handler of a conv or linear layer means its output channel with its bias, of a BatchNorm its
     channel; an input handler means the input channel (or in-feature, one per flattened position)
-    of a conv or linear layer. ``names`` maps modules to their names in the model.
+    of a conv or linear layer; a per-channel PReLU's output handler means its slopes (a PReLU
+    with one shared slope keeps it: not a member). ``names`` maps modules to their names.
     """
     graph = group._DG
     root = list(group[0].idxs)
@@ -57,16 +103,17 @@ def group_members(group, names: dict) -> tuple[list, int]:
     for item in group:
         dep = item.dep
         module = dep.target.module
-        if dep.target.type in _PSEUDO_NODES:
+        if dep.target.type in _PSEUDO_NODES or (isinstance(module, nn.PReLU)
+                                                 and module.num_parameters == 1):
             continue
         name = names.get(module) if isinstance(module, nn.Module) else None
         where = f"'{name}' ({type(module).__name__})" if name is not None else type(module).__name__
         if not isinstance(module, _LAYERS):
             raise pm.UnsupportedModelError(
                 f"pathmetric cannot translate {where} in the torch-pruning group of "
-                f"'{names.get(group[0].dep.target.module)}': only conv, linear and BatchNorm "
-                "channels are path-metric members; put that root layer in ignored_layers",
-                [(type(module).__name__, name, "not a conv, linear or BatchNorm layer")])
+                f"'{names.get(group[0].dep.target.module)}': the path-metric members of a group "
+                "are conv, linear, BatchNorm and PReLU channels",
+                [(type(module).__name__, name, "not a conv, linear, BatchNorm or PReLU layer")])
         if graph.is_out_channel_pruning_fn(dep.handler):
             kind = "out"
         elif graph.is_in_channel_pruning_fn(dep.handler):
@@ -91,6 +138,10 @@ def _fingerprint(model) -> tuple:
                                 for name, t in tensors)
 
 
+NORMALIZERS = (None, "mean", "max", "sum")
+COSTS = (None, "params")
+
+
 class PathMetricImportance(tp.importance.Importance):
     """Importance of a channel = the path mass removed by deleting it from every layer of its group.
 
@@ -113,28 +164,61 @@ class PathMetricImportance(tp.importance.Importance):
     tiny fraction of the cost. ``exact=True`` returns the exact coupled mass, at the cost of one
     pair pass of the lifted network per root channel: for small models and for checking.
 
+    **Global pruning and where it cuts.** Path masses are small in wide, late layers and large in
+    narrow, early ones, so plain shares (``normalizer=None, cost=None``, the default: the
+    smallest certified output change per channel) concentrate global pruning in a few layers
+    and cut little compute. Two options spread it, as torch-pruning's own importances do:
+
+    - ``normalizer="mean" | "max" | "sum"``: each group's scores divided by their mean, max or
+      sum (torch-pruning's ``normalizer``): a per-layer ranking, so a global ratio cuts every
+      layer alike, like magnitude with its default ``normalizer="mean"``;
+    - ``cost="params"``: each share divided by the parameters its channel removes (mass per
+      parameter): the smallest certified change per parameter saved.
+
+    benchmarks/results/tp_global_choices.md records params and MACs left and accuracy after
+    fine-tuning for each choice beside magnitude.
+
     The engine evaluates the model once per pruning step (its parameters are fingerprinted; any
-    replaced, pruned or updated tensor triggers a new evaluation), not once per group.
+    replaced, pruned or updated tensor triggers a new evaluation), not once per group. The whole
+    model is checked first (``pm.check_support``), so an unsupported op is reported by name
+    before any group is translated.
 
     ``max_layer_ratio`` caps removal per layer: of the channels a group had when this importance
-    first saw it, at most this fraction is ever offered; the channels that must stay (the
-    largest scores, at least one) score ``+inf``, so neither global nor local ranking selects
-    them. MetaPruner's own ``max_pruning_ratio`` only stops pruning a group in later steps, and
-    in one global step a group whose every channel falls below the threshold is skipped whole by
-    torch-pruning, so the cap lives here. ``None`` turns it off (pure path-mass shares). A
-    ``round_to`` or a local ratio above the cap can still take protected channels.
+    first saw it, at most this fraction is offered ahead of the others. The channels that must
+    stay (the largest scores) rank after every other channel of every group, and the best
+    channel of each group is never offered (score ``+inf``), so a layer is never emptied. When
+    the asked ratio needs more channels than the cap leaves (a high global ratio, or later
+    iterative steps), protected channels are taken in score order, so the pruner reaches the
+    asked ratio, and a warning names the layers pruned past the cap when it is next called
+    (next step, or :func:`certified_step`). ``None`` turns the cap off (pure path-mass
+    shares; torch-pruning then skips a group whose every channel falls below a global
+    threshold). MetaPruner's own ``max_pruning_ratio`` only stops pruning a
+    group in later steps.
+
+    ``example_inputs``: a tensor, tuple or dict (keyword inputs of ``model.forward``) of the
+    shape the pruner was built with; :func:`certified_step` checks that they agree.
     """
 
-    def __init__(self, example_inputs, exact: bool = False, max_layer_ratio: float | None = 0.9):
+    def __init__(self, example_inputs, exact: bool = False, max_layer_ratio: float | None = 0.9,
+                 normalizer: str | None = None, cost: str | None = None):
         if max_layer_ratio is not None and not 0.0 <= max_layer_ratio < 1.0:
             raise ValueError(f"max_layer_ratio must be in [0, 1) or None, got {max_layer_ratio}")
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+        if cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
         self.example_inputs = example_inputs
         self.exact = exact
         self.max_layer_ratio = max_layer_ratio
+        self.normalizer = normalizer
+        self.cost = cost
         self._key = None
         self._names = {}
         self._masses = None
+        self._inputs = None
+        self._checked = weakref.WeakKeyDictionary()  # model -> True once check_support passed
         self._initial = weakref.WeakKeyDictionary()  # root module -> channels when first seen
+        self._past_cap = {}                          # root module name -> channels left
 
     def _refresh(self, model):
         """Forget what was computed for other parameters (a new step, a trained model)."""
@@ -143,32 +227,88 @@ class PathMetricImportance(tp.importance.Importance):
             self._names = {module: name for name, module in model.named_modules()}
             self._masses = None
             self._key = key
+            self._inputs = engine_inputs(model, self.example_inputs)
+            if model not in self._checked:
+                support = pm.check_support(model, self._inputs)
+                if not support.ok:
+                    raise pm.UnsupportedModelError(str(support), support.unsupported)
+                self._checked[model] = True
+            self.warn_past_cap()
+
+    def warn_past_cap(self):
+        """Warn once about the layers a step pruned past ``max_layer_ratio`` (see the class)."""
+        if self._past_cap:
+            layers = ", ".join(f"{name} ({left} left)" for name, left in sorted(self._past_cap.items()))
+            warnings.warn(f"PathMetricImportance: the asked pruning ratio needed more channels than "
+                          f"max_layer_ratio={self.max_layer_ratio} leaves; pruned past the cap: "
+                          f"{layers}", stacklevel=3)
+            self._past_cap.clear()
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor:
         model = group._DG.model
         self._refresh(model)
         members, channels = group_members(group, self._names)
+        x = self._inputs
         if not self.exact and self._masses is None:
-            self._masses = pm.PathMasses(model, self.example_inputs)
-        scores = pm.group_mass(model, self.example_inputs, members, channels, exact=self.exact,
-                               relative=True, masses=self._masses)
-        return self._cap(group, scores.to(torch.float64).cpu())
+            self._masses = pm.PathMasses(model, x)
+        scores = pm.group_mass(model, x, members, channels, exact=self.exact,
+                               relative=True, masses=self._masses).to(torch.float64).cpu()
+        if self.cost == "params":
+            scores = scores / _parameters_per_channel(model, members, channels)
+        if self.normalizer is not None:
+            scale = {"mean": scores.mean, "max": scores.max, "sum": scores.sum}[self.normalizer]()
+            scores = scores / scale if scale > 0 else scores
+        return self._cap(group, scores)
 
-    def _cap(self, group, scores):
-        """Score ``+inf`` the channels that must stay for the layer to keep its share."""
-        if self.max_layer_ratio is None:
-            return scores
+    def _channels_to_keep(self, group) -> tuple:
+        """``(channels now, channels the cap keeps)`` of the group's root layer; records the
+        layer when it is already below the cap."""
         graph, dep = group._DG, group[0].dep
         module = dep.target.module
         count = (graph.get_out_channels if graph.is_out_channel_pruning_fn(dep.handler)
                  else graph.get_in_channels)(module)
         initial = self._initial.setdefault(module, count)
         keep = max(1, math.ceil((1.0 - self.max_layer_ratio) * initial))
+        if count < keep:
+            self._past_cap[self._names.get(module, type(module).__name__)] = count
+        return count, keep
+
+    def _cap(self, group, scores):
+        """Rank the channels that must stay after all others (see the class)."""
+        if self.max_layer_ratio is None:
+            return scores
+        count, keep = self._channels_to_keep(group)
         protected = len(scores) - max(0, count - keep)
         if protected > 0:
-            scores[scores.topk(protected).indices] = math.inf
+            order = scores.topk(protected).indices            # best first
+            scores[order] = _PROTECTED + scores[order]
+            scores[order[0]] = _KEPT
         return scores
+
+
+def _slice_size(module: nn.Module, kind: str) -> int:
+    """Parameters of one channel of a member: a conv/linear output channel (weights and bias
+    entry) or input channel (the weights it feeds), a BatchNorm or PReLU channel."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        outputs, inputs = module.out_channels, module.in_channels
+    elif isinstance(module, nn.Linear):
+        outputs, inputs = module.out_features, module.in_features
+    else:
+        return sum(1 for _ in module.parameters(recurse=False))
+    weights = module.weight.numel()
+    return weights // outputs + (module.bias is not None) if kind == "out" else weights // inputs
+
+
+def _parameters_per_channel(model, members, channels) -> torch.Tensor:
+    """Parameters removed with each root channel: the sum of its slices' sizes over the group."""
+    modules = dict(model.named_modules())
+    cost = torch.zeros(channels, dtype=torch.float64)
+    for name, kind, _, positions in members:
+        cost.index_add_(0, torch.as_tensor(list(positions), dtype=torch.long),
+                        torch.full((len(positions),), float(_slice_size(modules[name], kind)),
+                                   dtype=torch.float64))
+    return cost.clamp(min=1.0)
 
 
 def certified_step(pruner, example_inputs) -> float:
@@ -179,6 +319,8 @@ def certified_step(pruner, example_inputs) -> float:
     it does, so for every input ``x`` the pruned network satisfies
     ``||R(x) - R'(x)||_1 <= max(||x||_inf, 1) * bound``, and since ``|theta'| <= |theta|`` the
     bound is ``N(theta) - N(theta')``, the path mass the step removes. Works with any importance.
+    ``example_inputs`` are the pruner's (tensor, tuple or dict); a ``PathMetricImportance`` built
+    for other shapes is refused.
 
     The groups of the step are collected first (nothing is removed, so their indices all refer
     to the current model), then each is removed through a group rebuilt from its root channels
@@ -186,13 +328,25 @@ def certified_step(pruner, example_inputs) -> float:
     groups are removed).
     """
     model = pruner.model
+    importance = pruner.importance
+    if isinstance(importance, PathMetricImportance) and \
+            _shapes(importance.example_inputs) != _shapes(example_inputs):
+        raise ValueError(f"PathMetricImportance was built for example inputs of shape "
+                         f"{_shapes(importance.example_inputs)} but the pruner's are "
+                         f"{_shapes(example_inputs)}: path masses depend on the input shape; "
+                         "build the importance with the pruner's example inputs")
+    inputs = engine_inputs(model, example_inputs)
     groups = list(pruner.step(interactive=True))
     names = {module: name for name, module in model.named_modules()}
     members = [m for group in groups for m in group_members(group, names)[0]]
-    zeroed = pm.zeroed_members(model, example_inputs, members)
-    bound = pm.path_metric(model, zeroed, example_inputs)
+    zeroed = pm.zeroed_members(model, inputs, members)
+    bound = pm.path_metric(model, zeroed, inputs)
     for group in groups:
         root = group[0]
         pruner.DG.get_pruning_group(root.dep.target.module, root.dep.handler,
                                     list(root.idxs)).prune()
+    if isinstance(importance, PathMetricImportance) and importance.max_layer_ratio is not None:
+        for group in groups:
+            importance._channels_to_keep(group)
+        importance.warn_past_cap()
     return bound

@@ -3,8 +3,9 @@ the tolerable loss with the path-metric sampler / fallback ranking versus INC's 
 the estimator's cost against one INC trial.
 
 - RTN grid (bits 2, 3, 4 x per-channel / group 32 / group 16, listed most compressed first):
-  ``TuningConfig(sampler=default_sampler)`` versus ``path_metric_sampler``; trials, accepted
-  config, its accuracy and weight storage (bits per conv/linear weight).
+  ``TuningConfig(sampler=default_sampler)`` versus ``path_metric_sampler`` in its three orders
+  (``bound``; ``size`` with ``max_bound`` = the grid's median bound; ``bound_per_saved_bit``);
+  trials, accepted config, its accuracy and weight storage (bits per conv/linear weight).
 - Layer-wise fp32 fallback from 2-bit RTN (per-channel and group 16), walked by INC's sequential
   sampler: ``path_metric_config_set`` (``pm.layer_sensitivity`` ranking) versus falling back in
   model order and in reverse model order; trials = fp32 layers needed + 1.
@@ -72,8 +73,14 @@ def run(seeds, tolerable_loss):
         base_acc = evaluate(model)
         goal = base_acc * (1 - tolerable_loss)
         grid = ex.rtn_grid()
+        bounds = sorted(quantization_bound(model, x, c) for c in grid)
+        budget = bounds[len(bounds) // 2]   # the median bound of the grid
         for name, sampler in (("INC default order", default_sampler),
-                              ("path-metric sampler", path_metric_sampler(model, x))):
+                              ("path-metric sampler", path_metric_sampler(model, x)),
+                              ("path-metric, order=size (median bound)",
+                               path_metric_sampler(model, x, order="size", max_bound=budget)),
+                              ("path-metric, order=bound_per_saved_bit",
+                               path_metric_sampler(model, x, order="bound_per_saved_bit"))):
             r = _tune(model, grid, sampler, evaluate, goal, tolerable_loss)
             grid_rows.append((seed, base_acc, name, r["trials"], ex.describe(r["accepted"]) if r["reached"] else "none",
                               r["accuracy"], ex.storage_bits(model, r["accepted"]) if r["reached"] else 32.0))
@@ -118,12 +125,14 @@ def report(grid_rows, fallback_rows, cost_rows, seeds, tolerable_loss):
              "|---|---|---|---|---|---|---|"]
     for seed, acc, name, trials, accepted, accuracy, bits in grid_rows:
         lines.append(f"| {seed} | {acc:.4f} | {name} | {trials} | {accepted} | {accuracy:.4f} | {bits:.2f} |")
-    for name in ("INC default order", "path-metric sampler"):
+    for name in dict.fromkeys(r[2] for r in grid_rows):
         rows = [r for r in grid_rows if r[2] == name]
         lines.append(f"\n**{name}**: mean trials {statistics.mean(r[3] for r in rows):.2f}, "
                      f"mean bits/weight {statistics.mean(r[6] for r in rows):.2f}")
-    lines += ["", "The sampler orders by certified error only, so on a grid of unequal cost it tries the "
-              "mildest configuration first: fewer trials, less compression.", "",
+    lines += ["", "`order=\"bound\"` (the default) orders by certified error only, so on a grid of "
+              "unequal cost it tries the mildest configuration first: fewer trials, less compression. "
+              "`order=\"size\"` tries the smallest models whose bound is within `max_bound` first, "
+              "`order=\"bound_per_saved_bit\"` the least certified error per saved bit.", "",
               "## Layer-wise fp32 fallback from 2-bit RTN (INC's sequential sampler)", "",
               "| seed | base | fallback order | trials | fp32 layers at acceptance | accuracy | bits/weight |",
               "|---|---|---|---|---|---|---|"]

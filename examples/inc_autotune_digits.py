@@ -22,7 +22,7 @@ from torch import nn
 
 import pathmetric as pm
 from pathmetric.adapters.neural_compressor import (
-    PathMetricConfig, path_metric_config_set, path_metric_sampler, quantization_bound, simulate_weights)
+    PathMetricConfig, path_metric_config_set, path_metric_sampler, storage_bits, quantization_bound, simulate_weights)
 from pathmetric.digits import load_digits_tensors, train
 from neural_compressor.common.base_tuning import default_sampler
 from neural_compressor.torch.export import export
@@ -78,24 +78,6 @@ def model_order_fallbacks(model, base_config, reverse=False):
             config.set_local(name + "$", RTNConfig(dtype="fp32"))
         configs.append(config)
     return configs
-
-
-def storage_bits(model, config):
-    """Bits per conv/linear weight: RTN layers b bits + an fp16 scale (and b-bit zero-point if
-    asymmetric) per group, everything else fp32."""
-    mapping = copy.deepcopy(config).to_config_mapping(model_info=config.get_model_info(model))
-    local = {name: c for (name, _), c in mapping.items()}
-    total = bits = 0
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            c = local.get(name)
-            total += m.weight.numel()
-            if c is None or c.dtype == "fp32":
-                bits += 32 * m.weight.numel()
-            else:
-                groups = 1 if c.group_size == -1 else -(-m.in_features // c.group_size)
-                bits += m.weight.numel() * c.bits + m.out_features * groups * (16 + (0 if c.use_sym else c.bits))
-    return bits / total
 
 
 def run_autotune(model, configs, sampler, evaluate, tolerable_loss, **kwargs):

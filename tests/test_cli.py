@@ -163,7 +163,9 @@ def test_model_specs(tmp_path):
     assert models.example_inputs("digits").shape == (1, 1, 8, 8)
     assert models.example_inputs("torchvision:resnet18", "2x3x64x48").shape == (2, 3, 64, 48)
     with pytest.raises(ValueError, match="batch first"):
-        models.parse_shape("64")
+        models.parse_shape("64,a")
+    with pytest.raises(ValueError, match="batch dimension N is missing; use 1,4"):
+        models.check_input_shape(model, models.parse_shape("4"))
     # a checkpoint saved under "state_dict" loads too
     torch.manual_seed(1)
     source = nn.Sequential(nn.Linear(4, 2), nn.ReLU())

@@ -17,8 +17,8 @@ from neural_compressor.torch.quantization import (  # noqa: E402
     DynamicQuantConfig, INT8StaticQuantConfig, RTNConfig, TuningConfig, autotune, quantize)
 
 from pathmetric.adapters.neural_compressor import (  # noqa: E402
-    PathMetricConfig, path_metric_config_set, path_metric_sampler, quantization_bound,
-    simulate_weights)
+    PathMetricConfig, PrunedThenQuantizedConfig, path_metric_config_set, path_metric_sampler,
+    quantization_bound, simulate_weights, storage_bits)
 
 FP32_PT2E = dict(w_dtype="fp32", act_dtype="fp32")
 
@@ -291,3 +291,68 @@ def test_autotune_over_sparsities(model, data, x):
     # the sampler ranks sparsities by their certified bound: least pruning first
     sampler = path_metric_sampler(model, x)([PathMetricConfig(sparsity=0.7), PathMetricConfig(sparsity=0.3)])
     assert list(sampler) == [1, 0] and sampler.bounds[0] > sampler.bounds[1] > 0
+
+
+# ------------------------------------------------------------------ issue 16: INC workflows
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 10)).eval()
+
+
+def test_woq_tuning_config_runs_certified_first_and_warns_once():
+    from neural_compressor.torch.quantization import get_woq_tuning_config
+    mlp, x = _mlp(), torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+    configs = get_woq_tuning_config()   # RTN, AutoRound, GPTQ, AWQ
+    with pytest.warns(UserWarning, match="no certificate") as record:
+        sampler = path_metric_sampler(mlp, x[:1])(configs)
+    messages = [str(w.message) for w in record if "no certificate" in str(w.message)]
+    assert len(messages) == 1 and all(type(c).__name__ in messages[0] for c in configs[1:])
+    assert list(sampler) == [0, 1, 2, 3] and sampler.bounds[0] > 0 and sampler.bounds[1:] == [None] * 3
+    trials = []
+
+    def evaluate(m):
+        trials.append(m)
+        return 1.0 - float((m(x) - mlp(x)).abs().mean())
+
+    with pytest.warns(UserWarning, match="no certificate"):
+        best = autotune(copy.deepcopy(mlp), TuningConfig(config_set=configs, tolerable_loss=0.5,
+                        sampler=path_metric_sampler(mlp, x[:1])), eval_fn=evaluate, example_inputs=x[:1])
+    assert len(trials) == 2 and isinstance(best[0], INCWeightOnlyLinear)   # baseline, then RTN
+
+
+def test_pruning_plus_rtn_is_one_config_with_the_combined_certificate():
+    mlp, x = _mlp(), torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
+    config = PathMetricConfig(sparsity=0.5) + RTNConfig(bits=4, group_size=32)
+    assert isinstance(config, PrunedThenQuantizedConfig)
+    before = copy.deepcopy(mlp.state_dict())
+    bound = quantization_bound(mlp, x[:1], config)
+    q_model = quantize(copy.deepcopy(mlp), config, example_inputs=x[:1])
+    assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
+    assert isinstance(q_model[0], INCWeightOnlyLinear) and q_model.path_metric_bound == bound
+    assert bound > quantization_bound(mlp, x[:1], PathMetricConfig(sparsity=0.5)) > 0
+    # the deployed weights are the pruned weights quantized: half of them are zero
+    assert float((q_model[2].recover() == 0).double().mean()) >= 0.5
+    with torch.no_grad():
+        change = (q_model(x) - mlp(x)).abs().sum(1)
+    assert (change <= bound * x.abs().amax(1).clamp(min=1)).all()
+    with pytest.raises(TypeError, match="RTNConfig"):
+        PathMetricConfig(sparsity=0.5) + INT8StaticQuantConfig()
+
+
+def test_sampler_orders_that_take_compression_into_account(model, x):
+    grid = [RTNConfig(bits=b, group_size=g) for b in (2, 4, 8) for g in (-1, 16)]
+    by_bound = path_metric_sampler(model, x)(grid)
+    bits = [storage_bits(model, c) for c in grid]
+    assert by_bound.bits == bits and bits[0] < bits[1] and bits[2] < bits[0 + 3]
+    budget = sorted(by_bound.bounds)[3]
+    by_size = path_metric_sampler(model, x, order="size", max_bound=budget)(grid)
+    trusted = [i for i in range(len(grid)) if by_size.bounds[i] <= budget]
+    assert list(by_size)[:len(trusted)] == sorted(trusted, key=bits.__getitem__)
+    assert bits[list(by_size)[0]] < bits[list(by_bound)[0]]   # a smaller model is tried first
+    per_bit = path_metric_sampler(model, x, order="bound_per_saved_bit")(grid)
+    ratio = [b / (32 - s) for b, s in zip(per_bit.bounds, bits)]
+    assert [ratio[i] for i in per_bit] == sorted(ratio)
+    with pytest.raises(ValueError, match="max_bound"):
+        path_metric_sampler(model, x, order="size")

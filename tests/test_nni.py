@@ -48,6 +48,8 @@ def zero_channels(mask):
 # ------------------------------------------------------------------ compatibility patches
 
 def test_compat_patches_are_needed_applied_and_reverted():
+    assert not pnni.apply_compat_patches()   # applied when the adapter was imported
+    pnni.revert_compat_patches()
     table = concrete_tracer.ConcreteTracer.default_autowrap_leaf_function
     before = list(table.items())
     originals = (concrete_tracer.node_is_impure_wrapper,
@@ -83,6 +85,7 @@ def test_compat_patches_are_needed_applied_and_reverted():
     assert concrete_tracer.node_is_impure_wrapper(placeholder, True) is True
     pnni.revert_compat_patches()
     assert restored()
+    assert pnni.apply_compat_patches()   # as the import left them
 
 
 # ------------------------------------------------------------------ config loading
@@ -356,3 +359,86 @@ def test_quantization_bound_equals_engine():
     with pytest.raises(ValueError, match="no parameter"):
         pnni.quantization_bound_from_config(model, [{"op_types": ["ReLU"],
                                                      "quant_dtype": "int8"}], X32)
+
+
+# ------------------------------------------------------------------ issue 16: NNI workflows
+
+def _digits_evaluator(model):
+    import nni
+    from nni.compression import TorchEvaluator
+
+    x_train, y_train, _, _ = digits.load_digits_tensors(0)
+
+    def training(model, optimizer, criterion, lr_scheduler=None, max_steps=None, max_epochs=None):
+        model.train()
+        for step in range(max_steps):
+            batch = torch.randint(0, len(x_train), (32,),
+                                  generator=torch.Generator().manual_seed(step))
+            optimizer.zero_grad()
+            criterion(model(x_train[batch]), y_train[batch]).backward()
+            optimizer.step()
+
+    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=1e-3)
+    return TorchEvaluator(training, optimizer, nn.functional.cross_entropy)
+
+
+@pytest.mark.parametrize("schedule", ["AGPPruner", "LinearPruner"])
+def test_scheduled_pruners_drive_path_metric_pruner(schedule):
+    from nni.compression import pruning
+    model = digits.pretrained()
+    pruner = pnni.PathMetricPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
+                                   torch.zeros(1, 1, 8, 8))
+    seen = []
+    generate = pruner.generate_masks
+
+    def recording():
+        masks = generate()
+        seen.append(sorted(zero_channels(m["weight"]) for m in masks.values()))
+        return masks
+
+    pruner.generate_masks = recording
+    scheduled = getattr(pruning, schedule)(pruner, interval_steps=2, total_times=3,
+                                           evaluator=_digits_evaluator(model))
+    _, masks = scheduled.compress(max_steps=6, max_epochs=None)
+    scheduled.unwrap_model()
+    assert len(seen) == 3 and seen[0] < seen[1] < seen[2] == [8, 16]    # growing sparsity, then the goal
+    ModelSpeedup(model, torch.zeros(1, 1, 8, 8), masks).speedup_model()
+    assert (model.conv1.out_channels, model.conv2.out_channels) == (8, 16)
+
+
+def test_compress_with_steps_alone_says_what_to_do():
+    pruner = pnni.PathMetricPruner(tiny(), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
+                                   torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="AGPPruner or LinearPruner"):
+        pruner.compress(max_steps=10, max_epochs=None)
+
+
+def test_sparse_threshold_keeps_a_block_per_target():
+    model = resnet18()
+    pruner = pnni.PathMetricPruner(model, [{"op_types": ["Conv2d"], "sparse_threshold": 1e-4}], X32)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    kept = {name: m["weight"].shape[0] - zero_channels(m["weight"]) for name, m in masks.items()}
+    assert min(kept.values()) >= 1 and min(kept.values()) == 1   # the threshold empties some
+
+
+def test_docs_quantization_snippet_with_activation_targets(capsys):
+    import runpy
+    from pathlib import Path
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "nni_quantization_bound.py"),
+                   run_name="__main__")
+    assert "certified" in capsys.readouterr().out
+
+
+def test_norm_pruning_example_agp_then_speedup_without_compat_call():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parents[1] / "examples" / "nni_agp_speedup.py"
+    assert "compat" not in script.read_text()
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = dict(line.split(":", 1) for line in run.stdout.splitlines() if ":" in line)
+    before = int(lines["Original model parameter number"])
+    after = int(lines["Pruned model parameter number"])
+    assert after < 0.5 * before and lines["Output shape after speedup"].strip() == "(8, 10)"

@@ -214,5 +214,138 @@ def test_uncovered_layer_in_a_group_is_a_clear_error():
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=X32)
     group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(8)))
     with pytest.raises(pm.UnsupportedModelError,
-                       match=r"'1' \(GroupNorm\) in the torch-pruning group of '0'"):
+                       match=r"'1' \(GroupNorm\) in the torch-pruning group of '0'") as error:
+        group_members(group, {m: n for n, m in model.named_modules()})
+    assert "ignored_layers" not in str(error.value)
+    # the importance checks the whole model first: the real cause comes first
+    with pytest.raises(pm.UnsupportedModelError, match=r"group_norm in '1'"):
         PathMetricImportance(X32)(group)
+
+
+# ------------------------------------------------------------------ issue 16: torch-pruning gaps
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_high_global_ratio_prunes_as_asked_and_says_where_the_cap_gave_way():
+    model, ignored = _zoo("resnet18")
+    model.eval()
+    before = _count(model)
+    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
+                                  pruning_ratio=0.9, global_pruning=True, ignored_layers=ignored)
+    with pytest.warns(UserWarning, match="pruned past the cap"):
+        certified_step(pruner, X32)
+    assert _count(model) < 0.03 * before       # magnitude: 0.9 % of the parameters left
+    assert min(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) >= 1
+
+
+def test_iterative_high_ratio_keeps_pruning_at_every_step():
+    model, ignored = _zoo("resnet18")
+    model.eval()
+    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
+                                  pruning_ratio=0.9, global_pruning=True, ignored_layers=ignored,
+                                  iterative_steps=3)
+    counts = [_count(model)]
+    for _ in range(3):
+        pruner.step()
+        counts.append(_count(model))
+    assert counts[0] > counts[1] > counts[2] > counts[3]   # the third step was a no-op
+
+
+@pytest.mark.parametrize("option", [dict(normalizer="mean"), dict(normalizer="max")])
+def test_normalizer_spreads_global_pruning_over_layers(option):
+    def changed(**kwargs):
+        model, ignored = _zoo("vgg11_bn")
+        model.eval()
+        convs = {m: m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}
+        pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32, **kwargs),
+                                      pruning_ratio=0.5, global_pruning=True,
+                                      ignored_layers=ignored)
+        pruner.step()
+        return sum(m.out_channels < c for m, c in convs.items())
+
+    assert changed(**option) > changed() and changed(**option) >= 6
+    with pytest.raises(ValueError, match="normalizer"):
+        PathMetricImportance(X32, normalizer="gaussian")
+
+
+def test_cost_divides_shares_by_parameters_removed():
+    model = _PReLUNet().eval()
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=X32)
+    group = graph.get_pruning_group(model.b[0], tp.prune_conv_out_channels, list(range(16)))
+    plain = PathMetricImportance(X32, max_layer_ratio=None)(group)
+    per_parameter = PathMetricImportance(X32, max_layer_ratio=None, cost="params")(group)
+    # conv 3*3*3 + bias, BatchNorm 2, PReLU 1, grouped conv input 4*3*3
+    assert torch.allclose(per_parameter, plain / (28 + 2 + 1 + 36))
+
+
+class _PReLUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.PReLU(16),
+                               nn.Conv2d(16, 16, 3, groups=4), nn.ReLU(),
+                               nn.Conv2d(16, 16, 3, groups=16), nn.PReLU(), nn.Conv2d(16, 8, 1))
+        self.fc = nn.Linear(8, 5)
+        with torch.no_grad():
+            self.b[2].weight.uniform_(0, 1)
+
+    def forward(self, image, scale=None):
+        return self.fc(self.b(image).mean((2, 3)))
+
+
+def test_prelu_grouped_convs_and_dict_inputs_are_certified():
+    torch.manual_seed(0)
+    model = _PReLUNet().eval()
+    reference = copy.deepcopy(model)
+    x = {"image": torch.randn(1, 3, 16, 16)}
+    pruner = tp.pruner.MetaPruner(model, x, importance=PathMetricImportance(x),
+                                  pruning_ratio=0.5, ignored_layers=[model.fc])
+    bound = certified_step(pruner, x)
+    assert (model.b[2].num_parameters, model.b[3].out_channels, model.b[5].groups) == (8, 8, 8)
+    batch = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        change = (reference(batch) - model(batch)).abs().sum(1)
+    assert 0 < bound and (change <= bound * batch.abs().flatten(1).amax(1).clamp(min=1)).all()
+
+
+def test_grouped_conv_zeroing_is_the_removal():
+    torch.manual_seed(0)
+    model = _PReLUNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    names = {m: n for n, m in model.named_modules()}
+    group = graph.get_pruning_group(model.b[3], tp.prune_conv_out_channels, [0, 5, 10, 15])
+    members, _ = group_members(group, names)
+    zeroed = pm.zeroed_members(model, x, members)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, tensor in zeroed.items():
+            masked.get_parameter(name).copy_(tensor)
+    group.prune()
+    batch = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(masked(batch), model(batch), atol=1e-5)
+
+
+def test_importance_for_other_input_shapes_is_refused():
+    model = _PReLUNet().eval()
+    x = {"image": torch.randn(1, 3, 16, 16)}
+    imp = PathMetricImportance({"image": torch.randn(1, 3, 32, 32)})
+    pruner = tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=0.5,
+                                  ignored_layers=[model.fc])
+    with pytest.raises(ValueError, match="built for example inputs of shape"):
+        certified_step(pruner, x)
+    with pytest.raises(TypeError, match="not parameters of"):
+        PathMetricImportance({"images": x["image"]})(
+            tp.DependencyGraph().build_dependency(model, example_inputs=x).get_pruning_group(
+                model.b[0], tp.prune_conv_out_channels, [0]))
+
+
+def test_convnext_refusal_names_the_real_cause_first():
+    model = torchvision.models.convnext_tiny(weights=None).eval()
+    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
+                                  pruning_ratio=0.5, ignored_layers=[model.classifier[-1]])
+    with pytest.raises(pm.UnsupportedModelError, match="layer_norm") as error:
+        pruner.step()
+    assert "ignored_layers" not in str(error.value) and "gelu" in str(error.value)

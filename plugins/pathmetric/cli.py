@@ -7,8 +7,10 @@ Progress bars go to stderr and only on a terminal. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 
 import torch
@@ -35,22 +37,69 @@ def _bits(text: str) -> tuple:
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
 def _load(args):
+    torch.manual_seed(args.seed)   # random weights are reproducible
     model = models.load_model(args.model, args.checkpoint)
-    return model, models.example_inputs(args.model, args.input_shape)
+    x = models.example_inputs(args.model, args.input_shape)
+    models.check_input_shape(model, tuple(x.shape))
+    return model, x
+
+
+#: where the result goes while ``--json`` sends everything else to stderr (None: sys.stdout)
+_result_stream = None
 
 
 def _emit(args, result: dict, text: str):
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(text)
+    print(json.dumps(result, indent=2, default=str) if args.json else text,
+          file=_result_stream or sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def _stdout_for_result_only():
+    """With ``--json``: while a command runs, ``print`` goes to stderr and, when stdout is file
+    descriptor 1, that descriptor points at stderr too (log handlers holding the old stream,
+    C code), so that frameworks' prints and log lines (NNI's ModelSpeedup prints to stdout)
+    cannot mix with the result, which is written to the original stdout."""
+    global _result_stream
+    result = sys.stdout
+    result.flush()
+    try:
+        saved = os.dup(1) if result.fileno() == 1 else None
+    except (AttributeError, OSError, ValueError):   # a captured or replaced sys.stdout
+        saved = None
+    if saved is not None:
+        os.dup2(2, 1)
+        result = os.fdopen(os.dup(saved), "w")
+    _result_stream = result
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _result_stream = None
+        if saved is not None:
+            sys.stdout.flush()
+            result.close()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _table(header, rows) -> str:
@@ -164,8 +213,10 @@ def cmd_prune(args) -> int:
         bar.update()
         compare = reports.classical_vs_path(model, result.model, x)
         bar.update()
+    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     layers = [{"parameter": name, "shape": list(mask.shape),
-               "sparsity": 1.0 - float(mask.double().mean())} for name, mask in result.masks.items()]
+               "sparsity": 1.0 - float(mask.double().mean())}
+              for name, mask in sorted(result.masks.items(), key=lambda kv: order.get(kv[0], -1))]
     out = {"model": args.model, "sparsity_target": args.sparsity, "structured": args.structured,
            "sparsity": result.sparsity, "certified_bound": result.certified_bound,
            "log_path_norm_before": pm.log_path_norm(model, x),
@@ -215,19 +266,22 @@ def cmd_nni(args) -> int:
     from pathmetric.adapters.nni import prune_from_config
 
     model, x = _load(args)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     with _progress(1, "nni prune", args.json) as bar:
-        result = prune_from_config(model, args.config, x, out=args.out)
+        result = prune_from_config(model, args.config, x, out=args.out, certify=args.certify)
         bar.update()
-    out = {"model": args.model, "config": args.config, "sparsity": result.sparsity,
+    sparsity = dict(sorted(result.sparsity.items(), key=lambda kv: order.get(kv[0], -1)))
+    out = {"model": args.model, "config": args.config, "sparsity": sparsity,
            "certified_bound": result.certified_bound, "params_before": result.params_before,
            "params_after": result.params_after, "speedup": result.speedup, "out": args.out}
-    text = [_table(["module", "weight sparsity"], list(result.sparsity.items())), "",
+    text = [_table(["module", "weight sparsity"], list(sparsity.items())), "",
             f"parameters {result.params_before} -> {result.params_after}"
             f"{' (NNI ModelSpeedup)' if result.speedup else ' (masked in place)'}",
             f"certified: ||R(x) - R_pruned(x)||_1 <= max(||x||_inf, 1) * "
-            f"{result.certified_bound:.6e}"]
+            f"{result.certified_bound:.6e}" if args.certify else "not certified (--no-certify)"]
     if args.out:
-        text.append(f"pruned model written to {args.out} (torch.save of the whole module)")
+        text.append(f"pruned model written to {args.out} (torch.save of the whole module; "
+                    f"reload: --checkpoint {args.out} with model {args.model})")
     _emit(args, out, "\n".join(text))
     return 0
 
@@ -240,7 +294,8 @@ def cmd_demo(args) -> int:
     result = run_demo(sparsities=args.sparsities, epochs=args.epochs, seed=args.seed,
                       plot=args.plot, quiet=args.json)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str), file=_result_stream or sys.stdout,
+              flush=True)
     return 0
 
 
@@ -250,73 +305,121 @@ def _model_args(p, nni=False):
     if not nni:
         p.add_argument("model", help="torchvision:NAME, timm:NAME, smp:ARCH:ENCODER, "
                                      "file.py:FACTORY or digits")
-    p.add_argument("--checkpoint", help="state_dict to load into the model (torch.save)")
+    p.add_argument("--checkpoint", help="weights to load into the model: a state_dict saved with "
+                                        "torch.save (plain, or under 'state_dict' / 'model'), or "
+                                        "a whole module of the same class saved by torch.save "
+                                        "(e.g. `nni prune --out`; unpickled: trusted files only)")
     p.add_argument("--input-shape", help="example input shape, batch first, e.g. 1,3,64,64 "
                                          "(default 1,3,224,224; 1,1,8,8 for digits)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights of models built without a checkpoint "
+                        "(default 0: results are reproducible)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (and nothing else there)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="pathmetric", description=__doc__.splitlines()[0])
+    top = _Parser(prog="pathmetric", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("report", help="path-norms, sensitivity, generalization and classical bounds")
     _model_args(p)
-    p.add_argument("--bits", type=_bits, default=(2, 4, 8), help="sensitivity bit-widths")
-    p.add_argument("--n", type=int, default=1_281_167, help="training samples (default ImageNet)")
-    p.add_argument("--input-bound", type=float, default=1.0, help="B >= sup ||x||_inf")
-    p.add_argument("--lipschitz", type=float, default=1.0, help="Lipschitz constant of the loss")
-    p.add_argument("--compare-bits", type=int, default=8,
-                   help="bit-width of the change on which classical and path-metric bounds are compared")
+    p.add_argument("--bits", type=_bits, default=(2, 4, 8),
+                   help="sensitivity bit-widths, comma-separated (default 2,4,8)")
+    p.add_argument("--n", type=_positive, default=1_281_167,
+                   help="training samples of the generalization bound (default: ImageNet's)")
+    p.add_argument("--input-bound", type=float, default=1.0, help="B >= sup ||x||_inf (default 1)")
+    p.add_argument("--lipschitz", type=float, default=1.0,
+                   help="Lipschitz constant of the loss (default 1)")
+    p.add_argument("--compare-bits", type=_positive, default=8,
+                   help="bit-width of the change on which classical and path-metric bounds are "
+                        "compared (default 8)")
     p.add_argument("--plot", help="write the per-layer sensitivity plot to this file")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("prune", help="path-magnitude pruning with its certificate")
     _model_args(p)
-    p.add_argument("--sparsity", type=_fraction, required=True)
+    p.add_argument("--sparsity", type=_fraction, required=True,
+                   help="share of the weights (or channels with --structured) to prune, in [0, 1)")
     p.add_argument("--structured", action="store_true", help="prune output channels")
-    p.add_argument("--scope", choices=("global", "layer"), default="global")
-    p.add_argument("--max-layer-sparsity", type=float, default=0.95)
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--scope", choices=("global", "layer"), default="global",
+                   help="rank across all layers (global, default) or within each layer")
+    p.add_argument("--max-layer-sparsity", type=_fraction, default=0.95,
+                   help="never prune more than this share of one layer, in [0, 1) (default 0.95)")
+    p.add_argument("--rounds", type=_positive, default=1,
+                   help="prune in this many rounds, rescoring between them (default 1)")
     p.add_argument("--out", help="write the pruned state_dict here")
     p.set_defaults(run=cmd_prune)
 
     p = sub.add_parser("quant-plan", help="certified mixed-precision plan")
     _model_args(p)
-    p.add_argument("--avg-bits", type=float, required=True)
-    p.add_argument("--bits", type=_bits, default=(2, 4, 8))
-    p.add_argument("--scheme", choices=("symmetric", "asymmetric"), default="symmetric")
-    p.add_argument("--granularity", choices=("per_tensor", "per_channel"), default="per_channel")
+    p.add_argument("--avg-bits", type=float, required=True,
+                   help="budget: average bits per weight of the plan")
+    p.add_argument("--bits", type=_bits, default=(2, 4, 8),
+                   help="candidate bit-widths, comma-separated (default 2,4,8)")
+    p.add_argument("--scheme", choices=("symmetric", "asymmetric"), default="symmetric",
+                   help="quantization scheme (default symmetric)")
+    p.add_argument("--granularity", choices=("per_tensor", "per_channel"), default="per_channel",
+                   help="one scale per tensor or per output channel (default per_channel)")
     p.set_defaults(run=cmd_quant_plan)
 
     p = sub.add_parser("nni", help="NNI pruning from a config file (pruner: path_metric)")
     nni_sub = p.add_subparsers(dest="nni_command", required=True)
     q = nni_sub.add_parser("prune", help="prune --config prune.yaml --model SPEC --out pruned.pt")
-    q.add_argument("--config", required=True)
-    q.add_argument("--model", required=True)
-    q.add_argument("--out")
+    q.add_argument("--config", required=True, help="YAML or JSON pruning config (docs/nni.md)")
+    q.add_argument("--model", required=True, help="torchvision:NAME, timm:NAME, "
+                                                  "smp:ARCH:ENCODER, file.py:FACTORY or digits")
+    q.add_argument("--out", help="write the pruned model here (torch.save of the whole module)")
+    q.add_argument("--no-certify", dest="certify", action="store_false",
+                   help="skip the certificate (NNI's own pruners can then prune models outside "
+                        "the path-lifting class)")
     _model_args(q, nni=True)
     q.set_defaults(run=cmd_nni)
 
     p = sub.add_parser("demo", help="rescaling-invariant pruning on scikit-learn digits")
-    p.add_argument("--sparsities", type=lambda s: tuple(float(v) for v in s.split(",")),
-                   default=(0.5, 0.7, 0.8, 0.9))
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after pruning")
+    p.add_argument("--sparsities", type=lambda s: tuple(_fraction(v) for v in s.split(",")),
+                   default=(0.5, 0.7, 0.8, 0.9),
+                   help="sparsities to compare, comma-separated, each in [0, 1)")
+    p.add_argument("--epochs", type=_positive, default=2, help="fine-tuning epochs after pruning")
     p.add_argument("--seed", type=int, default=0, help="seed of the random rescaling")
-    p.add_argument("--plot", default="pathmetric_demo.png")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", default="pathmetric_demo.png", help="where to write the figure")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (and nothing else there)")
     p.set_defaults(run=cmd_demo)
     return top
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
 def main(argv=None) -> int:
+    """Run a subcommand. A user error (bad model spec, checkpoint, config, shape, unsupported
+    model) exits 2 with one line on stderr; any other failure exits 1 with one line (set
+    PATHMETRIC_TRACEBACK=1 for the traceback)."""
     args = parser().parse_args(argv)
     import pathmetric as pm
     try:
-        return args.run(args)
-    except (pm.UnsupportedModelError, pm.ModelCaptureError, ValueError, FileNotFoundError) as exc:
-        print(f"pathmetric {args.command}: error: {exc}", file=sys.stderr)
+        with _stdout_for_result_only() if args.json else contextlib.nullcontext():
+            return args.run(args)
+    except (pm.UnsupportedModelError, pm.ModelCaptureError, ValueError, TypeError,
+            OSError) as exc:
+        print(f"pathmetric {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the command line prints no traceback
+        if os.environ.get("PATHMETRIC_TRACEBACK"):
+            raise
+        print(f"pathmetric {args.command}: internal error: {type(exc).__name__}: "
+              f"{_one_line(exc)} (PATHMETRIC_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,11 +9,15 @@ Specs:
 - ``digits`` — the digits CNN shipped with pathmetric (:func:`pathmetric.digits.pretrained`).
 
 A checkpoint (``torch.save`` of a ``state_dict``, or of a dict holding one under ``state_dict``
-or ``model``) is loaded into the built model with :func:`load_model`'s ``checkpoint``.
+or ``model``) is loaded into the built model with :func:`load_model`'s ``checkpoint``; a
+``torch.save`` of a whole module of the built model's class (what ``pathmetric nni prune --out``
+writes, possibly with smaller layers) replaces it. Every problem is a ``ValueError`` (or
+``FileNotFoundError``) with one line that says what to do.
 """
 from __future__ import annotations
 
 import importlib.util
+import pickle
 from pathlib import Path
 
 import torch
@@ -33,13 +37,20 @@ def build_model(spec: str) -> nn.Module:
         model = torchvision.models.get_model(rest, weights=None)
     elif kind == "timm" and rest:
         import timm
+        if not timm.is_model(rest):
+            raise ValueError(f"timm has no model {rest!r} (timm.list_models('*{rest[:6]}*') lists "
+                             "similar names)")
         model = timm.create_model(rest, pretrained=False)
     elif kind == "smp" and rest.count(":") == 1:
         import segmentation_models_pytorch as smp
         arch, encoder = rest.split(":")
         if not hasattr(smp, arch):
             raise ValueError(f"segmentation_models_pytorch has no architecture {arch!r}")
-        model = getattr(smp, arch)(encoder_name=encoder, encoder_weights=None)
+        try:
+            model = getattr(smp, arch)(encoder_name=encoder, encoder_weights=None)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"smp.{arch} cannot be built with encoder {encoder!r}: "
+                             f"{' '.join(str(error).split())}") from None
     elif ".py:" in spec:
         file, factory = spec.rsplit(":", 1)
         model = _from_file(Path(file), factory)
@@ -60,18 +71,62 @@ def _from_file(file: Path, factory: str) -> nn.Module:
         raise ValueError(f"{file} defines no callable {factory!r}")
     model = getattr(module, factory)()
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{file}:{factory}() returned {type(model).__name__}, not an nn.Module")
+        raise ValueError(f"{file}:{factory}() returned {type(model).__name__}, not an "
+                         "nn.Module: the factory must return the model")
     return model
 
 
 def load_checkpoint(model: nn.Module, checkpoint) -> nn.Module:
-    """Load a saved ``state_dict`` (plain, or under ``state_dict`` / ``model``) into ``model``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    """Load a saved ``state_dict`` (plain, or under ``state_dict`` / ``model``) into ``model``;
+    a whole saved module of ``model``'s class is returned instead (unpickled: trusted files
+    only)."""
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        state = _whole_module(model, checkpoint)
+        if state is not None:
+            return state.eval()
+        raise ValueError(f"checkpoint {checkpoint} is not a state_dict (torch.save(model."
+                         "state_dict(), path)) nor a whole module of the model's class "
+                         f"{type(model).__name__}") from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"checkpoint {checkpoint} cannot be read by torch.load: "
+                         f"{' '.join(str(error).split())[:200]}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {checkpoint} holds a {type(state).__name__}, not a "
+                         "state_dict of tensors")
+    missing, unexpected, mismatched = _mismatch(model, state)
+    if missing or unexpected or mismatched:
+        parts = [f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}"
+                 for label, names in (("missing keys", missing), ("unexpected keys", unexpected),
+                                      ("shape mismatch", mismatched)) if names]
+        raise ValueError(f"checkpoint {checkpoint} does not match model {type(model).__name__}: "
+                         + "; ".join(parts))
     model.load_state_dict(state)
     return model.eval()
+
+
+def _mismatch(model: nn.Module, state: dict) -> tuple:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, mismatched
+
+
+def _whole_module(model: nn.Module, checkpoint):
+    """The module saved whole in ``checkpoint`` if it is of ``model``'s class, else None."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - any unreadable pickle is "not a module"
+        return None
+    return saved if type(saved) is type(model) else None
 
 
 def load_model(spec: str, checkpoint=None) -> nn.Module:
@@ -80,13 +135,38 @@ def load_model(spec: str, checkpoint=None) -> nn.Module:
     return load_checkpoint(model, checkpoint) if checkpoint else model
 
 
+def check_input_shape(model: nn.Module, shape: tuple) -> None:
+    """Refuse, naming the dimension, an input shape the model's first layer cannot take:
+    a missing batch dimension, or a channel count the first conv/linear layer does not read."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            dims = len(module.kernel_size)
+            layout = "(N, C, " + ", ".join("DHW"[3 - dims:]) + ")"
+            if len(shape) == dims + 1:
+                raise ValueError(
+                    f"input shape {','.join(map(str, shape))} has {len(shape)} dimensions: "
+                    f"'{name}' ({type(module).__name__}) takes {layout}, the batch dimension N is "
+                    f"missing; use 1,{','.join(map(str, shape))}")
+            if len(shape) == dims + 2 and shape[1] != module.in_channels:
+                raise ValueError(
+                    f"input shape {','.join(map(str, shape))}: dimension 1 (channels C of "
+                    f"{layout}) is {shape[1]} but '{name}' ({type(module).__name__}) reads "
+                    f"{module.in_channels}")
+            return
+        if isinstance(module, nn.Linear):
+            if len(shape) == 1:
+                raise ValueError(f"input shape {shape[0]} has 1 dimension: '{name}' (Linear) takes "
+                                 f"(N, features), the batch dimension N is missing; use 1,{shape[0]}")
+            return
+
+
 def parse_shape(text: str) -> tuple:
     """``"1,3,64,64"`` or ``"1x3x64x64"`` -> ``(1, 3, 64, 64)`` (batch dimension first)."""
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
         shape = ()
-    if len(shape) < 2 or min(shape) < 1:
+    if not shape or min(shape) < 1:
         raise ValueError(f"input shape must be positive integers with the batch first, e.g. "
                          f"1,3,64,64; got {text!r}")
     return shape

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .capture import Value, capture
+from .capture import Param, Value, capture
 from .errors import UnsupportedModelError
 from .lifted import NormLifting, PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
@@ -134,8 +134,9 @@ class PathMasses:
 
     def member_share(self, module: str, kind: str) -> torch.Tensor:
         """Per-channel share of one group member: ``kind='out'`` an output channel of a
-        conv/linear layer (weights and bias) or a BatchNorm channel (scale and shift);
-        ``kind='in'`` an input channel of a conv/linear layer (all the weights it feeds)."""
+        conv/linear layer (weights and bias), a BatchNorm channel (scale and shift) or a
+        per-channel PReLU slope; ``kind='in'`` an input channel of a conv/linear layer (all the
+        weights it feeds)."""
         if module in self.layers:
             index, weight, bias = self.layers[module]
             w = self.share(weight)
@@ -147,8 +148,21 @@ class PathMasses:
             if kind != "out":
                 raise ValueError(f"BatchNorm '{module}' has one side: use kind 'out'")
             return self.share(f"{module}.scale") + self.share(f"{module}.shift")
-        raise KeyError(f"'{module}' is neither a conv/linear layer nor a frozen BatchNorm on the "
-                       "captured graph")
+        slopes = f"{module}.slope"    # the lifted slopes of rules.prelu, keyed by module
+        if slopes in self._leaves and self._leaves[slopes].numel() > 1:
+            if kind != "out":
+                raise ValueError(f"PReLU '{module}' has one side: use kind 'out'")
+            return self.share(slopes)
+        raise KeyError(f"'{module}' is neither a conv/linear layer, a frozen BatchNorm nor a "
+                       "per-channel PReLU on the captured graph")
+
+
+def _channel_slopes(graph, module: str):
+    """The name of the slope parameter of PReLU ``module`` on the captured graph, else None."""
+    for node in graph.nodes:
+        if node.rule == "prelu" and node.module == module and isinstance(node.args[1], Param):
+            return node.args[1].name
+    return None
 
 
 def conv_groups(node) -> int:
@@ -202,9 +216,12 @@ def channel_scores(model, example_inputs, relative=False, precision="float64") -
 def zeroed_members(model, example_inputs, members, roots=None) -> dict:
     """Replacement tensors with the member slices zeroed (all of them, or those of ``roots``).
 
-    ``members`` as in :func:`group_mass`. A conv/linear ``'out'`` member zeroes weight rows and
-    bias entries, ``'in'`` weight columns; a BatchNorm member zeroes its weight and bias (so the
-    folded scale and shift vanish). Pass the result to ``pm.path_metric(model, result, x)``.
+    ``members`` as in :func:`group_mass`. A conv/linear ``'out'`` member zeroes the weights and
+    bias entry of its output channels, ``'in'`` the weights its input channels feed (grouped
+    convolutions: within the channel's group; transposed convolutions: weights laid out
+    ``(in, out / groups, ...)``); a BatchNorm member zeroes its weight and bias (so the folded
+    scale and shift vanish); a per-channel PReLU member its slopes. Pass the result to
+    ``pm.path_metric(model, result, x)``.
     """
     graph = capture(model, example_inputs)
     named = named_tensors(model)
@@ -222,22 +239,31 @@ def zeroed_members(model, example_inputs, members, roots=None) -> dict:
         if module in layers:
             index, weight, bias = layers[module]
             node = graph.nodes[index]
-            if conv_groups(node) != 1 or node.rule == "conv_transpose":
-                raise ValueError(f"zeroing channels of grouped or transposed convolution "
-                                 f"'{module}' is not supported")
-            if kind == "out":
+            if (kind == "out") == (node.rule != "conv_transpose"):   # rows of the weight
                 zero(weight, 0, chosen)
-                if bias:
-                    zero(bias, 0, chosen)
-            else:
-                zero(weight, 1, chosen)
+            else:                                                    # columns, per group
+                _zero_columns(out.setdefault(weight, named[weight].detach().clone()),
+                              conv_groups(node), chosen)
+            if kind == "out" and bias:
+                zero(bias, 0, chosen)
         elif f"{module}.running_mean" in named and f"{module}.weight" in named:
             zero(f"{module}.weight", 0, chosen)
             zero(f"{module}.bias", 0, chosen)
+        elif _channel_slopes(graph, module) in named:
+            zero(_channel_slopes(graph, module), 0, chosen)
         else:
-            raise KeyError(f"cannot zero channels of '{module}': not a conv/linear layer or an "
-                           "affine frozen BatchNorm on the captured graph")
+            raise KeyError(f"cannot zero channels of '{module}': not a conv/linear layer, an "
+                           "affine frozen BatchNorm or a PReLU on the captured graph")
     return out
+
+
+def _zero_columns(weight, groups: int, channels):
+    """Zero channel ``c`` along dim 1 of a weight laid out ``(groups * rows, per_group, ...)``:
+    column ``c % per_group`` of the rows of group ``c // per_group``."""
+    per_group = weight.shape[1]
+    view = weight.view(groups, weight.shape[0] // groups, per_group, -1)
+    channels = torch.as_tensor(channels, dtype=torch.long, device=weight.device)
+    view[channels // per_group, :, channels % per_group] = 0
 
 
 def group_mass(model, example_inputs, members, num_channels, exact=False, relative=True,
