@@ -386,31 +386,28 @@ def test_prelu_slope_outside_the_unit_interval_is_known_to_check_support():
 
 # ---------------------------------------------------------------- 11: true refusal reasons
 
-class PlusOne(nn.Module):
-    def forward(self, x):
-        return x + 1.0
-
-
 def test_ops_after_a_refusal_get_their_own_reason_or_none():
     class Mixed(nn.Module):
         def __init__(self):
             super().__init__()
             self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
-            self.tail = PlusOne()
+            self.tail = nn.Threshold(0.5, 0.0)
 
         def forward(self, x):
             y = F.gelu(self.a(x))
             z = y + self.b(x)                      # a residual add: a consequence, not listed
             z = torch.cat([z, self.b(x)], 1)       # a concatenation: not listed
             z = z * torch.sigmoid(z)               # refused by itself: listed with its reason
-            return self.tail(z)                    # a constant added: its own, true reason
+            return self.tail(z + 1.0)              # a constant added (a shared bias): fine;
+                                                   # threshold(0.5, 0): its own, true reason
     report = pm.check_support(Mixed(), X)
     ops = [op for op, _, _ in report.unsupported]
     assert ops[0] == "F.gelu" and "torch.sigmoid" in ops
     assert "torch.cat" not in ops and all("weight computed" not in why
                                           for _, _, why in report.unsupported)
-    adds = [(path, why) for op, path, why in report.unsupported if op == "Tensor.add"]
-    assert len(adds) == 1 and adds[0][0] == "tail" and "constant" in adds[0][1]
+    assert not [op for op in ops if op.endswith("add")]
+    tails = [(path, why) for op, path, why in report.unsupported if "threshold" in op]
+    assert len(tails) == 1 and tails[0][0] == "tail" and "discontinuity" in tails[0][1]
 
 
 # ---------------------------------------------------------------- 12: clear errors
