@@ -135,8 +135,12 @@ def test_adversarial_inputs_find_no_violation(net, mode):
     optimiser = torch.optim.Adam([x], lr=0.1)
     worst = 0.0
     for _ in range(60):
-        ratio = (model(x) - other(x)).abs().sum(dim=1) / x.flatten(1).abs().amax(dim=1).clamp(min=1)
-        worst = max(worst, float(ratio.max()))
+        out, out_other = model(x), other(x)
+        scale = x.flatten(1).abs().amax(dim=1).clamp(min=1)
+        ratio = (out - out_other).abs().sum(dim=1) / scale
+        # the gap itself is measured in float64: allow its own rounding (a few ulps of the outputs)
+        slack = 8 * torch.finfo(torch.float64).eps * (out.abs() + out_other.abs()).sum(dim=1) / scale
+        worst = max(worst, float((ratio - slack).max()))
         optimiser.zero_grad()
         (-ratio.sum()).backward()
         optimiser.step()
