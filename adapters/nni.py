@@ -460,6 +460,7 @@ class NNIPruneResult:
     ``masks``: NNI masks ``{module: {target: mask}}``; ``sparsity``: per pruned module, the share
     of zeros in its weight mask; ``certified_bound``: ``pm.path_metric`` between the model before
     pruning and the masked one (a certified bound on ``||Phi - Phi'||_1``, exact for masks);
+    ``log_certified_bound``: its natural log (finite where the float bound overflows);
     ``params_before`` / ``params_after``: parameter counts (after speedup when ``speedup``).
     """
     model: nn.Module
@@ -469,6 +470,7 @@ class NNIPruneResult:
     params_before: int
     params_after: int
     speedup: bool
+    log_certified_bound: float | None = None
 
 
 @contextlib.contextmanager
@@ -545,11 +547,13 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
                 for name in (f"{module}.weight", f"{module}.bias"):
                     if name in original:
                         replaced.setdefault(name, original[name].detach().clone())[removed] = 0
-    certified = pm.path_metric(reference, replaced, example_inputs) if certify else None
+    certified, log_certified = pm.path_metric_with_log(reference, replaced, example_inputs) \
+        if certify else (None, None)
     if out is not None:
         torch.save(model, out)
     return NNIPruneResult(model, masks, sparsity, certified, params_before,
-                          sum(p.numel() for p in model.parameters()), config["speedup"])
+                          sum(p.numel() for p in model.parameters()), config["speedup"],
+                          log_certified)
 
 
 # --------------------------------------------------------------------------- quantization

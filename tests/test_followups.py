@@ -1,5 +1,7 @@
 """Follow-ups of issues 15 and 16: depthwise zeroing, log certificates in the adapters, heads in
 every output, parameter views (LayerScale), ``x @ W`` weights as layers."""
+import math
+
 import torch
 from torch import nn
 
@@ -31,3 +33,57 @@ def test_depthwise_members_zero_their_own_rows():
         assert bool((zeroed["dw.weight"][c] == 0).all()) == (c in (1, 3))
         assert bool(zeroed["dw.bias"][c] == 0) == (c in (1, 3))
     assert pm.path_metric(model, zeroed, x) > 0
+
+
+# ------------------------------------------------------------------ item 2: ranking by log bounds
+
+def deep_mlp(depth=300, width=8, scale=12.0):
+    """A ReLU MLP whose path-metrics overflow float64 (weights scaled x12 at 300 layers)."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, width)]
+    for _ in range(depth - 2):
+        layers += [nn.ReLU(), nn.Linear(width, width)]
+    layers += [nn.ReLU(), nn.Linear(width, 3)]
+    model = nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model
+
+
+def test_prune_results_carry_a_finite_log_bound_past_float64():
+    model, x = deep_mlp(), torch.randn(1, 4)
+    result = pm.prune(model, 0.3, x)
+    assert result.certified_bound == math.inf
+    assert math.isfinite(result.log_certified_bound) and result.log_certified_bound > 709
+    assert result.log_certified_bound == pm.log_path_metric(result.model, model, x)
+
+
+def test_inc_sampler_ranks_by_log_bounds_past_float64():
+    from neural_compressor.torch.quantization import RTNConfig
+    from pathmetric.adapters import neural_compressor as pinc
+    model, x = deep_mlp(), torch.randn(1, 4)
+    configs = [RTNConfig(bits=2, group_size=-1), RTNConfig(bits=8, group_size=-1),
+               RTNConfig(bits=4, group_size=-1)]
+    sampler = pinc.path_metric_sampler(model, x)(configs)
+    assert sampler.bounds == [math.inf] * 3
+    assert all(math.isfinite(b) for b in sampler.log_bounds)
+    assert list(sampler) == [1, 2, 0]
+    per_bit = pinc.path_metric_sampler(model, x, order="bound_per_saved_bit")(configs)
+    logs = per_bit.log_bounds
+    assert list(per_bit) == sorted(range(3), key=lambda i: logs[i] - math.log(32 - per_bit.bits[i]))
+
+
+def test_nni_and_torch_pruning_results_carry_a_finite_log_bound_past_float64():
+    import torch_pruning as tp
+    from pathmetric.adapters import nni as pnni
+    from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
+    model, x = deep_mlp(depth=300), torch.randn(1, 4)
+    result = pnni.prune_from_config(model, {"pruner": "path_metric", "config_list": [
+        {"op_types": ["Linear"], "sparse_ratio": 0.25, "exclude_op_names": [f"{2 * 299}"]}]}, x)
+    assert result.certified_bound == math.inf and math.isfinite(result.log_certified_bound)
+    model = deep_mlp(depth=300)
+    pruner = tp.pruner.MetaPruner(model, x, importance=PathMetricImportance(x), pruning_ratio=0.25,
+                                  ignored_layers=[model[-1]])
+    bound = certified_step(pruner, x)
+    assert bound == math.inf and math.isfinite(bound.log_certified_bound) and bound.head is None

@@ -105,6 +105,17 @@ def log_path_metric(model: nn.Module, other, example_inputs, precision="float64"
     return log_round_up(parts, error)
 
 
+def path_metric_with_log(model: nn.Module, other, example_inputs,
+                         precision="float64") -> tuple[float, float]:
+    """``(path_metric, log_path_metric)`` from one lifted pass: the float certificate, ``inf``
+    past float64, and its natural log, finite at any depth (rank by the log)."""
+    graph = capture(model, example_inputs)
+    tensors_b = _other_tensors(model, other, example_inputs, graph)
+    parts, error = certified_distance(graph, named_tensors(model), tensors_b,
+                                      _resolve_dtype(precision))
+    return _to_float(parts, error), log_round_up(parts, error)
+
+
 def _sup_norms(inputs) -> torch.Tensor:
     return torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double()
                         for t in inputs]).amax(dim=0)
