@@ -28,7 +28,7 @@ import json
 import math
 from collections import defaultdict
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -461,7 +461,9 @@ class NNIPruneResult:
     of zeros in its weight mask; ``certified_bound``: ``pm.path_metric`` between the model before
     pruning and the masked one (a certified bound on ``||Phi - Phi'||_1``, exact for masks);
     ``log_certified_bound``: its natural log (finite where the float bound overflows);
-    ``params_before`` / ``params_after``: parameter counts (after speedup when ``speedup``).
+    ``params_before`` / ``params_after``: parameter counts (after speedup when ``speedup``);
+    ``head`` / ``notes``: the softmax head set aside (the certificate bounds the logits before it;
+    ``pm.head_factor`` carries it to the outputs) and what was set aside, as ``pm.check_support``.
     """
     model: nn.Module
     masks: dict
@@ -471,6 +473,8 @@ class NNIPruneResult:
     params_after: int
     speedup: bool
     log_certified_bound: float | None = None
+    head: str | None = None
+    notes: list = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -522,6 +526,7 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     """
     config = load_config(path_or_dict)
     params_before = sum(p.numel() for p in model.parameters())
+    support = pm.check_support(model, example_inputs)
     pruner = pruner_from_config(model, config, example_inputs, evaluator)
     _, masks = pruner.compress()
     pruner.unwrap_model()
@@ -553,7 +558,7 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
         torch.save(model, out)
     return NNIPruneResult(model, masks, sparsity, certified, params_before,
                           sum(p.numel() for p in model.parameters()), config["speedup"],
-                          log_certified)
+                          log_certified, support.head, support.notes)
 
 
 # --------------------------------------------------------------------------- quantization

@@ -1,7 +1,12 @@
 """Follow-ups of issues 15 and 16: depthwise zeroing, log certificates in the adapters, heads in
 every output, parameter views (LayerScale), ``x @ W`` weights as layers."""
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +92,75 @@ def test_nni_and_torch_pruning_results_carry_a_finite_log_bound_past_float64():
                                   ignored_layers=[model[-1]])
     bound = certified_step(pruner, x)
     assert bound == math.inf and math.isfinite(bound.log_certified_bound) and bound.head is None
+
+
+# ------------------------------------------------------------------ item 3: heads in every output
+
+QUICKSTART = """import sys
+sys.path.insert(0, {tests!r})
+from test_reach import QuickstartNet
+
+
+def make():
+    return QuickstartNet()
+"""
+
+
+@pytest.fixture
+def quickstart(tmp_path):
+    path = tmp_path / "quickstart.py"
+    path.write_text(QUICKSTART.format(tests=str(Path(__file__).parent)))
+    return f"{path}:make"
+
+
+@pytest.mark.slow
+def test_cli_json_gives_the_head_and_the_log_probability_certificate(quickstart, tmp_path, capsys):
+    from pathmetric.cli import main
+    done = subprocess.run([str(Path(sys.executable).parent / "pathmetric"), "prune", quickstart,
+                           "--input-shape", "1,1,28,28", "--sparsity", "0.5", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["head"] == "log_softmax" and "logits" in out["notes"][0]
+    assert out["head_factor"] == 11
+    assert out["log_probabilities_certified_bound"] == 11 * out["certified_bound"] > 0
+
+    def run_json(*argv):
+        assert main([str(a) for a in argv] + ["--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    plan = run_json("quant-plan", quickstart, "--input-shape", "1,1,28,28", "--avg-bits", 6)
+    assert plan["head"] == "log_softmax" and plan["notes"]
+    assert plan["log_probabilities_certified_bound"] == 11 * plan["certified_bound"]
+    report = run_json("report", quickstart, "--input-shape", "1,1,28,28")
+    assert report["head"] == "log_softmax" and report["notes"]
+    config = tmp_path / "prune.yaml"
+    config.write_text("pruner: path_metric\nconfig_list:\n  - op_types: [Conv2d]\n"
+                      "    sparse_ratio: 0.5\n")
+    nni = run_json("nni", "prune", "--config", config, "--model", quickstart,
+                   "--input-shape", "1,1,28,28")
+    assert nni["head"] == "log_softmax" and nni["notes"]
+    plain = run_json("prune", "digits", "--sparsity", 0.3)
+    assert plain["head"] is None and plain["notes"] == [] and "head_factor" not in plain
+
+
+def test_adapter_results_give_the_head():
+    from neural_compressor.torch.quantization import quantize
+    from pathmetric.adapters import neural_compressor as pinc
+    from pathmetric.adapters import nni as pnni
+    from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
+    import torch_pruning as tp
+    from test_reach import QuickstartNet
+    x = torch.randn(1, 1, 28, 28)
+    torch.manual_seed(0)
+    result = pnni.prune_from_config(QuickstartNet().eval(), {"pruner": "path_metric",
+        "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]}, x)
+    assert result.head == "log_softmax" and result.notes
+    net = QuickstartNet().eval()
+    pruner = tp.pruner.MetaPruner(net, x, importance=PathMetricImportance(x), pruning_ratio=0.3,
+                                  ignored_layers=[net.fc3])
+    step = certified_step(pruner, x)
+    assert step.head == "log_softmax" and 0 < step < math.inf
+    pruned = quantize(QuickstartNet().eval(), pinc.PathMetricConfig(sparsity=0.5), example_inputs=x)
+    assert pruned.path_metric_head == "log_softmax"
+    assert pruned.path_metric_log_bound == pytest.approx(math.log(pruned.path_metric_bound))
