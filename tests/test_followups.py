@@ -164,3 +164,52 @@ def test_adapter_results_give_the_head():
     pruned = quantize(QuickstartNet().eval(), pinc.PathMetricConfig(sparsity=0.5), example_inputs=x)
     assert pruned.path_metric_head == "log_softmax"
     assert pruned.path_metric_log_bound == pytest.approx(math.log(pruned.path_metric_bound))
+
+
+# ------------------------------------------------------------------ item 5: x @ W weights
+
+class MatmulNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.proj = nn.Parameter(torch.randn(6, 3))
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)) @ self.proj
+
+
+def test_x_at_w_weights_are_refused_by_what_would_skip_them():
+    torch.manual_seed(0)
+    model, x = MatmulNet().eval(), torch.randn(2, 4)
+    assert pm.path_norm(model, x) > 0 and "proj" in pm.weight_scores(model, x)
+    for call in (lambda: pm.quantization_bound(model, x, bits=4),
+                 lambda: pm.layer_sensitivity(model, x, bits=(4,)),
+                 lambda: pm.mixed_precision_plan(model, x, bits=(4, 8), avg_bits=6),
+                 lambda: pm.channel_scores(model, x),
+                 lambda: pm.prune(model, 0.5, x)):
+        with pytest.raises(pm.UnsupportedModelError, match="'proj' is used as x @ W"):
+            call()
+    # naming the layers explicitly skips nothing: allowed
+    assert pm.prune(model, 0.5, x, layers=["fc"]).masks.keys() == {"fc.weight"}
+    assert pm.quantization_bound(model, x, bits=4, layers=["fc"]) > 0
+
+
+def test_weight_scores_cover_x_at_w_weights():
+    torch.manual_seed(0)
+    model, x = MatmulNet().eval(), torch.randn(2, 4)
+    scores = pm.weight_scores(model, x)
+    total = pm.path_norm(model, x)
+    for i, j in ((0, 0), (3, 2)):   # N(theta) - N(theta with W_ij = 0)
+        zeroed = model.proj.detach().clone()
+        zeroed[i, j] = 0
+        assert float(scores["proj"][i, j]) == pytest.approx(
+            total - pm.path_norm(_with(model, proj=zeroed), x), rel=1e-9, abs=1e-12)
+
+
+def _with(model, **tensors):
+    import copy
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, value in tensors.items():
+            getattr(other, name).copy_(value)
+    return other

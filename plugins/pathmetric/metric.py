@@ -165,7 +165,10 @@ def output_bound(model: nn.Module, other, x) -> torch.Tensor:
 
 def layer_weights(model, example_inputs, layers=None) -> dict:
     """``{layer: (weight name, weight)}`` for the conv/linear ``layers`` (default: all)."""
-    table = capture(model, example_inputs).layers()
+    graph = capture(model, example_inputs)
+    if layers is None:   # all layers: x @ W weights would be left out
+        graph.refuse_matmul_weights("weight quantization")
+    table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
     unknown = [name for name in chosen if name not in table]
     if unknown:

@@ -109,6 +109,8 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=Fa
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     pruned = model if inplace else copy.deepcopy(model)
     graph = capture(pruned, example_inputs)
+    if layers is None:   # all layers: x @ W weights would be left out
+        graph.refuse_matmul_weights("pm.prune")
     table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
     params = dict(pruned.named_parameters())
