@@ -275,14 +275,11 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
     if order == "size" and max_bound is None:
         raise ValueError("order='size' needs max_bound: the largest certified bound to trust")
 
-    log_max_bound = math.log(max_bound) if order == "size" and max_bound > 0 else -math.inf
-
-    def key(log_bound, bits):   # by log bounds: right where float bounds overflow to inf
+    def key(bound, log_bound, bits):   # by log bounds: right where float bounds overflow to inf
         if order == "bound":
             return (log_bound,)
-        if order == "size":
-            return (0, bits, log_bound) if log_bound <= log_max_bound else \
-                (1, log_bound, bits)
+        if order == "size":   # a float bound of inf is past any max_bound
+            return (0, bits, log_bound) if bound <= max_bound else (1, log_bound, bits)
         return (log_bound - math.log(32.0 - bits) if bits < 32.0 else math.inf, log_bound)
 
     class PathMetricSampler(Sampler):
@@ -299,7 +296,8 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
                 warnings.warn("path_metric_sampler: no certificate for " + ", ".join(
                     f"#{i} {type(configs[i]).__name__}" for i in others) + "; they are tried "
                     "after the certified configs, in the config set's order", stacklevel=2)
-            self.order = sorted(certified, key=lambda i: key(self.log_bounds[i], self.bits[i])) \
+            self.order = sorted(certified, key=lambda i: key(self.bounds[i], self.log_bounds[i],
+                                                         self.bits[i])) \
                 + others
 
         def __iter__(self):
