@@ -322,6 +322,9 @@ class StepCertificate(float):
         value.head = head
         return value
 
+    def __reduce__(self):
+        return StepCertificate, (float(self), self.log_certified_bound, self.head)
+
 
 def certified_step(pruner, example_inputs) -> StepCertificate:
     """Run one step of ``pruner`` (the channels ``pruner.step()`` removes) and certify it.

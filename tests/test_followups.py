@@ -213,3 +213,11 @@ def _with(model, **tensors):
         for name, value in tensors.items():
             getattr(other, name).copy_(value)
     return other
+
+
+def test_step_certificate_is_a_float_that_pickles_with_its_fields():
+    import pickle
+    from pathmetric.adapters.torch_pruning import StepCertificate
+    step = pickle.loads(pickle.dumps(StepCertificate(2.5, math.log(2.5), "softmax")))
+    assert step == 2.5 and isinstance(step, float) and step.head == "softmax"
+    assert step.log_certified_bound == math.log(2.5)
