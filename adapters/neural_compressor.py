@@ -40,7 +40,8 @@ from neural_compressor.torch.quantization import DynamicQuantConfig, INT8StaticQ
 from neural_compressor.torch.quantization.config import FRAMEWORK_NAME, OperatorConfig, TorchBaseConfig
 from neural_compressor.torch.utils import algos_mapping, register_algo
 
-__all__ = ["simulate_weights", "quantization_bound", "storage_bits", "path_metric_sampler",
+__all__ = ["simulate_weights", "quantization_bound", "quantization_bound_with_log", "storage_bits",
+           "path_metric_sampler",
            "path_metric_config_set", "PathMetricConfig", "PrunedThenQuantizedConfig", "PATH_METRIC"]
 
 PATH_METRIC = "path_metric"
@@ -74,22 +75,29 @@ def quantization_bound(model, example_inputs, config):
     """Certified ``||Phi(theta) - Phi(theta')||_1`` with ``theta'`` = ``simulate_weights(model, config)``;
     for a ``PathMetricConfig``, ``theta'`` is the pruned model (``pm.prune(...).certified_bound``);
     for a ``PrunedThenQuantizedConfig``, the pruned model's weights quantized by its RTN config."""
+    return quantization_bound_with_log(model, example_inputs, config)[0]
+
+
+def quantization_bound_with_log(model, example_inputs, config):
+    """``(quantization_bound, its natural log)`` from one lifted pass; the log stays finite where
+    the float bound overflows (``pm.path_metric_with_log``)."""
     _check_eager(model)
     if isinstance(config, PathMetricConfig):
-        return _prune(model, config, example_inputs, inplace=False).certified_bound
+        result = _prune(model, config, example_inputs, inplace=False)
+        return result.certified_bound, result.log_certified_bound
     if isinstance(config, PrunedThenQuantizedConfig):
         prune, quant = config.config_list
         pruned = _prune(model, prune, example_inputs, inplace=False).model
         return _combined_bound(model, pruned, simulate_weights(pruned, quant), example_inputs)
-    return pm.path_metric(model, simulate_weights(model, config), example_inputs)
+    return pm.path_metric_with_log(model, simulate_weights(model, config), example_inputs)
 
 
 def _combined_bound(model, pruned, quantized, example_inputs):
-    """``pm.path_metric(model, theta')`` with ``theta'`` = ``pruned``'s parameters, ``quantized``'s
-    replacing those it names: the certificate of pruning then quantizing."""
+    """``pm.path_metric_with_log(model, theta')`` with ``theta'`` = ``pruned``'s parameters,
+    ``quantized``'s replacing those it names: the certificate of pruning then quantizing."""
     replaced = {name: p.detach() for name, p in pruned.named_parameters()}
     replaced.update(quantized)
-    return pm.path_metric(model, replaced, example_inputs)
+    return pm.path_metric_with_log(model, replaced, example_inputs)
 
 
 def storage_bits(model, config):
@@ -244,7 +252,8 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
     """A sampler class for ``TuningConfig(config_set=[...], sampler=...)``.
 
     INC builds it as ``sampler(config_set)``; it computes ``quantization_bound`` of every config
-    it can certify (``.bounds``, in config-set order, ``None`` for the others) and
+    it can certify (``.bounds``, in config-set order, ``None`` for the others; ``.log_bounds``
+    their natural logs, which the orders compare so they stay right past float64) and
     ``storage_bits`` (``.bits``), and yields indices in the chosen ``order`` (ties keep the
     config-set order):
 
@@ -266,18 +275,20 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
     if order == "size" and max_bound is None:
         raise ValueError("order='size' needs max_bound: the largest certified bound to trust")
 
-    def key(bound, bits):
+    def key(bound, log_bound, bits):   # by log bounds: right where float bounds overflow to inf
         if order == "bound":
-            return (bound,)
-        if order == "size":
-            return (0, bits, bound) if bound <= max_bound else (1, bound, bits)
-        return (bound / (32.0 - bits) if bits < 32.0 else math.inf, bound)
+            return (log_bound,)
+        if order == "size":   # a float bound of inf is past any max_bound
+            return (0, bits, log_bound) if bound <= max_bound else (1, log_bound, bits)
+        return (log_bound - math.log(32.0 - bits) if bits < 32.0 else math.inf, log_bound)
 
     class PathMetricSampler(Sampler):
         def __init__(self, config_source):
             configs = [config_source[i] for i in range(len(config_source))]
-            self.bounds = [quantization_bound(model, example_inputs, c) if _certified(c) else None
-                           for c in configs]
+            pairs = [quantization_bound_with_log(model, example_inputs, c) if _certified(c)
+                     else (None, None) for c in configs]
+            self.bounds = [bound for bound, _ in pairs]
+            self.log_bounds = [log_bound for _, log_bound in pairs]
             self.bits = [storage_bits(model, c) for c in configs]
             certified = [i for i, b in enumerate(self.bounds) if b is not None]
             others = [i for i, b in enumerate(self.bounds) if b is None]
@@ -285,7 +296,9 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
                 warnings.warn("path_metric_sampler: no certificate for " + ", ".join(
                     f"#{i} {type(configs[i]).__name__}" for i in others) + "; they are tried "
                     "after the certified configs, in the config set's order", stacklevel=2)
-            self.order = sorted(certified, key=lambda i: key(self.bounds[i], self.bits[i])) + others
+            self.order = sorted(certified, key=lambda i: key(self.bounds[i], self.log_bounds[i],
+                                                         self.bits[i])) \
+                + others
 
         def __iter__(self):
             return iter(self.order)
@@ -353,7 +366,8 @@ class PathMetricConfig(TorchBaseConfig):
     ``quantize(model, PathMetricConfig(sparsity=0.5), example_inputs=x)`` zeroes the weights (or
     channels, ``structured=True``) carrying the least path mass; a list of sparsities expands into
     one trial each under ``autotune``. The pruned model carries ``path_metric_bound`` (certified
-    ``||Phi(theta) - Phi(theta_pruned)||_1``) and ``path_metric_masks``.
+    ``||Phi(theta) - Phi(theta_pruned)||_1``), ``path_metric_log_bound`` (its natural log),
+    ``path_metric_head`` (the softmax head set aside, or None) and ``path_metric_masks``.
     """
 
     name = PATH_METRIC
@@ -434,8 +448,10 @@ def path_metric_entry(model, configs_mapping, mode=Mode.QUANTIZE, *args, example
     # done once applied; INC's RTN entry reads every config left in the mapping as an RTN one
     config = configs_mapping.pop(key) if rtn else configs_mapping[key]
     result = _prune(model, config, example_inputs, inplace=True)
-    result.model.path_metric_bound = result.certified_bound if not rtn else _combined_bound(
-        original, result.model, _rtn_mapping_weights(result.model, rtn), example_inputs)
+    result.model.path_metric_bound, result.model.path_metric_log_bound = \
+        (result.certified_bound, result.log_certified_bound) if not rtn else _combined_bound(
+            original, result.model, _rtn_mapping_weights(result.model, rtn), example_inputs)
+    result.model.path_metric_head = pm.check_support(result.model, example_inputs).head
     result.model.path_metric_masks = result.masks
     return result.model
 

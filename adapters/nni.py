@@ -28,7 +28,7 @@ import json
 import math
 from collections import defaultdict
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -460,7 +460,10 @@ class NNIPruneResult:
     ``masks``: NNI masks ``{module: {target: mask}}``; ``sparsity``: per pruned module, the share
     of zeros in its weight mask; ``certified_bound``: ``pm.path_metric`` between the model before
     pruning and the masked one (a certified bound on ``||Phi - Phi'||_1``, exact for masks);
-    ``params_before`` / ``params_after``: parameter counts (after speedup when ``speedup``).
+    ``log_certified_bound``: its natural log (finite where the float bound overflows);
+    ``params_before`` / ``params_after``: parameter counts (after speedup when ``speedup``);
+    ``head`` / ``notes``: the softmax head set aside (the certificate bounds the logits before it;
+    ``pm.head_factor`` carries it to the outputs) and what was set aside, as ``pm.check_support``.
     """
     model: nn.Module
     masks: dict
@@ -469,6 +472,9 @@ class NNIPruneResult:
     params_before: int
     params_after: int
     speedup: bool
+    log_certified_bound: float | None = None
+    head: str | None = None
+    notes: list = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -520,6 +526,7 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     """
     config = load_config(path_or_dict)
     params_before = sum(p.numel() for p in model.parameters())
+    support = pm.check_support(model, example_inputs)
     pruner = pruner_from_config(model, config, example_inputs, evaluator)
     _, masks = pruner.compress()
     pruner.unwrap_model()
@@ -545,11 +552,13 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
                 for name in (f"{module}.weight", f"{module}.bias"):
                     if name in original:
                         replaced.setdefault(name, original[name].detach().clone())[removed] = 0
-    certified = pm.path_metric(reference, replaced, example_inputs) if certify else None
+    certified, log_certified = pm.path_metric_with_log(reference, replaced, example_inputs) \
+        if certify else (None, None)
     if out is not None:
         torch.save(model, out)
     return NNIPruneResult(model, masks, sparsity, certified, params_before,
-                          sum(p.numel() for p in model.parameters()), config["speedup"])
+                          sum(p.numel() for p in model.parameters()), config["speedup"],
+                          log_certified, support.head, support.notes)
 
 
 # --------------------------------------------------------------------------- quantization

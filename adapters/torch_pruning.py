@@ -36,7 +36,7 @@ from torch import nn
 
 import pathmetric as pm
 
-__all__ = ["PathMetricImportance", "certified_step", "group_members"]
+__all__ = ["PathMetricImportance", "certified_step", "StepCertificate", "group_members"]
 
 _OPTYPE = tp.ops.OPTYPE
 _PSEUDO_NODES = {_OPTYPE.ELEMENTWISE, _OPTYPE.CONCAT, _OPTYPE.SPLIT, _OPTYPE.RESHAPE,
@@ -311,7 +311,22 @@ def _parameters_per_channel(model, members, channels) -> torch.Tensor:
     return cost.clamp(min=1.0)
 
 
-def certified_step(pruner, example_inputs) -> float:
+class StepCertificate(float):
+    """:func:`certified_step`'s bound, a float, with ``log_certified_bound`` (its natural log,
+    finite where the float overflows: rank steps by it) and ``head`` (``'softmax'`` /
+    ``'log_softmax'`` when the certificate is on the logits before a head set aside, else None)."""
+
+    def __new__(cls, bound: float, log_certified_bound: float, head: str | None):
+        value = super().__new__(cls, bound)
+        value.log_certified_bound = log_certified_bound
+        value.head = head
+        return value
+
+    def __reduce__(self):
+        return StepCertificate, (float(self), self.log_certified_bound, self.head)
+
+
+def certified_step(pruner, example_inputs) -> StepCertificate:
     """Run one step of ``pruner`` (the channels ``pruner.step()`` removes) and certify it.
 
     Returns ``pm.path_metric(theta, theta')`` with ``theta'`` the model with the step's channels
@@ -340,7 +355,8 @@ def certified_step(pruner, example_inputs) -> float:
     names = {module: name for name, module in model.named_modules()}
     members = [m for group in groups for m in group_members(group, names)[0]]
     zeroed = pm.zeroed_members(model, inputs, members)
-    bound = pm.path_metric(model, zeroed, inputs)
+    bound = StepCertificate(*pm.path_metric_with_log(model, zeroed, inputs),
+                            pm.check_support(model, inputs).head)
     for group in groups:
         root = group[0]
         pruner.DG.get_pruning_group(root.dep.target.module, root.dep.handler,

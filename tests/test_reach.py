@@ -143,16 +143,22 @@ def test_treating_relu6_as_relu_would_be_wrong():
 
 @pytest.mark.slow
 def test_torch_pruning_prunes_mobilenet_v2():
-    from pathmetric.adapters.torch_pruning import PathMetricImportance
+    from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
     model = mobilenet_v2()
     shape = model(X32).shape
     convs = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    original = copy.deepcopy(model)
     pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
                                   pruning_ratio=0.4, ignored_layers=[model.classifier[-1]])
-    pruner.step()
+    bound = certified_step(pruner, X32)   # depthwise convolutions zeroed row by row
     assert model(X32).shape == shape
     kept = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
     assert 0.5 * convs <= kept <= 0.7 * convs
+    assert 0 < bound < math.inf
+    for seed in range(3):
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        change = (original(x) - model(x)).abs().sum(1).max().item()
+        assert change <= max(x.abs().max().item(), 1.0) * bound
     assert math.isfinite(pm.log_path_norm(model, X32))
 
 

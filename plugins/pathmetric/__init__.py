@@ -3,7 +3,8 @@ from .calibration import Calibration, Estimate, adversarial_gap, calibrate, esti
 from .capture import check_support
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from .metric import (head_factor, head_output_bound, log_output_bound, log_path_metric,
-                     log_quantization_bound, output_bound, path_metric, quantization_bound)
+                     log_quantization_bound, output_bound, path_metric, path_metric_with_log,
+                     quantization_bound)
 from .norms import log_path_norm, path_norm
 from .prune import PruneResult, prune
 from .quantize import quantize_weights, quantizer
@@ -18,4 +19,4 @@ __all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError
            "head_factor", "head_output_bound", "quantize_weights", "quantizer", "weight_scores", "channel_scores",
            "group_mass", "zeroed_members", "PathMasses", "prunable_layers", "layer_sensitivity", "Sensitivity",
            "mixed_precision_plan", "Plan", "prune", "PruneResult", "random_rescale", "calibrate",
-           "estimate", "Calibration", "Estimate", "adversarial_gap"]
+           "estimate", "Calibration", "Estimate", "adversarial_gap", "path_metric_with_log"]

@@ -172,6 +172,18 @@ class Graph:
                 out[name] = (index, weight, bias.name if isinstance(bias, Param) else None)
         return out
 
+    def refuse_matmul_weights(self, what: str):
+        """Raise for parameters used as ``x @ W`` (rule ``matmul``): they are not in
+        :meth:`layers` (their ``(in, out)`` layout has output channels along dim 1, which the
+        per-channel quantizers and channel scores do not handle), so ``what`` would skip them."""
+        found = [(node.rule, node.module, f"the parameter '{node.args[1].name}' is used as "
+                  f"x @ W, which {what} does not handle (its (in, out) layout); use nn.Linear or "
+                  "F.linear with the weight transposed") for node in self.nodes
+                 if node.rule == "matmul" and isinstance(node.args[1], Param)]
+        if found:
+            raise UnsupportedModelError(
+                f"{what}: {found[0][2]} (in '{found[0][1] or '<model>'}')", found)
+
     def rule_counts(self) -> dict:
         counts: dict = {}
         for node in self.nodes:

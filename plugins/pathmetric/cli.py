@@ -73,6 +73,24 @@ def _emit(args, result: dict, text: str):
           file=_result_stream or sys.stdout, flush=True)
 
 
+def _head_fields(support) -> dict:
+    """The softmax head set aside (None without one) and the notes saying so, for every JSON."""
+    return {"head": support.head, "notes": list(support.notes)}
+
+
+def _head_certificate(model, x, bound: float, out: dict, text: list):
+    """When a log_softmax head was set aside (head factor ``n + 1``), add the certificate on the
+    log-probabilities, ``bound * (n + 1)``, to ``out`` and ``text``."""
+    import pathmetric as pm
+
+    factor = pm.head_factor(model, x)
+    if factor != 1.0:
+        out["head_factor"] = factor
+        out["log_probabilities_certified_bound"] = bound * factor
+        text.append(f"log-probabilities ({out['head']} head): ||log p(x) - log p'(x)||_1 <= "
+                    f"max(||x||_inf, 1) * {bound * factor:.6e} (logits bound x {factor:g})")
+
+
 @contextlib.contextmanager
 def _stdout_for_result_only():
     """With ``--json``: while a command runs, ``print`` goes to stderr and, when stdout is file
@@ -137,7 +155,8 @@ def cmd_report(args) -> int:
         bar.update()
         if not support.ok:
             result = {"model": args.model, "supported": False,
-                      "unsupported": [list(u) for u in support.unsupported]}
+                      "unsupported": [list(u) for u in support.unsupported],
+                      **_head_fields(support)}
             _emit(args, result, str(support))
             return 2
         norms = {str(q): {"value": pm.path_norm(model, x, q=q), "log": pm.log_path_norm(model, x, q=q)}
@@ -157,7 +176,7 @@ def cmd_report(args) -> int:
         from .plots import sensitivity_plot
         sensitivity_plot(sens, args.plot)
     result = {"model": args.model, "input_shape": list(x.shape), "supported": True,
-              "ops": support.ops, "path_norms": norms,
+              "ops": support.ops, **_head_fields(support), "path_norms": norms,
               "sensitivity": [{"layer": l, "bits": b, "path_metric": v} for (l, b), v in sens.items()],
               "generalization": gen, "classical_vs_path": {"change": f"{args.compare_bits}-bit "
                                                            "per-channel quantization of every layer",
@@ -222,7 +241,8 @@ def cmd_prune(args) -> int:
            "log_path_norm_before": pm.log_path_norm(model, x),
            "log_path_norm_after": pm.log_path_norm(result.model, x),
            "classical_log_bound": compare["classical_log_bound"],
-           "log_ratio_classical_vs_path": compare["log_ratio"], "layers": layers, "out": args.out}
+           "log_ratio_classical_vs_path": compare["log_ratio"], "layers": layers, "out": args.out,
+           **_head_fields(pm.check_support(model, x))}
     if args.out:
         torch.save(result.model.state_dict(), args.out)
     text = [_table(["parameter", "shape", "sparsity"],
@@ -234,6 +254,7 @@ def cmd_prune(args) -> int:
             f"classical bound (2205.11874) for the same change, ||x||_inf <= 1: "
             f"{_fmt_log(compare['classical_log_bound'])} "
             f"(10^{compare['log_ratio'] / math.log(10):.1f} x the path-metric one)"]
+    _head_certificate(model, x, result.certified_bound, out, text)
     if args.out:
         text.append(f"pruned state_dict written to {args.out} "
                     f"(reload: --checkpoint {args.out} with model {args.model})")
@@ -252,11 +273,13 @@ def cmd_quant_plan(args) -> int:
                                        scheme=args.scheme, granularity=args.granularity)
         bar.update()
     out = {"model": args.model, "bits": plan.bits, "avg_bits": plan.avg_bits,
-           "certified_bound": plan.certified_bound, "additive_bound": plan.additive_bound}
-    text = (f"certified mixed-precision plan, budget {args.avg_bits} bits/weight, "
+           "certified_bound": plan.certified_bound, "additive_bound": plan.additive_bound,
+           **_head_fields(pm.check_support(model, x))}
+    text = [f"certified mixed-precision plan, budget {args.avg_bits} bits/weight, "
             f"candidates {list(args.bits)}\n{plan}\n"
-            f"=> ||R(x) - R_quantized(x)||_1 <= max(||x||_inf, 1) * {plan.certified_bound:.6e}")
-    _emit(args, out, text)
+            f"=> ||R(x) - R_quantized(x)||_1 <= max(||x||_inf, 1) * {plan.certified_bound:.6e}"]
+    _head_certificate(model, x, plan.certified_bound, out, text)
+    _emit(args, out, "\n".join(text))
     return 0
 
 
@@ -273,7 +296,8 @@ def cmd_nni(args) -> int:
     sparsity = dict(sorted(result.sparsity.items(), key=lambda kv: order.get(kv[0], -1)))
     out = {"model": args.model, "config": args.config, "sparsity": sparsity,
            "certified_bound": result.certified_bound, "params_before": result.params_before,
-           "params_after": result.params_after, "speedup": result.speedup, "out": args.out}
+           "params_after": result.params_after, "speedup": result.speedup, "out": args.out,
+           "head": result.head, "notes": result.notes}
     text = [_table(["module", "weight sparsity"], list(sparsity.items())), "",
             f"parameters {result.params_before} -> {result.params_after}"
             f"{' (NNI ModelSpeedup)' if result.speedup else ' (masked in place)'}",

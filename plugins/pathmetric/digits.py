@@ -199,6 +199,7 @@ def _demo(sparsities, epochs, seed, plot, quiet, avg_bits) -> dict:
     example = torch.zeros(1, 1, 8, 8)
     model = pretrained(data)
     base = accuracy(model, x_test, y_test)
+    support = pm.check_support(model, example)
     rescaled = pm.random_rescale(model, example, seed=seed)
     with torch.no_grad():
         rescale_change = float((model(x_test) - rescaled(x_test)).abs().max())
@@ -273,4 +274,5 @@ def _demo(sparsities, epochs, seed, plot, quiet, avg_bits) -> dict:
         demo_plot(list(sparsities), curves, points, plot, chance=0.1)
         say(f"figure written to {plot}")
     return {"base_accuracy": base, "rescale_max_output_change": rescale_change,
-            "rows": table, "quantization": quant, "plot": plot}
+            "rows": table, "quantization": quant, "plot": plot,
+            "head": support.head, "notes": support.notes}

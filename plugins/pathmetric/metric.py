@@ -105,6 +105,17 @@ def log_path_metric(model: nn.Module, other, example_inputs, precision="float64"
     return log_round_up(parts, error)
 
 
+def path_metric_with_log(model: nn.Module, other, example_inputs,
+                         precision="float64") -> tuple[float, float]:
+    """``(path_metric, log_path_metric)`` from one lifted pass: the float certificate, ``inf``
+    past float64, and its natural log, finite at any depth (rank by the log)."""
+    graph = capture(model, example_inputs)
+    tensors_b = _other_tensors(model, other, example_inputs, graph)
+    parts, error = certified_distance(graph, named_tensors(model), tensors_b,
+                                      _resolve_dtype(precision))
+    return _to_float(parts, error), log_round_up(parts, error)
+
+
 def _sup_norms(inputs) -> torch.Tensor:
     return torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double()
                         for t in inputs]).amax(dim=0)
@@ -154,7 +165,10 @@ def output_bound(model: nn.Module, other, x) -> torch.Tensor:
 
 def layer_weights(model, example_inputs, layers=None) -> dict:
     """``{layer: (weight name, weight)}`` for the conv/linear ``layers`` (default: all)."""
-    table = capture(model, example_inputs).layers()
+    graph = capture(model, example_inputs)
+    if layers is None:   # all layers: x @ W weights would be left out
+        graph.refuse_matmul_weights("weight quantization")
+    table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
     unknown = [name for name in chosen if name not in table]
     if unknown:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .capture import capture
-from .metric import path_metric
+from .metric import path_metric_with_log
 from .scores import PathMasses
 
 
@@ -16,10 +16,12 @@ from .scores import PathMasses
 class PruneResult:
     """``model``: the pruned model (a copy unless ``inplace``); ``masks``: parameter name ->
     boolean keep-mask; ``certified_bound``: the exact path-metric between the original and the
-    pruned model (rounded up), i.e. ``||R(x) - R_pruned(x)||_1 <= max(||x||_inf, 1) * bound``."""
+    pruned model (rounded up), i.e. ``||R(x) - R_pruned(x)||_1 <= max(||x||_inf, 1) * bound``;
+    ``log_certified_bound``: its natural log, finite where the float bound overflows."""
     model: torch.nn.Module
     masks: dict
     certified_bound: float
+    log_certified_bound: float
 
     @property
     def sparsity(self) -> float:
@@ -107,6 +109,8 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=Fa
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     pruned = model if inplace else copy.deepcopy(model)
     graph = capture(pruned, example_inputs)
+    if layers is None:   # all layers: x @ W weights would be left out
+        graph.refuse_matmul_weights("pm.prune")
     table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
     params = dict(pruned.named_parameters())
@@ -135,5 +139,5 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=Fa
                         else mask.reshape(p.shape)
                     masks[name] = full.to(p.device).clone()
                     p.mul_(masks[name])
-    bound = path_metric(pruned, original, example_inputs, precision)
-    return PruneResult(pruned, masks, bound)
+    bound, log_bound = path_metric_with_log(pruned, original, example_inputs, precision)
+    return PruneResult(pruned, masks, bound, log_bound)

@@ -192,7 +192,8 @@ def _in_channel_sums(node, w):
 
 
 def weight_scores(model, example_inputs, relative=False, precision="float64") -> dict:
-    """``{parameter name: |theta_i| * dN/d|theta_i|}`` for every conv/linear weight and bias.
+    """``{parameter name: |theta_i| * dN/d|theta_i|}`` for every conv/linear weight and bias,
+    and every weight ``W`` used as ``x @ W``.
 
     Each entry is the L1 path mass through that coordinate, ``N(theta) - N(theta_i = 0)``;
     ``relative=True`` divides by ``N`` (finite for any depth). One forward and one backward.
@@ -202,12 +203,16 @@ def weight_scores(model, example_inputs, relative=False, precision="float64") ->
     for _, weight, bias in masses.layers.values():
         for name in (weight, bias) if bias else (weight,):
             out[name] = masses.release(name, relative)
+    for node in masses.graph.nodes:   # entrywise masses: the (in, out) layout does not matter
+        if node.rule == "matmul" and isinstance(node.args[1], Param) and node.args[1].name not in out:
+            out[node.args[1].name] = masses.release(node.args[1].name, relative)
     return out
 
 
 def channel_scores(model, example_inputs, relative=False, precision="float64") -> dict:
     """``{layer name: per-output-channel mass}``: the mass removed by deleting an output channel
     of a conv/linear layer together with the BatchNorm channel that directly follows it."""
+    capture(model, example_inputs).refuse_matmul_weights("channel_scores")
     masses = PathMasses(model, example_inputs, precision)
     get = masses.channel_share if relative else lambda name: masses.absolute(masses.channel_share(name))
     return {name: get(name) for name in masses.layers}
