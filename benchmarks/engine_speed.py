@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
-from pathmetric.capture import _CACHE
+from pathmetric.core.capture import _CACHE
 
 
 def best_time(fn, repeat, warmup=0):

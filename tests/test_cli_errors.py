@@ -91,7 +91,7 @@ def test_seed_makes_random_weights_reproducible():
 
 
 def test_every_option_has_help():
-    from pathmetric.cli import parser
+    from pathmetric.app.cli import parser
 
     def walk(p):
         for action in p._actions:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathmetric as pm
-from pathmetric.digits import DigitsCNN, load_digits_tensors, train
+from pathmetric.app.digits import DigitsCNN, load_digits_tensors, train
 
 inc = pytest.importorskip("neural_compressor.torch.quantization")
 from neural_compressor.common.base_tuning import default_sampler  # noqa: E402

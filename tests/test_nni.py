@@ -13,8 +13,8 @@ from nni.common.concrete_trace_utils import concrete_tracer
 from nni.compression.pruning import L1NormPruner
 from nni.compression.speedup import ModelSpeedup
 from pathmetric.adapters import nni as pnni
-from pathmetric import digits
-from pathmetric.digits import DigitsCNN
+from pathmetric.app import digits
+from pathmetric.app.digits import DigitsCNN
 
 logging.getLogger("nni").setLevel(logging.WARNING)
 

@@ -6,11 +6,11 @@ import math
 import torch
 from torch import nn
 
-from .capture import as_tuple, capture
-from .lifted import PairLifting, named_tensors, total_of
+from .core.capture import as_tuple, capture
+from .core.interpreter import PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
 from .quantize import quantize_weights
-from .scaled import scaled_sum, to_float
+from .core.scaled import scaled_sum, to_float
 
 
 def round_up(value: float, relative_error: float) -> float:

@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from .capture import capture
-from .lifted import NormLifting, total_of
+from .core.capture import capture
+from .core.interpreter import NormLifting, total_of
 
 
 def _resolve_dtype(precision) -> torch.dtype:

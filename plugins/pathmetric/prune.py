@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import capture
+from .core.capture import capture
 from .metric import path_metric
 from .scores import PathMasses
 

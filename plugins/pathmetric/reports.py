@@ -1,6 +1,6 @@
 """Reports: generalization bound, classical parameter-Lipschitz bound, symmetry counts.
 
-Every quantity is read off the engine's captured graph (:func:`pathmetric.capture.capture`) and
+Every quantity is read off the engine's captured graph (:func:`pathmetric.core.capture.capture`) and
 computed in log space, so it stays finite for any depth. Bounds for ImageNet-size networks are
 vacuous in absolute terms; they are reported as they are.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils import _pytree as pytree
 
-from .capture import Buffer, Param, Value, as_tuple, capture
+from .core.capture import Buffer, Param, Value, as_tuple, capture
 
 NEURON_LAYERS = {"conv": 1, "conv_transpose": 1, "linear": 1, "batch_norm": 1, "max_pool": 1,
                  "adaptive_max_pool": 1, "avg_pool": 1, "adaptive_avg_pool": 1, "mean": 1,

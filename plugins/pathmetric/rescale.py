@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .capture import Param, Value, _CACHE, capture
+from .core.capture import Param, Value, _CACHE, capture
 
 # Ops a rescaled channel may cross on its way to the next layer: positively homogeneous and
 # channel-preserving. Clipped activations (relu6, hardtanh, clamp, hardsigmoid) are not: their

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from .capture import Param, Value, capture
+from .core.capture import Param, Value, capture
 from .errors import UnsupportedModelError
-from .lifted import NormLifting, PairLifting, named_tensors, total_of
+from .core.interpreter import NormLifting, PairLifting, named_tensors, total_of
 from .norms import _resolve_dtype
-from .scaled import times_pow2, to_float
+from .core.scaled import times_pow2, to_float
 
 
 def _check_unshared(graph):

@@ -129,7 +129,7 @@ def quantized_change(model, example_inputs, bits: int) -> dict:
 
 def cmd_report(args) -> int:
     import pathmetric as pm
-    from . import reports
+    from .. import reports
 
     model, x = _load(args)
     with _progress(6, "report", args.json) as bar:
@@ -204,7 +204,7 @@ def _fmt_log(log_value: float) -> str:
 
 def cmd_prune(args) -> int:
     import pathmetric as pm
-    from . import reports
+    from .. import reports
 
     model, x = _load(args)
     with _progress(2, "prune", args.json) as bar:

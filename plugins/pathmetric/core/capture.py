@@ -39,7 +39,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from . import rules
-from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
+from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -631,7 +631,7 @@ def _evaluate_once(graph, model, report):
     """Run the lifted network once, so that ``check_support`` and every computation share one
     decision: whatever a rule refuses (PReLU slopes outside [0, 1], ...) or cannot evaluate is
     reported here, at capture, with its op and module."""
-    from .lifted import NormLifting  # lifted builds on capture; issue 14 layers them in core/
+    from .interpreter import NormLifting  # lifted builds on capture; issue 14 layers them in core/
     ev = NormLifting(graph, model)
     try:
         with torch.no_grad():

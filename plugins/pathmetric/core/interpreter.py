@@ -10,7 +10,7 @@ Two evaluations share the rules:
   through ``A' = U A``, ``D' = (U - L) A + L D`` for parametrised maps and ``op(.)`` for fixed ones,
   so the sum of the ``D`` outputs is ``N(U) - N(L)`` without cancellation.
 
-Every lifted value is a tuple of :class:`~pathmetric.scaled.Scaled` components (one or two).
+Every lifted value is a tuple of :class:`~pathmetric.core.scaled.Scaled` components (one or two).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 
 from . import rules
 from .capture import Buffer, Derived, Graph, Param, Value
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
                      scaled_total)
 
