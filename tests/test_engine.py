@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
-from pathmetric.core import capture as capture_module
+from pathmetric.core import support as capture_module
 from conftest import model_state, same_state
 
 X64 = torch.zeros(1, 3, 64, 64)

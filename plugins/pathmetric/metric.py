@@ -6,9 +6,9 @@ import math
 import torch
 from torch import nn
 
-from .core.capture import as_tuple, capture
-from .core.interpreter import PairLifting, named_tensors, total_of
-from .norms import _resolve_dtype
+from .core.capture import as_tuple
+from .core.support import capture
+from .core.interpreter import PairLifting, named_tensors, precision_dtype, total_of
 from .quantize import quantize_weights
 from .core.scaled import scaled_sum, to_float
 
@@ -81,7 +81,7 @@ def path_metric(model: nn.Module, other, example_inputs, precision="float64") ->
     graph = capture(model, example_inputs)
     tensors_b = _other_tensors(model, other, example_inputs, graph)
     parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      _resolve_dtype(precision))
+                                      precision_dtype(precision))
     return _to_float(parts, error)
 
 
@@ -101,7 +101,7 @@ def log_path_metric(model: nn.Module, other, example_inputs, precision="float64"
     graph = capture(model, example_inputs)
     tensors_b = _other_tensors(model, other, example_inputs, graph)
     parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      _resolve_dtype(precision))
+                                      precision_dtype(precision))
     return log_round_up(parts, error)
 
 

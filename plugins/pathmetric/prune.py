@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .core.capture import capture
+from .core.support import capture
 from .metric import path_metric
 from .scores import PathMasses
 

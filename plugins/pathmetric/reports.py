@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils import _pytree as pytree
 
-from .core.capture import Buffer, Param, Value, as_tuple, capture
+from .core.capture import as_tuple
+from .core.ir import Buffer, Param, Value
+from .core.support import capture
 
 NEURON_LAYERS = {"conv": 1, "conv_transpose": 1, "linear": 1, "batch_norm": 1, "max_pool": 1,
                  "adaptive_max_pool": 1, "avg_pool": 1, "adaptive_avg_pool": 1, "mean": 1,

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from .core.capture import Param, Value, _CACHE, capture
+from .core.ir import Param, Value
+from .core.support import cached_graph, capture
 
 # Ops a rescaled channel may cross on its way to the next layer: positively homogeneous and
 # channel-preserving. Clipped activations (relu6, hardtanh, clamp, hardsigmoid) are not: their
@@ -93,10 +94,9 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
     is reused).
     """
     if example_inputs is None:
-        cached = _CACHE.get(model)
-        if not cached:
+        graph = cached_graph(model)
+        if graph is None:
             raise ValueError("pass example_inputs: the model has not been captured yet")
-        graph = next(iter(cached.values()))
     else:
         graph = capture(model, example_inputs)
     if graph.shared_parameters():

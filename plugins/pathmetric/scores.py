@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from .core.capture import Param, Value, capture
+from .core.ir import Param, Value
+from .core.support import capture
 from .errors import UnsupportedModelError
-from .core.interpreter import NormLifting, PairLifting, named_tensors, total_of
-from .norms import _resolve_dtype
+from .core.interpreter import NormLifting, PairLifting, named_tensors, precision_dtype, total_of
 from .core.scaled import times_pow2, to_float
 
 
@@ -37,7 +37,7 @@ class PathMasses:
     def __init__(self, model, example_inputs, precision="float64", overrides=None):
         self.graph = capture(model, example_inputs)
         _check_unshared(self.graph)
-        ev = NormLifting(self.graph, model, q=1.0, dtype=_resolve_dtype(precision),
+        ev = NormLifting(self.graph, model, q=1.0, dtype=precision_dtype(precision),
                          overrides=overrides, track=True)
         self.layers = self.graph.layers()
         outputs_nodes = {v.node for v in self.graph.outputs}
@@ -285,7 +285,7 @@ def group_mass(model, example_inputs, members, num_channels, exact=False, relati
     if exact:
         graph = capture(model, example_inputs)
         base = named_tensors(model)
-        dtype = _resolve_dtype(precision)
+        dtype = precision_dtype(precision)
         out = torch.zeros(num_channels, dtype=torch.float64)
         for root in range(num_channels):
             tensors_b = dict(base)

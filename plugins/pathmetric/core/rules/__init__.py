@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
+from ..ir import Buffer, Param, Value
+from ..scaled import Scaled
+
 Tensor = torch.Tensor
 
 
@@ -88,13 +91,11 @@ def _const(value):
 
 
 def _lifted(x) -> bool:
-    from ..capture import Value
     return isinstance(x, Value)
 
 
 def _activation(x) -> bool:
     """At evaluation: whether ``x`` is a lifted value (a tuple of scaled tensors)."""
-    from ..scaled import Scaled
     return isinstance(x, tuple) and bool(x) and isinstance(x[0], Scaled)
 
 
@@ -339,7 +340,6 @@ def _with_bias(ev, y, bias, channel_dim, ndim):
 
 def _check_param(name):
     def check(x, weight, *args, **kwargs):
-        from ..capture import Buffer, Param
         if not isinstance(weight, (Param, Buffer, Tensor)):
             return f"{name} weight must be a parameter, a buffer or a constant tensor"
         return None
@@ -549,7 +549,6 @@ def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
 # ---------------------------------------------------------------- sums of activations
 
 def _check_add(x, y=None, *args, alpha=1, **kwargs):
-    from ..capture import Buffer, Param
     for operand in (x, y):
         if not (_lifted(operand) or isinstance(operand, (Tensor, Param, Buffer)) or
                 isinstance(operand, (int, float)) and math.isfinite(operand)):
@@ -600,7 +599,6 @@ def _check_scale(x, y, *args, **kwargs):
 
 
 def _check_div(x, y, *args, **kwargs):
-    from ..capture import Buffer
     if not (_const(y) or isinstance(y, Buffer)):
         return "dividing by an activation or a parameter is not in the path-lifting model"
     return None
@@ -611,7 +609,6 @@ def _check_div(x, y, *args, **kwargs):
 def mul(ev, x, y, *, func=None):
     """Multiplication by a parameter ``p`` (a learnt scale, coefficients ``|p|^q``) or by a
     constant ``c`` (number or tensor, coefficients ``|c|^q``)."""
-    from ..capture import Buffer, Param
     if _const(x) or isinstance(x, (Param, Buffer)):
         x, y = y, x
     ev.terms(1)
@@ -625,7 +622,6 @@ def mul(ev, x, y, *, func=None):
       check=_check_div)
 def div(ev, x, y, *, rounding_mode=None, func=None):
     """Division by a constant ``c``: coefficients ``|1/c|^q``."""
-    from ..capture import Buffer
     if rounding_mode is not None:
         raise ev.unsupported("rounded division is not linear")
     if isinstance(y, Buffer):  # coefficients 1/c read from the buffers of the model evaluated
@@ -639,13 +635,11 @@ def div(ev, x, y, *, rounding_mode=None, func=None):
 def _blocks(ev, tensors):
     """Lifted values as they are; a constant, buffer or buffer-derived block is a set of neurons
     holding fixed values ``c`` (paths start there, like at a bias: lifted ``|c|^q``)."""
-    from ..capture import Buffer
     return [ev.bias(ev.param(None, t), lambda p: p) if isinstance(t, (Tensor, Buffer)) else t
             for t in tensors]
 
 
 def _check_matmul(x, other, *args, **kwargs):
-    from ..capture import Buffer, Param
     if not (_lifted(x) and isinstance(other, (Param, Buffer, Tensor)) and not _lifted(other)):
         return "a product of two activations (or a parameter on the left) is not supported"
     return None
@@ -824,7 +818,6 @@ def set_aside_head(nodes, outputs):
     dimension (dim 1) read by nothing else, return ``(logits, kind, [])``: the analysed outputs,
     and 'softmax', 'log_softmax' or both joined by '+'. Otherwise ``(outputs, None, refused)``
     with the refused softmax nodes as ``[(index, reason)]``."""
-    from ..capture import Value
     read = {ref.node for node in nodes for ref in pytree.tree_leaves((node.args, node.kwargs))
             if _lifted(ref)}
     heads = [v for v in outputs if nodes[v.node].rule == "softmax_head"]
