@@ -271,6 +271,10 @@ class _Recorder(TorchFunctionMode):
             return out
         enc_args, enc_kwargs = pytree.tree_map(self.encode, (tuple(args), dict(kwargs)))
         problem = rule.check(*enc_args, **enc_kwargs) if rule.check else None
+        try:
+            roles = rule.bind(enc_args, enc_kwargs)
+        except TypeError as exc:
+            problem = problem or f"its arguments do not match the rule {rule.name}: {exc}"
         if problem:
             self.refuse(name, problem, out)
             return out
@@ -291,7 +295,7 @@ class _Recorder(TorchFunctionMode):
             return out
         self.stale.pop(id(written), None)
         self.nodes.append(Node(rule.name, func, enc_args, enc_kwargs, path, module_type, shape,
-                               inplace=written is not None))
+                               inplace=written is not None, roles=roles))
         return out
 
 

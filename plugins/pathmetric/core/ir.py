@@ -49,6 +49,7 @@ class Node:
     module_type: str
     shape: object      # output shape, or tuple of shapes for multi-output ops
     inplace: bool = False  # the call writes into its first argument
+    roles: dict = field(default_factory=dict)  # arguments bound to the rule's names, at capture
     _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def call(self, resolve):
@@ -117,6 +118,11 @@ class Graph:
                 if isinstance(r, Buffer) and not isinstance(r, Derived)))
         return self._buffer_names
 
+    def shape_of(self, value: "Value") -> tuple:
+        """The shape of ``value`` (one output of a multi-output node, if ``value.item``)."""
+        shape = self.nodes[value.node].shape
+        return tuple(shape if value.item is None else shape[value.item])
+
     def shared_parameters(self) -> list:
         return sorted(name for name, count in self.uses.items() if count > 1)
 
@@ -137,9 +143,10 @@ class Graph:
         """
         out = {}
         for index, node in enumerate(self.nodes):
-            if node.rule in ("conv", "conv_transpose", "linear") and isinstance(node.args[1], Param):
-                weight = node.args[1].name
-                bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            if node.rule in ("conv", "conv_transpose", "linear") and \
+                    isinstance(node.roles["weight"], Param):
+                weight = node.roles["weight"].name
+                bias = node.roles["bias"]
                 name = weight[:-len(".weight")] if weight.endswith(".weight") else weight
                 out[name] = (index, weight, bias.name if isinstance(bias, Param) else None)
         return out
