@@ -24,8 +24,7 @@ def throwaway_rule():
     def throwaway(ev, x, lambd=0.5, *, func=None):
         return x
     yield "throwaway_op"
-    del rules.RULES["throwaway_op"]
-    del rules._BY_FUNC[func]
+    rules.unregister("throwaway_op")
 
 
 def _model():

@@ -27,7 +27,7 @@ from torch.utils import _pytree as pytree
 
 from .core.capture import as_tuple
 from .core.ir import Buffer, Param, Value
-from .core.rules import RULES, fact
+from .core.rules import RULES, batch_norm_scale, batch_norm_shift, fact
 from .core.support import capture
 
 def _value_inputs(node) -> list:
@@ -179,13 +179,10 @@ def _layers(graph, named) -> list:
         if node.rule != "batch_norm":
             continue
         bn = node.roles
-        var = _resolve(bn["running_var"], named)
-        s = 1.0 / torch.sqrt(var + bn.get("eps", 1e-5))
-        if bn.get("weight") is not None:
-            s = s * _resolve(bn["weight"], named)
-        t = -_resolve(bn["running_mean"], named) * s
-        if bn.get("bias") is not None:
-            t = t + _resolve(bn["bias"], named)
+        var, gamma = _resolve(bn["running_var"], named), _resolve(bn["weight"], named)
+        s = batch_norm_scale(var, gamma, bn["eps"])
+        t = batch_norm_shift(_resolve(bn["running_mean"], named), var, gamma,
+                             _resolve(bn["bias"], named), bn["eps"])
         source = bn["x"].node
         if graph.nodes[source].rule in ("conv", "linear") and consumers.get(source) == [j]:
             folded[source] = (s, t)

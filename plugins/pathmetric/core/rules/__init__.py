@@ -1,8 +1,8 @@
-"""Rules: one per op, the op's image in the lifted network (DESIGN.md section 1).
+"""Rules: one per op, with every fact about it (DESIGN.md sections 1 and 2; see :class:`Rule`).
 
 A rule receives the evaluation context ``ev`` and the op's arguments, where every input-dependent
 tensor has become a lifted value and every parameter or buffer a reference. It builds the lifted op
-from the primitives of ``ev`` (see ``lifted.Lifting``), so the same rule serves the L_q path-norm
+from the primitives of ``ev`` (see :class:`pathmetric.core.interpreter.Lifting`), so the same rule serves the L_q path-norm
 pass and the (A, D) path-metric pass:
 
 - ``ev.fixed(x, fn)``: a fixed map whose coefficients are already lifted (``|c|**q``),
@@ -117,6 +117,13 @@ def fact(node, name: str, what: str):
             f"{node.rule} in '{node.module or '<model>'}': {why}; add it to the rule "
             "(pathmetric/core/rules)", [(node.rule, node.module, why)])
     return value
+
+
+def unregister(name):
+    """Remove the rule ``name`` and its functions from the registry."""
+    entry = RULES.pop(name)
+    for f in entry.funcs:
+        _BY_FUNC.pop(f, None)
 
 
 def lookup(func):
@@ -507,6 +514,18 @@ def _check_batch_norm(x, running_mean=None, running_var=None, weight=None, bias=
     return None
 
 
+def batch_norm_scale(var, gamma=None, eps=1e-5):
+    """The weight ``s = gamma / sqrt(var + eps)`` of a frozen BatchNorm's identity neurons."""
+    root = torch.sqrt(var + eps)
+    return root.reciprocal() if gamma is None else gamma / root
+
+
+def batch_norm_shift(mean, var, gamma=None, beta=None, eps=1e-5):
+    """The bias ``t = beta - mean * s`` of a frozen BatchNorm's identity neurons."""
+    t = -mean * batch_norm_scale(var, gamma, eps)
+    return t if beta is None else beta + t
+
+
 @rule("batch_norm", F.batch_norm, F.instance_norm, check=_check_batch_norm,
       layers=1, max_pool=0, affine=False, weighted=True,
       homogeneous=False, channels="preserve", transforms_through=False)
@@ -515,13 +534,11 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
     """Frozen BatchNorm (and InstanceNorm with running statistics in eval mode, the same map):
     identity neurons with weight ``s = gamma / sqrt(var + eps)`` and bias
     ``t = beta - mean * s``, lifted to ``|s|^q`` and ``|t|^q`` (running statistics always)."""
-    def scale(var, gamma=None, *_):
-        root = torch.sqrt(var + eps)
-        return root.reciprocal() if gamma is None else gamma / root
+    def scale(var, gamma=None):
+        return batch_norm_scale(var, gamma, eps)
 
     def shift(mean, var, gamma=None, beta=None):
-        t = -mean * scale(var, gamma)
-        return t if beta is None else beta + t
+        return batch_norm_shift(mean, var, gamma, beta, eps)
 
     s = ev.param(scale, running_var, *([weight] if weight is not None else []))
     refs = [running_mean, running_var] + [r for r in (weight, bias) if r is not None]
