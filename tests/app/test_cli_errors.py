@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMMAND = str(Path(sys.executable).parent / "pathmetric")
 SMALL = ["--input-shape", "1,3,32,32"]
 

@@ -16,7 +16,7 @@ from pathmetric import reports
 from pathmetric.app import models
 from pathmetric.app.cli import main, quantized_change
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPE = "1,3,32,32"
 X = torch.zeros(1, 3, 32, 32)
 
