@@ -23,8 +23,8 @@ import torchvision
 
 import pathmetric as pm
 from pathmetric import reports
-from pathmetric.cli import quantized_change
-from pathmetric.digits import pretrained
+from pathmetric.app.cli import quantized_change
+from pathmetric.app.digits import pretrained
 
 
 def changes(model, x, prune):

@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
-from pathmetric.capture import _CACHE
+from pathmetric.core.support import forget
 
 
 def best_time(fn, repeat, warmup=0):
@@ -104,8 +104,8 @@ def measure(model, x, size, repeat):
     fwd_bwd = best_time(forward_backward, repeat)
     model.zero_grad(set_to_none=True)
 
-    _CACHE.pop(model, None)
-    cold = best_time(lambda: (_CACHE.pop(model, None), pm.path_norm(model, x)), 1)
+    forget(model)
+    cold = best_time(lambda: (forget(model), pm.path_norm(model, x)), 1)
     warm64 = best_time(lambda: pm.path_norm(model, x), repeat)
     warm32 = best_time(lambda: pm.path_norm(model, x, precision="float32"), repeat)
     naive = best_time(lambda: naive_path_norm(model, size), repeat)

@@ -1,5 +1,5 @@
 """Shared pieces of the evidence benchmarks (pruning curves, quantization ranking, certificate
-tightness) on real data shipped with scikit-learn: the digits CNN of :mod:`pathmetric.digits`, and
+tightness) on real data shipped with scikit-learn: the digits CNN of :mod:`pathmetric.app.digits`, and
 a small MLP on the breast-cancer table.
 
 Baselines are written here, not in the engine, and computed as their authors do:
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathmetric as pm
-from pathmetric import calibration, digits
+from pathmetric import calibration
+from pathmetric.app import digits
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,7 +70,7 @@ def load_breast_cancer_tensors(seed: int = 0, test_fraction: float = 0.25):
     return x[~test], y[~test], x[test], y[test]
 
 
-DATASETS = {"digits": "digits CNN (pathmetric.digits.pretrained, 8x8 images)",
+DATASETS = {"digits": "digits CNN (pathmetric.app.digits.pretrained, 8x8 images)",
             "breast_cancer": "breast-cancer MLP (30-64-64-32-2, trained here: 60 epochs, seed 0)"}
 
 

@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 import pathmetric as pm
-from pathmetric import digits
+from pathmetric.app import digits
 from pathmetric.adapters.nni import pruner_from_config
 
 logging.getLogger("nni").setLevel(logging.WARNING)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pathmetric as pm
-from pathmetric import digits
+from pathmetric.app import digits
 
 import evidence_common as ec
 

@@ -27,7 +27,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from pathmetric import digits
+from pathmetric.app import digits
 from pathmetric.adapters.torch_pruning import PathMetricImportance
 
 CHOICES = {

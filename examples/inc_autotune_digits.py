@@ -23,7 +23,7 @@ from torch import nn
 import pathmetric as pm
 from pathmetric.adapters.neural_compressor import (
     PathMetricConfig, path_metric_config_set, path_metric_sampler, storage_bits, quantization_bound, simulate_weights)
-from pathmetric.digits import load_digits_tensors, train
+from pathmetric.app.digits import load_digits_tensors, train
 from neural_compressor.common.base_tuning import default_sampler
 from neural_compressor.torch.export import export
 from neural_compressor.torch.quantization import INT8StaticQuantConfig, RTNConfig, TuningConfig, autotune

@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 import pathmetric as pm
-from pathmetric import digits
+from pathmetric.app import digits
 from pathmetric.adapters.nni import (load_config, prune_from_config,
                                      quantization_bound_from_config, quantized_parameters)
 

@@ -1,6 +1,6 @@
 """pathmetric: path-metrics of ReLU networks for pruning and quantization (see DESIGN.md)."""
 from .calibration import Calibration, Estimate, adversarial_gap, calibrate, estimate
-from .capture import check_support
+from .core.support import check_support
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from .metric import (head_factor, head_output_bound, log_output_bound, log_path_metric,
                      log_quantization_bound, output_bound, path_metric, path_metric_with_log,

@@ -6,11 +6,11 @@ import math
 import torch
 from torch import nn
 
-from .capture import as_tuple, capture
-from .lifted import PairLifting, named_tensors, total_of
-from .norms import _resolve_dtype
+from .core.capture import as_tuple
+from .core.support import capture
+from .core.interpreter import PairLifting, named_tensors, precision_dtype, total_of
 from .quantize import quantize_weights
-from .scaled import scaled_sum, to_float
+from .core.scaled import scaled_sum, to_float
 
 
 def round_up(value: float, relative_error: float) -> float:
@@ -81,7 +81,7 @@ def path_metric(model: nn.Module, other, example_inputs, precision="float64") ->
     graph = capture(model, example_inputs)
     tensors_b = _other_tensors(model, other, example_inputs, graph)
     parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      _resolve_dtype(precision))
+                                      precision_dtype(precision))
     return _to_float(parts, error)
 
 
@@ -101,7 +101,7 @@ def log_path_metric(model: nn.Module, other, example_inputs, precision="float64"
     graph = capture(model, example_inputs)
     tensors_b = _other_tensors(model, other, example_inputs, graph)
     parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      _resolve_dtype(precision))
+                                      precision_dtype(precision))
     return log_round_up(parts, error)
 
 
@@ -112,7 +112,7 @@ def path_metric_with_log(model: nn.Module, other, example_inputs,
     graph = capture(model, example_inputs)
     tensors_b = _other_tensors(model, other, example_inputs, graph)
     parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      _resolve_dtype(precision))
+                                      precision_dtype(precision))
     return _to_float(parts, error), log_round_up(parts, error)
 
 

@@ -5,16 +5,8 @@ import math
 
 import torch
 
-from .capture import capture
-from .lifted import NormLifting, total_of
-
-
-def _resolve_dtype(precision) -> torch.dtype:
-    if precision in ("float64", torch.float64, "double"):
-        return torch.float64
-    if precision in ("float32", torch.float32, "float"):
-        return torch.float32
-    raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+from .core.support import capture
+from .core.interpreter import NormLifting, precision_dtype, total_of
 
 
 def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=None):
@@ -26,7 +18,7 @@ def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=Non
                          "max-product pass that is not implemented; use a large finite q (the "
                          "L_q path-norm tends to it as q grows)")
     graph = capture(model, example_inputs)
-    ev = NormLifting(graph, model, q=q, dtype=_resolve_dtype(precision), overrides=overrides)
+    ev = NormLifting(graph, model, q=q, dtype=precision_dtype(precision), overrides=overrides)
     with torch.no_grad():
         outputs, _ = ev.run()
     return total_of(outputs)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import capture
+from .core.support import capture
 from .metric import path_metric_with_log
 from .scores import PathMasses
 

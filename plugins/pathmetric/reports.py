@@ -1,6 +1,6 @@
 """Reports: generalization bound, classical parameter-Lipschitz bound, symmetry counts.
 
-Every quantity is read off the engine's captured graph (:func:`pathmetric.capture.capture`) and
+Every quantity is read off the engine's captured graph (:func:`pathmetric.core.capture.capture`) and
 computed in log space, so it stays finite for any depth. Bounds for ImageNet-size networks are
 vacuous in absolute terms; they are reported as they are.
 
@@ -25,47 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils import _pytree as pytree
 
-from .capture import Buffer, Param, Value, as_tuple, capture
-
-NEURON_LAYERS = {"conv": 1, "conv_transpose": 1, "linear": 1, "batch_norm": 1, "max_pool": 1,
-                 "adaptive_max_pool": 1, "avg_pool": 1, "adaptive_avg_pool": 1, "mean": 1,
-                 "sum": 1, "add": 1, "sub": 1, "interpolate": 1, "upsample_linear": 1,
-                 "leaky_relu": 2, "prelu": 2, "rrelu": 2, "relu6": 2, "hardtanh": 2, "clamp": 2,
-                 "clamp_min": 2, "clamp_max": 2, "hardsigmoid": 2, "abs": 2, "maximum": 1,
-                 "minimum": 2, "max": 1, "min": 2, "matmul": 1}
-MAX_POOLING = {"max_pool", "adaptive_max_pool", "leaky_relu", "prelu", "rrelu", "maximum",
-               "minimum", "max", "min"}
-AFFINE = {"conv", "conv_transpose", "linear", "matmul"}
-
-# argument names of the functional forms, to read positional or keyword arguments alike
-_SIGNATURES = {
-    "conv": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
-    "conv_transpose": ("input", "weight", "bias", "stride", "padding", "output_padding", "groups"),
-    "linear": ("input", "weight", "bias"),
-    "matmul": ("input", "weight"),
-    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training",
-                   "momentum", "eps"),
-    "max_pool": ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-    "adaptive_max_pool": ("input", "output_size"),
-    "mean": ("input", "dim", "keepdim"),
-    "sum": ("input", "dim", "keepdim"),
-}
-
-
-def _bind(node) -> dict:
-    names = _SIGNATURES[node.rule]
-    bound = dict(zip(names, node.args))
-    bound.update(node.kwargs)
-    return bound
-
+from .core.capture import as_tuple
+from .core.ir import Buffer, Param, Value
+from .core.rules import RULES, batch_norm_scale, batch_norm_shift, fact
+from .core.support import capture
 
 def _value_inputs(node) -> list:
     return [v.node for v in pytree.tree_leaves((node.args, node.kwargs)) if isinstance(v, Value)]
-
-
-def _shape(graph, value: Value):
-    shape = graph.nodes[value.node].shape
-    return tuple(shape if value.item is None else shape[value.item])
 
 
 # --------------------------------------------------------------------------- graph facts
@@ -91,31 +57,6 @@ class GraphFacts:
     width: int
 
 
-def _pool_kernel(graph, node) -> int:
-    """Largest number of inputs of one max-pooling neuron of ``node``."""
-    if node.rule in ("leaky_relu", "prelu", "rrelu", "maximum", "minimum"):
-        return 2
-    if node.rule in ("max", "min"):
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if isinstance(dim, Value):
-            return 2
-        shape = _shape(graph, node.args[0])
-        dims = range(len(shape)) if dim is None or dim == () else \
-            (dim if isinstance(dim, (tuple, list)) else (dim,))
-        return math.prod(shape[d] for d in dims)
-    bound = _bind(node)
-    spatial_in = _shape(graph, bound["input"])[2:]
-    if node.rule == "max_pool":
-        kernel = bound["kernel_size"]
-        kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,) * len(spatial_in)
-        return math.prod(min(k, n) for k, n in zip(kernel, spatial_in))
-    spatial_out = node.shape[0][2:] if isinstance(node.shape[0], tuple) else node.shape[2:]
-    size = 1
-    for n_in, n_out in zip(spatial_in, spatial_out):
-        size *= max(-(-(i + 1) * n_in // n_out) - (i * n_in // n_out) for i in range(n_out))
-    return size
-
-
 def graph_facts(model, example_inputs) -> GraphFacts:
     """Read D, P, K, M, d_in, d_out (and affine depth, width) off the captured graph."""
     graph = capture(model, example_inputs)
@@ -124,20 +65,27 @@ def graph_facts(model, example_inputs) -> GraphFacts:
     for node in graph.nodes:
         ins = _value_inputs(node)
         before = lambda values: max((values[i] for i in ins), default=0)  # noqa: E731
-        depth.append(before(depth) + NEURON_LAYERS.get(node.rule, 0))
-        pools.append(before(pools) + (node.rule in MAX_POOLING))
-        affine.append(before(affine) + (node.rule in AFFINE))
-        if node.rule in MAX_POOLING:
+        if node.rule == "input":
+            layers, pooling, is_affine, weighted = 0, 0, False, True
+        else:
+            layers = fact(node, "layers", "the neuron layers it adds")
+            pooling = RULES[node.rule].max_pool_kernel(graph, node)
+            is_affine = fact(node, "affine", "whether it is a conv/linear-like layer")
+            weighted = fact(node, "weighted", "whether its neurons have their own weights")
+        depth.append(before(depth) + layers)
+        pools.append(before(pools) + (pooling > 0))
+        affine.append(before(affine) + is_affine)
+        if pooling:
             kinds.add(1)  # every supported max-pooling op is a 1-max-pooling (k = 1)
-            kernel = max(kernel, _pool_kernel(graph, node))
-        if node.rule in AFFINE | {"batch_norm", "input"}:
+            kernel = max(kernel, pooling)
+        if is_affine or weighted:
             width = max(width, math.prod(node.shape[1:]))
     outs = [v.node for v in graph.outputs]
     return GraphFacts(
         depth=max(depth[i] for i in outs), pool_types=len(kinds), kernel=kernel,
         max_pools_on_path=max(pools[i] for i in outs),
         d_in=sum(math.prod(s[1:]) for s in graph.input_shapes),
-        d_out=sum(math.prod(_shape(graph, v)[1:]) for v in graph.outputs),
+        d_out=sum(math.prod(graph.shape_of(v)[1:]) for v in graph.outputs),
         affine_depth=max(affine[i] for i in outs), width=width)
 
 
@@ -230,23 +178,20 @@ def _layers(graph, named) -> list:
     for j, node in enumerate(graph.nodes):
         if node.rule != "batch_norm":
             continue
-        bn = _bind(node)
-        var = _resolve(bn["running_var"], named)
-        s = 1.0 / torch.sqrt(var + bn.get("eps", 1e-5))
-        if bn.get("weight") is not None:
-            s = s * _resolve(bn["weight"], named)
-        t = -_resolve(bn["running_mean"], named) * s
-        if bn.get("bias") is not None:
-            t = t + _resolve(bn["bias"], named)
-        source = bn["input"].node
+        bn = node.roles
+        var, gamma = _resolve(bn["running_var"], named), _resolve(bn["weight"], named)
+        s = batch_norm_scale(var, gamma, bn["eps"])
+        t = batch_norm_shift(_resolve(bn["running_mean"], named), var, gamma,
+                             _resolve(bn["bias"], named), bn["eps"])
+        source = bn["x"].node
         if graph.nodes[source].rule in ("conv", "linear") and consumers.get(source) == [j]:
             folded[source] = (s, t)
         else:
             layers.append((s.reshape(-1, 1), t))
     for i, node in enumerate(graph.nodes):
-        if node.rule not in AFFINE:
+        if node.rule == "input" or not fact(node, "affine", "whether it is a conv/linear-like layer"):
             continue
-        bound = _bind(node)
+        bound = node.roles
         w = _resolve(bound["weight"], named)
         if node.rule in ("conv_transpose", "matmul"):  # input channels first -> output first
             w = w.transpose(0, 1)
@@ -318,12 +263,6 @@ def classical_vs_path(model, other, example_inputs, input_bound=1.0) -> dict:
 
 # --------------------------------------------------------------------------- symmetries
 
-PASS_THROUGH = {"relu", "dropout", "max_pool", "adaptive_max_pool", "avg_pool",
-                "adaptive_avg_pool", "pad", "interpolate", "upsample_linear", "cast",
-                "rearrange", "mul", "div", "neg", "leaky_relu", "prelu", "rrelu", "threshold",
-                "abs"}
-
-
 def _channel_groups(graph, bn_diagonal: bool) -> list:
     """Channel counts of the groups of hidden channels that can be transformed jointly.
 
@@ -354,17 +293,19 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
         rule = node.rule
         if rule == "input":
             new(i, None, False)
-        elif rule in AFFINE or rule == "batch_norm" and not bn_diagonal:
+        elif fact(node, "affine", "whether it is a conv/linear-like layer") or \
+                rule == "batch_norm" and not bn_diagonal:
             count = node.shape[-1] if rule in ("linear", "matmul") else node.shape[1]
-            groups = _bind(node).get("groups", 1) if rule in ("conv", "conv_transpose") else 1
-            in_count = _shape(graph, _bind(node)["input"])[1] if groups != 1 else None
+            groups = node.roles.get("groups", 1)
+            in_count = graph.shape_of(node.roles["x"])[1] if groups != 1 else None
             if groups != 1 and bn_diagonal and groups == count == in_count:
                 space[i] = ins[0]            # depthwise: a diagonal map of channels
             else:
                 new(i, count, True)
                 if groups != 1 and bn_diagonal:
                     bad.update((find(ins[0]), i))  # grouped: permutations only within groups
-        elif rule in PASS_THROUGH or rule == "batch_norm":
+        elif rule == "batch_norm" or fact(node, "transforms_through",
+                                          "whether channel transforms pass through it"):
             space[i] = ins[0]
         elif rule in ("add", "sub"):
             root = find(ins[0])
@@ -374,7 +315,8 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
                     parent[other] = root
                     parametrised[root] = parametrised[root] and parametrised[other]
             space[i] = root
-        elif rule in ("mean", "sum") and _keeps_channels(_bind(node), len(_shape(graph, _bind(node)["input"]))):
+        elif rule in ("mean", "sum") and _keeps_channels(node.roles["dim"],
+                                                          len(graph.shape_of(node.roles["x"]))):
             space[i] = ins[0]
         else:                                 # cat, stack, reductions over channels
             new(i, None, False)
@@ -396,8 +338,8 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
     return [channels[r] for r in sorted(roots) if r not in bad and parametrised[r]]
 
 
-def _keeps_channels(bound, ndim) -> bool:
-    dim = bound.get("dim")
+def _keeps_channels(dim, ndim) -> bool:
+    """Whether a reduction over ``dim`` of an ``ndim``-dimensional tensor keeps dim 1."""
     if dim is None:
         return False
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)

@@ -11,21 +11,15 @@ import math
 
 import torch
 
-from .capture import Param, Value, _CACHE, capture
-
-# Ops a rescaled channel may cross on its way to the next layer: positively homogeneous and
-# channel-preserving. Clipped activations (relu6, hardtanh, clamp, hardsigmoid) are not: their
-# biases do not scale, so no channel is rescaled across them.
-_HOMOGENEOUS = {"relu", "leaky_relu", "max_pool", "adaptive_max_pool", "avg_pool",
-                "adaptive_avg_pool", "dropout", "cast", "interpolate", "threshold", "rrelu",
-                "abs"}
-
+from .core.ir import Param, Value
+from .core.rules import fact
+from .core.support import cached_graph, capture
 
 def _flatten_factor(graph, index, node):
     """Entries per channel when ``node`` flattens a (1, C, ...) tensor to (1, C * ...), else None."""
     if node.rule != "rearrange" or len(node.shape) != 2:
         return None
-    source = node.args[0]
+    source = node.roles["x"]
     if not isinstance(source, Value):
         return None
     shape = graph.nodes[source.node].shape
@@ -48,15 +42,14 @@ def _consumers(graph, users, start):
             return None
         for j in users[index]:
             node = graph.nodes[j]
-            if node.args[0] != Value(index):
+            if node.roles.get("x") != Value(index):
                 return None
-            if node.rule in ("conv", "linear") and isinstance(node.args[1], Param):
-                groups = node.args[6] if node.rule == "conv" and len(node.args) > 6 else \
-                    node.kwargs.get("groups", 1)
+            if node.rule in ("conv", "linear") and isinstance(node.roles["weight"], Param):
+                groups = node.roles.get("groups", 1)
                 if groups != 1 or (node.rule == "linear" and len(graph.nodes[index].shape) != 2):
                     return None
                 found.append((j, factor))
-            elif node.rule in _HOMOGENEOUS:
+            elif fact(node, "homogeneous", "whether neuron rescaling passes through it"):
                 frontier.append((j, factor))
             elif _flatten_factor(graph, j, node) is not None and factor == 1:
                 frontier.append((j, _flatten_factor(graph, j, node)))
@@ -68,10 +61,8 @@ def _consumers(graph, users, start):
 def _producer_params(graph, index):
     """Parameters scaled with output channel ``c`` of node ``index`` (dim 0), or None."""
     node = graph.nodes[index]
-    if node.rule in ("conv", "linear"):
-        refs = list(node.args[1:3]) + [node.kwargs.get("bias")]
-    elif node.rule == "batch_norm":
-        refs = list(node.args[3:5]) + [node.kwargs.get("weight"), node.kwargs.get("bias")]
+    if node.rule in ("conv", "linear", "batch_norm"):
+        refs = [node.roles["weight"], node.roles["bias"]]
     else:
         return None
     return [ref.name for ref in refs if isinstance(ref, Param)] or None
@@ -93,10 +84,9 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
     is reused).
     """
     if example_inputs is None:
-        cached = _CACHE.get(model)
-        if not cached:
+        graph = cached_graph(model)
+        if graph is None:
             raise ValueError("pass example_inputs: the model has not been captured yet")
-        graph = next(iter(cached.values()))
     else:
         graph = capture(model, example_inputs)
     if graph.shared_parameters():
@@ -125,7 +115,7 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
                 p = params[name]
                 p.mul_(factors.to(p).reshape((-1,) + (1,) * (p.dim() - 1)))
             for j, per_channel in consumers:
-                w = params[graph.nodes[j].args[1].name]
+                w = params[graph.nodes[j].roles["weight"].name]
                 inverse = (1.0 / factors).repeat_interleave(per_channel).to(w)
                 w.mul_(inverse.reshape((1, -1) + (1,) * (w.dim() - 2)))
     return copy_

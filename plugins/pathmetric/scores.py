@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from .capture import Param, Value, capture
+from .core.ir import Param, Value
+from .core.rules import fact
+from .core.support import capture
 from .errors import UnsupportedModelError
-from .lifted import NormLifting, PairLifting, named_tensors, total_of
-from .norms import _resolve_dtype
-from .scaled import times_pow2, to_float
+from .core.interpreter import NormLifting, PairLifting, named_tensors, precision_dtype, total_of
+from .core.scaled import times_pow2, to_float
 
 
 def _check_unshared(graph):
@@ -37,7 +38,7 @@ class PathMasses:
     def __init__(self, model, example_inputs, precision="float64", overrides=None):
         self.graph = capture(model, example_inputs)
         _check_unshared(self.graph)
-        ev = NormLifting(self.graph, model, q=1.0, dtype=_resolve_dtype(precision),
+        ev = NormLifting(self.graph, model, q=1.0, dtype=precision_dtype(precision),
                          overrides=overrides, track=True)
         self.layers = self.graph.layers()
         outputs_nodes = {v.node for v in self.graph.outputs}
@@ -60,6 +61,7 @@ class PathMasses:
         self.output_layers = {name for name, (index, _, _) in self.layers.items()
                               if index in outputs_nodes}
         self.batch_norm_after = self._batch_norms_after_layers()
+        self._channel_maps_known = False   # every op's channel map is stated (channel_share)
 
     def _batch_norms_after_layers(self) -> dict:
         """Layer name -> the frozen BatchNorm that reads its output directly (if any)."""
@@ -68,7 +70,7 @@ class PathMasses:
         for name, (index, _, _) in self.layers.items():
             for j in users[index]:
                 node = self.graph.nodes[j]
-                if node.rule == "batch_norm" and node.args[0] == Value(index):
+                if node.rule == "batch_norm" and node.roles["x"] == Value(index):
                     out[name] = node.module
         return out
 
@@ -122,6 +124,11 @@ class PathMasses:
         BatchNorm channel that directly follows it: mass through the layer's output neurons of
         channel ``c`` (``a * g`` summed over positions) plus the mass of the paths that start
         at that BatchNorm's shift."""
+        if not self._channel_maps_known:
+            for op in self.graph.nodes:
+                if op.rule != "input":
+                    fact(op, "channels", "how it maps channels")
+            self._channel_maps_known = True
         index = self.layers[layer][0]
         node = self.graph.nodes[index]
         neurons = self._neurons(index)
@@ -160,16 +167,15 @@ class PathMasses:
 def _channel_slopes(graph, module: str):
     """The name of the slope parameter of PReLU ``module`` on the captured graph, else None."""
     for node in graph.nodes:
-        if node.rule == "prelu" and node.module == module and isinstance(node.args[1], Param):
-            return node.args[1].name
+        if node.rule == "prelu" and node.module == module and \
+                isinstance(node.roles["weight"], Param):
+            return node.roles["weight"].name
     return None
 
 
 def conv_groups(node) -> int:
     """The ``groups`` argument of a captured conv / transposed conv node (1 for linear)."""
-    if node.rule == "linear":
-        return 1
-    return node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    return node.roles.get("groups", 1)
 
 
 def _out_channel_sums(node, w):
@@ -290,7 +296,7 @@ def group_mass(model, example_inputs, members, num_channels, exact=False, relati
     if exact:
         graph = capture(model, example_inputs)
         base = named_tensors(model)
-        dtype = _resolve_dtype(precision)
+        dtype = precision_dtype(precision)
         out = torch.zeros(num_channels, dtype=torch.float64)
         for root in range(num_channels):
             tensors_b = dict(base)

@@ -17,7 +17,7 @@ import torch
 
 from .metric import layer_weights, path_metric, round_up
 from .quantize import quantizer
-from .scaled import to_float
+from .core.scaled import to_float
 from .scores import PathMasses
 
 

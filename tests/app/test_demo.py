@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from pathmetric import digits
-from pathmetric.cli import main
+from pathmetric.app import digits
+from pathmetric.app.cli import main
 
 
 @pytest.fixture(scope="module")

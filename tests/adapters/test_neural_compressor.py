@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathmetric as pm
-from pathmetric.digits import DigitsCNN, load_digits_tensors, train
+from pathmetric.app.digits import DigitsCNN, load_digits_tensors, train
 
-inc = pytest.importorskip("neural_compressor.torch.quantization")
+inc = pytest.importorskip("neural_compressor.torch.quantization",
+                          reason="the inc extra (neural-compressor-pt) is not installed")
 from neural_compressor.common.base_tuning import default_sampler  # noqa: E402
 from neural_compressor.torch.algorithms.weight_only.modules import INCWeightOnlyLinear  # noqa: E402
 from neural_compressor.torch.export import export  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMMAND = str(Path(sys.executable).parent / "pathmetric")
 SMALL = ["--input-shape", "1,3,32,32"]
 
@@ -91,7 +91,7 @@ def test_seed_makes_random_weights_reproducible():
 
 
 def test_every_option_has_help():
-    from pathmetric.cli import parser
+    from pathmetric.app.cli import parser
 
     def walk(p):
         for action in p._actions:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import weakref
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -39,161 +37,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from . import rules
-from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
-
-
-@dataclass(frozen=True)
-class Value:
-    """Output ``item`` (None for a single tensor) of graph node ``node``."""
-    node: int
-    item: int | None = None
-
-
-@dataclass(frozen=True)
-class Param:
-    """A model parameter, by ``named_parameters()`` name."""
-    name: str
-
-
-@dataclass(frozen=True)
-class Buffer:
-    """A model buffer, by ``named_buffers()`` name."""
-    name: str
-
-
-@dataclass(frozen=True)
-class Derived(Buffer):
-    """A tensor computed in forward from buffers (and constants) only, e.g. ``s.view(1, -1, 1, 1)``:
-    ``Graph.derived[name]`` says how; it is recomputed from the buffers of the model evaluated."""
-
-
-@dataclass
-class Node:
-    rule: str          # rule name in ``rules.RULES`` ("input" for a model input)
-    func: object       # the torch function that was called
-    args: tuple
-    kwargs: dict
-    module: str        # path of the innermost module running when the call was made
-    module_type: str
-    shape: object      # output shape, or tuple of shapes for multi-output ops
-    inplace: bool = False  # the call writes into its first argument
-    _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
-
-    def call(self, resolve):
-        """``(args, kwargs)`` with every leaf replaced by ``resolve(leaf)`` (nested arguments are
-        flattened once)."""
-        if self._flat is None:
-            nested = any(isinstance(x, (list, tuple, dict))
-                         for x in list(self.args) + list(self.kwargs.values()))
-            self._flat = pytree.tree_flatten((self.args, self.kwargs)) if nested else ()
-        if not self._flat:
-            return (tuple(resolve(x) for x in self.args),
-                    {key: resolve(x) for key, x in self.kwargs.items()})
-        leaves, spec = self._flat
-        return pytree.tree_unflatten([resolve(x) for x in leaves], spec)
-
-
-@dataclass
-class Graph:
-    nodes: list
-    outputs: list                  # Values whose entries are summed into the path-norm
-    input_shapes: tuple
-    param_names: tuple             # parameters used, in order of first use
-    uses: dict = field(default_factory=dict)  # parameter name -> number of nodes using it
-    derived: dict = field(default_factory=dict)  # Derived name -> (Node over buffers, item)
-    scratch: object = field(default=None, repr=False, compare=False)  # lifted.Scratch
-    head: str | None = None        # 'softmax'/'log_softmax' set aside after the outputs (logits)
-    head_outputs: tuple = ()       # what the model returns when a head is set aside
-    _buffer_names: tuple | None = field(default=None, init=False, repr=False, compare=False)
-
-    def signature(self):
-        """What two models must share for a path-metric between them to make sense."""
-        return ([(n.rule, n.module, n.shape, _refs(n.args, n.kwargs)) for n in self.nodes]
-                + [(name, _function_name(n.func), n.shape, _refs(n.args, n.kwargs), item)
-                   for name, (n, item) in self.derived.items()])
-
-    def with_derived(self, tensors: dict) -> dict:
-        """``tensors`` (name -> tensor of one model) and the buffer-derived tensors computed
-        from them, by their :class:`Derived` names."""
-        memo: dict = {}
-        out = dict(tensors)
-        out.update({name: self.derive(Derived(name), tensors, memo) for name in self.derived})
-        return out
-
-    def derive(self, ref: "Derived", tensors: dict, memo: dict):
-        """The value of the buffer-derived tensor ``ref`` computed from ``tensors`` (name ->
-        tensor of one model); ``memo`` caches the values of one evaluation."""
-        if ref.name not in memo:
-            node, item = self.derived[ref.name]
-
-            def resolve(x):
-                if isinstance(x, Derived):
-                    return self.derive(x, tensors, memo)
-                return tensors[x.name] if isinstance(x, Buffer) else x
-            args, kwargs = node.call(resolve)
-            with torch.no_grad():
-                out = node.func(*args, **kwargs)
-            memo[ref.name] = out if item is None else out[item]
-        return memo[ref.name]
-
-    def buffer_names(self) -> tuple:
-        """Buffers the operations read, in order of first use."""
-        if self._buffer_names is None:
-            self._buffer_names = tuple(dict.fromkeys(
-                r.name for n in self.nodes + [d for d, _ in self.derived.values()]
-                for r in _refs(n.args, n.kwargs)
-                if isinstance(r, Buffer) and not isinstance(r, Derived)))
-        return self._buffer_names
-
-    def shared_parameters(self) -> list:
-        return sorted(name for name, count in self.uses.items() if count > 1)
-
-    def users(self) -> dict:
-        """Node index -> indices of the nodes that read its output."""
-        out: dict = {i: [] for i in range(len(self.nodes))}
-        for j, node in enumerate(self.nodes):
-            for ref in pytree.tree_leaves((node.args, node.kwargs)):
-                if isinstance(ref, Value) and j not in out[ref.node]:
-                    out[ref.node].append(j)
-        return out
-
-    def layers(self) -> dict:
-        """Conv, transposed conv and linear layers: layer name -> (node index, weight, bias names).
-
-        A layer is named after its weight parameter without the ``.weight`` suffix, which is the
-        module path for ``nn.Conv2d``/``nn.Linear`` and stays meaningful for functional calls.
-        """
-        out = {}
-        for index, node in enumerate(self.nodes):
-            if node.rule in ("conv", "conv_transpose", "linear") and isinstance(node.args[1], Param):
-                weight = node.args[1].name
-                bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-                name = weight[:-len(".weight")] if weight.endswith(".weight") else weight
-                out[name] = (index, weight, bias.name if isinstance(bias, Param) else None)
-        return out
-
-    def refuse_matmul_weights(self, what: str):
-        """Raise for parameters used as ``x @ W`` (rule ``matmul``): they are not in
-        :meth:`layers` (their ``(in, out)`` layout has output channels along dim 1, which the
-        per-channel quantizers and channel scores do not handle), so ``what`` would skip them."""
-        found = [(node.rule, node.module, f"the parameter '{node.args[1].name}' is used as "
-                  f"x @ W, which {what} does not handle (its (in, out) layout); use nn.Linear or "
-                  "F.linear with the weight transposed") for node in self.nodes
-                 if node.rule == "matmul" and isinstance(node.args[1], Param)]
-        if found:
-            raise UnsupportedModelError(
-                f"{what}: {found[0][2]} (in '{found[0][1] or '<model>'}')", found)
-
-    def rule_counts(self) -> dict:
-        counts: dict = {}
-        for node in self.nodes:
-            if node.rule != "input":
-                counts[node.rule] = counts.get(node.rule, 0) + 1
-        return counts
-
-
-def _refs(args, kwargs):
-    return tuple(x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, (Param, Buffer)))
+from .ir import Buffer, Derived, Graph, Node, Param, Value, function_name, references
+from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 
 
 def as_tuple(example_inputs) -> tuple:
@@ -204,17 +49,6 @@ def as_tuple(example_inputs) -> tuple:
         return tuple(example_inputs)
     raise TypeError("example_inputs must be a tensor or a non-empty tuple of tensors, "
                     f"got {type(example_inputs).__name__}")
-
-
-def _function_name(func) -> str:
-    owner = getattr(func, "__objclass__", None) or getattr(func, "__self__", None)
-    name = getattr(func, "__name__", repr(func))
-    if isinstance(owner, type) and owner in torch.Tensor.__mro__:
-        return f"Tensor.{name}"
-    module = getattr(func, "__module__", "") or ""
-    if module.startswith(("torch.nn.functional", "torch._C._nn")):
-        return f"F.{name}"
-    return f"torch.{name}" if module.startswith("torch") else name
 
 
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
@@ -398,7 +232,7 @@ class _Recorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if not tensors:
             return out
-        name = _function_name(func)
+        name = function_name(func)
         if written is not None:
             self._written(name, written)
         tracked = [x for x in tensors if id(x) in self.values]
@@ -437,6 +271,10 @@ class _Recorder(TorchFunctionMode):
             return out
         enc_args, enc_kwargs = pytree.tree_map(self.encode, (tuple(args), dict(kwargs)))
         problem = rule.check(*enc_args, **enc_kwargs) if rule.check else None
+        try:
+            roles = rule.bind(enc_args, enc_kwargs)
+        except TypeError as exc:
+            problem = problem or f"its arguments do not match the rule {rule.name}: {exc}"
         if problem:
             self.refuse(name, problem, out)
             return out
@@ -457,7 +295,7 @@ class _Recorder(TorchFunctionMode):
             return out
         self.stale.pop(id(written), None)
         self.nodes.append(Node(rule.name, func, enc_args, enc_kwargs, path, module_type, shape,
-                               inplace=written is not None))
+                               inplace=written is not None, roles=roles))
         return out
 
 
@@ -522,7 +360,8 @@ def _run(model, inputs, what):
             f"(the engine uses batch size 1): {type(exc).__name__}: {exc}") from exc
 
 
-def _check_capturable(model):
+def check_capturable(model):
+    """Refuse what cannot be captured at all: a non-module, TorchScript, meta tensors."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
@@ -558,8 +397,11 @@ def _model_state_restored(model):
 
 
 def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
-    """Capture ``model``; return the graph (None if unsupported) and the support report."""
-    _check_capturable(model)
+    """Record ``model``; return the graph (None if unsupported) and the support report.
+
+    The graph is not evaluated yet: :func:`pathmetric.core.support.capture` runs the lifted
+    network on it once before anyone uses it."""
+    check_capturable(model)
     examples = as_tuple(example_inputs)
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -588,8 +430,7 @@ def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport
                             "an in-place update of model state); the engine restored them"))
     if not report.ok:
         return None, report
-    _evaluate_once(graph, model, report)
-    return (graph if report.ok else None), report
+    return graph, report
 
 
 def _graph_of(recorder, out, inputs, report):
@@ -616,7 +457,7 @@ def _graph_of(recorder, out, inputs, report):
     outputs, report.head, refused = rules.set_aside_head(recorder.nodes, outputs)
     for index, why in refused + rules.check_graph(recorder.nodes, outputs):
         node = recorder.nodes[index]
-        report.unsupported.append((_function_name(node.func), node.module, why))
+        report.unsupported.append((function_name(node.func), node.module, why))
     if report.head:
         report.notes.append(rules.HEAD_NOTE.format(head=report.head))
     graph = Graph(recorder.nodes, outputs, tuple(tuple(x.shape) for x in inputs), (), {},
@@ -627,7 +468,7 @@ def _graph_of(recorder, out, inputs, report):
         return None
     used: dict = {}
     for node in graph.nodes:
-        for ref in _refs(node.args, node.kwargs):
+        for ref in references(node.args, node.kwargs):
             if isinstance(ref, Param):
                 used[ref.name] = used.get(ref.name, 0) + 1
     graph.uses = used
@@ -637,25 +478,6 @@ def _graph_of(recorder, out, inputs, report):
             ("model", "", "no parameter lies on a path from the input to the output (empty model)"))
         return None
     return graph
-
-
-def _evaluate_once(graph, model, report):
-    """Run the lifted network once, so that ``check_support`` and every computation share one
-    decision: whatever a rule refuses (PReLU slopes outside [0, 1], ...) or cannot evaluate is
-    reported here, at capture, with its op and module."""
-    from .lifted import NormLifting  # lifted builds on capture; issue 14 layers them in core/
-    ev = NormLifting(graph, model)
-    try:
-        with torch.no_grad():
-            ev.run()
-    except UnsupportedModelError as exc:
-        report.unsupported.extend(exc.unsupported)
-    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
-        if ev.node is None:
-            raise
-        report.unsupported.append(
-            (ev.node.rule, ev.node.module, f"the lifted network cannot evaluate this call "
-                                           f"({type(exc).__name__}: {exc})"))
 
 
 def replay(graph: Graph, model: nn.Module, inputs):
@@ -708,85 +530,3 @@ def _check_replay(model, graph, examples, generator):
             "input: an operation escaped capture (a value computed outside torch, a random op in "
             "eval mode, or input-dependent Python control flow). Please report the model.",
             [("capture", "", "replay mismatch")])
-
-
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_PLAIN = {bool, int, float, str, type(None)}
-
-
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-          "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
-
-
-def _attributes(module) -> tuple:
-    """What a module's forward may read besides parameters and buffers: its plain settings
-    (kernel sizes, slopes, flags, ...), plain tensor attributes (by identity and version),
-    callables such as an instance-level ``forward``, and its forward hooks (handle ids)."""
-    out = []
-    state = module.__dict__
-    for key, value in state.items():
-        if key[0] == "_" or key == "training":
-            continue
-        if type(value) in _PLAIN or (type(value) is tuple and all(
-                type(v) in _PLAIN for v in value)):
-            out.append((key, value))
-        elif isinstance(value, torch._C.TensorBase):  # (the torch.Tensor check is slower)
-            out.append((key, id(value), value._version))
-        elif callable(value):
-            out.append((key, id(value)))
-    out.extend(tuple(state[key]) for key in _HOOKS if state.get(key))
-    return tuple(out)
-
-
-def _cache_key(model: nn.Module, example_inputs):
-    """What the captured graph depends on besides parameter and buffer values: input shapes, the
-    module tree (identities, types, forward code, hooks, settings), the identities and shapes
-    of parameters and buffers, and torch's global module hooks (``Tensor.size`` is read
-    unbound: attribute access on a ``Parameter`` costs tens of microseconds)."""
-    from torch.nn.modules import module as module_globals
-    shapes = tuple((tuple(x.shape[1:]), x.dtype) for x in as_tuple(example_inputs))
-    size = torch.Tensor.size
-    tree = tuple(
-        (name, id(m), type(m), type(m).forward, _attributes(m),
-         tuple((k, id(t), size(t)) for k, t in m._parameters.items() if t is not None),
-         tuple((k, id(t), size(t)) for k, t in m._buffers.items() if t is not None))
-        for name, m in model.named_modules(remove_duplicate=False))
-    hooks = tuple(tuple(getattr(module_globals, name, {})) for name in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_module_registration_hooks"))
-    return shapes, tree, hooks
-
-
-def _refusal(model, unsupported) -> UnsupportedModelError:
-    first = unsupported[0]
-    return UnsupportedModelError(
-        f"{type(model).__name__} is outside the path-lifting model: {first[0]} in "
-        f"'{first[1] or '<model>'}': {first[2]}. "
-        + (f"{len(unsupported) - 1} more listed in .unsupported; " if len(unsupported) > 1 else "")
-        + "pathmetric.check_support(model, example_inputs) lists them all. Replace the op by a "
-        "supported one (ReLU, max/avg pooling, conv, linear, frozen BatchNorm) or exclude it.",
-        unsupported)
-
-
-def capture(model: nn.Module, example_inputs) -> Graph:
-    """The captured graph of ``model`` (cached), or UnsupportedModelError listing every bad op."""
-    _check_capturable(model)
-    key = _cache_key(model, example_inputs)
-    per_model = _CACHE.setdefault(model, {})
-    if key in per_model:
-        return per_model[key]
-    graph, report = trace(model, example_inputs)
-    if graph is None:
-        raise _refusal(model, report.unsupported)
-    per_model.clear()
-    per_model[key] = graph
-    return graph
-
-
-def check_support(model: nn.Module, example_inputs) -> SupportReport:
-    """Report every operation of ``model`` outside the path-lifting model, at once: the same
-    decision as every computation (which raise :class:`UnsupportedModelError` with this list)."""
-    try:
-        _, report = trace(model, example_inputs)
-    except UnsupportedModelError as exc:
-        return SupportReport(unsupported=exc.unsupported)
-    return report

@@ -14,7 +14,8 @@ from torch import nn
 
 import pathmetric as pm
 from pathmetric import reports
-from pathmetric.capture import Param, capture
+from pathmetric.core.ir import Param
+from pathmetric.core.support import capture
 from bruteforce import lq_norm_q, paths, to_dag
 
 X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

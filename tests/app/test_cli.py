@@ -12,10 +12,11 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
-from pathmetric import models, reports
-from pathmetric.cli import main, quantized_change
+from pathmetric import reports
+from pathmetric.app import models
+from pathmetric.app.cli import main, quantized_change
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPE = "1,3,32,32"
 X = torch.zeros(1, 3, 32, 32)
 
@@ -176,8 +177,8 @@ def test_model_specs(tmp_path):
 
 def test_console_script_declared():
     (script,) = entry_points(group="console_scripts", name="pathmetric")
-    assert script.value == "pathmetric.cli:main"
-    done = subprocess.run([sys.executable, "-m", "pathmetric.cli", "--help"], capture_output=True,
+    assert script.value == "pathmetric.app.cli:main"
+    done = subprocess.run([sys.executable, "-m", "pathmetric.app.cli", "--help"], capture_output=True,
                           text=True, check=True)
     for command in ("report", "prune", "quant-plan", "nni", "demo"):
         assert command in done.stdout

@@ -129,12 +129,12 @@ CHECKPOINT = "digits_cnn.pt"
 
 
 def pretrained(data=None, train_if_missing: bool = True) -> DigitsCNN:
-    """The :class:`DigitsCNN` shipped in ``pathmetric/data`` (trained by :func:`train` with
+    """The :class:`DigitsCNN` shipped in ``pathmetric/app/data`` (trained by :func:`train` with
     ``epochs=30, seed=0`` on ``load_digits_tensors(0)``), in eval mode; trained anew if missing."""
     from importlib import resources
 
     model = DigitsCNN()
-    path = resources.files("pathmetric") / "data" / CHECKPOINT
+    path = resources.files("pathmetric.app") / "data" / CHECKPOINT
     if path.is_file():
         with resources.as_file(path) as file:
             model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))

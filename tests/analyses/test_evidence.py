@@ -10,7 +10,7 @@ from torch import nn
 
 import pathmetric as pm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import evidence_common as ec  # noqa: E402
 
 

@@ -1,4 +1,7 @@
-"""The ``pathmetric`` command: report, prune, quant-plan, nni, demo.
+"""The ``pathmetric`` command: report, prune, quant-plan, demo, and adapters' subcommands (nni).
+
+Adapters add subcommands through the ``pathmetric.cli`` entry point group (``nni prune`` comes
+from :mod:`pathmetric.adapters.nni_cli`), so this module names no compression framework.
 
 Every subcommand prints a readable table, or with ``--json`` one JSON object on stdout (numbers
 as the library returns them; ``Infinity`` only where a value exceeds float64, logs are finite).
@@ -12,6 +15,7 @@ import json
 import math
 import os
 import sys
+from importlib.metadata import entry_points
 
 import torch
 
@@ -20,7 +24,7 @@ from . import models
 
 # --------------------------------------------------------------------------- helpers
 
-def _progress(total, desc, quiet):
+def progress(total, desc, quiet):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, disable=True if quiet else None, file=sys.stderr,
                 leave=False)
@@ -56,7 +60,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _load(args):
+def load(args):
     torch.manual_seed(args.seed)   # random weights are reproducible
     model = models.load_model(args.model, args.checkpoint)
     x = models.example_inputs(args.model, args.input_shape)
@@ -68,7 +72,7 @@ def _load(args):
 _result_stream = None
 
 
-def _emit(args, result: dict, text: str):
+def emit(args, result: dict, text: str):
     print(json.dumps(result, indent=2, default=str) if args.json else text,
           file=_result_stream or sys.stdout, flush=True)
 
@@ -120,7 +124,7 @@ def _stdout_for_result_only():
             os.close(saved)
 
 
-def _table(header, rows) -> str:
+def table(header, rows) -> str:
     cells = [list(map(str, header))] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths)))
@@ -147,17 +151,17 @@ def quantized_change(model, example_inputs, bits: int) -> dict:
 
 def cmd_report(args) -> int:
     import pathmetric as pm
-    from . import reports
+    from .. import reports
 
-    model, x = _load(args)
-    with _progress(6, "report", args.json) as bar:
+    model, x = load(args)
+    with progress(6, "report", args.json) as bar:
         support = pm.check_support(model, x)
         bar.update()
         if not support.ok:
             result = {"model": args.model, "supported": False,
                       "unsupported": [list(u) for u in support.unsupported],
                       **_head_fields(support)}
-            _emit(args, result, str(support))
+            emit(args, result, str(support))
             return 2
         norms = {str(q): {"value": pm.path_norm(model, x, q=q), "log": pm.log_path_norm(model, x, q=q)}
                  for q in (1, 2, 4)}
@@ -184,30 +188,30 @@ def cmd_report(args) -> int:
               "symmetries": sym}
     text = [f"model {args.model}, input {tuple(x.shape)}: {support}", "",
             "L_q path-norms",
-            _table(["q", "||Phi||_q", "ln ||Phi||_q"],
+            table(["q", "||Phi||_q", "ln ||Phi||_q"],
                    [[q, v["value"], v["log"]] for q, v in norms.items()]), "",
             "Per-layer sensitivity: certified path-metric of quantizing one layer", str(sens), "",
             "Generalization bound (arXiv 2310.01225 Thm 3.1): L*4*C*B*||Phi||_1/sqrt(n)",
-            _table(["D", "P", "K", "M", "d_in", "d_out", "n", "C", "C'", "bound", "bound (C')",
+            table(["D", "P", "K", "M", "d_in", "d_out", "n", "C", "C'", "bound", "bound (C')",
                     "log10 bound"],
                    [[gen["D"], gen["P"], gen["K"], gen["M"], gen["d_in"], gen["d_out"], gen["n"],
                      gen["C"], gen["C_sharp"], gen["bound"], gen["bound_sharp"],
                      gen["log_bound"] / math.log(10)]]), "",
             f"Certified ||R(x)-R'(x)||_1 for {args.compare_bits}-bit quantization of every layer, "
             f"||x||_inf <= {args.input_bound}",
-            _table(["classical (2205.11874)", "path-metric (2405.15006)", "ratio (log10)"],
+            table(["classical (2205.11874)", "path-metric (2405.15006)", "ratio (log10)"],
                    [[_fmt_log(compare["classical_log_bound"]), _fmt_log(compare["log_path_bound"]),
                      compare["log_ratio"] / math.log(10)]]),
             f"  classical: L={compare['classical_L']} W={compare['classical_W']} "
             f"R={compare['classical_R']:.4g} ||theta-theta'||_inf={compare['classical_delta_inf']:.3e}",
             "",
             "Symmetries (arXiv 2305.11417)",
-            _table(["parameters", "rescaling dims", "permutation groups", "ln|perm group|"],
+            table(["parameters", "rescaling dims", "permutation groups", "ln|perm group|"],
                    [[sym["parameters"], sym["rescaling_dims"], sym["permutation_groups"],
                      sym["permutation_log_factor"]]])]
     if args.plot:
         text.append(f"\nsensitivity plot written to {args.plot}")
-    _emit(args, result, "\n".join(text))
+    emit(args, result, "\n".join(text))
     return 0
 
 
@@ -223,10 +227,10 @@ def _fmt_log(log_value: float) -> str:
 
 def cmd_prune(args) -> int:
     import pathmetric as pm
-    from . import reports
+    from .. import reports
 
-    model, x = _load(args)
-    with _progress(2, "prune", args.json) as bar:
+    model, x = load(args)
+    with progress(2, "prune", args.json) as bar:
         result = pm.prune(model, args.sparsity, x, structured=args.structured, scope=args.scope,
                           max_layer_sparsity=args.max_layer_sparsity, rounds=args.rounds)
         bar.update()
@@ -245,7 +249,7 @@ def cmd_prune(args) -> int:
            **_head_fields(pm.check_support(model, x))}
     if args.out:
         torch.save(result.model.state_dict(), args.out)
-    text = [_table(["parameter", "shape", "sparsity"],
+    text = [table(["parameter", "shape", "sparsity"],
                    [[r["parameter"], "x".join(map(str, r["shape"])), r["sparsity"]] for r in layers]),
             "",
             f"{'structured' if args.structured else 'unstructured'} path-magnitude pruning, "
@@ -258,7 +262,7 @@ def cmd_prune(args) -> int:
     if args.out:
         text.append(f"pruned state_dict written to {args.out} "
                     f"(reload: --checkpoint {args.out} with model {args.model})")
-    _emit(args, out, "\n".join(text))
+    emit(args, out, "\n".join(text))
     return 0
 
 
@@ -267,8 +271,8 @@ def cmd_prune(args) -> int:
 def cmd_quant_plan(args) -> int:
     import pathmetric as pm
 
-    model, x = _load(args)
-    with _progress(1, "quant-plan", args.json) as bar:
+    model, x = load(args)
+    with progress(1, "quant-plan", args.json) as bar:
         plan = pm.mixed_precision_plan(model, x, bits=args.bits, avg_bits=args.avg_bits,
                                        scheme=args.scheme, granularity=args.granularity)
         bar.update()
@@ -279,34 +283,7 @@ def cmd_quant_plan(args) -> int:
             f"candidates {list(args.bits)}\n{plan}\n"
             f"=> ||R(x) - R_quantized(x)||_1 <= max(||x||_inf, 1) * {plan.certified_bound:.6e}"]
     _head_certificate(model, x, plan.certified_bound, out, text)
-    _emit(args, out, "\n".join(text))
-    return 0
-
-
-# --------------------------------------------------------------------------- nni
-
-def cmd_nni(args) -> int:
-    from pathmetric.adapters.nni import prune_from_config
-
-    model, x = _load(args)
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    with _progress(1, "nni prune", args.json) as bar:
-        result = prune_from_config(model, args.config, x, out=args.out, certify=args.certify)
-        bar.update()
-    sparsity = dict(sorted(result.sparsity.items(), key=lambda kv: order.get(kv[0], -1)))
-    out = {"model": args.model, "config": args.config, "sparsity": sparsity,
-           "certified_bound": result.certified_bound, "params_before": result.params_before,
-           "params_after": result.params_after, "speedup": result.speedup, "out": args.out,
-           "head": result.head, "notes": result.notes}
-    text = [_table(["module", "weight sparsity"], list(sparsity.items())), "",
-            f"parameters {result.params_before} -> {result.params_after}"
-            f"{' (NNI ModelSpeedup)' if result.speedup else ' (masked in place)'}",
-            f"certified: ||R(x) - R_pruned(x)||_1 <= max(||x||_inf, 1) * "
-            f"{result.certified_bound:.6e}" if args.certify else "not certified (--no-certify)"]
-    if args.out:
-        text.append(f"pruned model written to {args.out} (torch.save of the whole module; "
-                    f"reload: --checkpoint {args.out} with model {args.model})")
-    _emit(args, out, "\n".join(text))
+    emit(args, out, "\n".join(text))
     return 0
 
 
@@ -325,8 +302,9 @@ def cmd_demo(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 
-def _model_args(p, nni=False):
-    if not nni:
+def model_args(p, positional=True):
+    """The model options every subcommand shares (``positional``: the model spec comes first)."""
+    if positional:
         p.add_argument("model", help="torchvision:NAME, timm:NAME, smp:ARCH:ENCODER, "
                                      "file.py:FACTORY or digits")
     p.add_argument("--checkpoint", help="weights to load into the model: a state_dict saved with "
@@ -354,7 +332,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("report", help="path-norms, sensitivity, generalization and classical bounds")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--bits", type=_bits, default=(2, 4, 8),
                    help="sensitivity bit-widths, comma-separated (default 2,4,8)")
     p.add_argument("--n", type=_positive, default=1_281_167,
@@ -369,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("prune", help="path-magnitude pruning with its certificate")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--sparsity", type=_fraction, required=True,
                    help="share of the weights (or channels with --structured) to prune, in [0, 1)")
     p.add_argument("--structured", action="store_true", help="prune output channels")
@@ -383,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_prune)
 
     p = sub.add_parser("quant-plan", help="certified mixed-precision plan")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--avg-bits", type=float, required=True,
                    help="budget: average bits per weight of the plan")
     p.add_argument("--bits", type=_bits, default=(2, 4, 8),
@@ -393,19 +371,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", choices=("per_tensor", "per_channel"), default="per_channel",
                    help="one scale per tensor or per output channel (default per_channel)")
     p.set_defaults(run=cmd_quant_plan)
-
-    p = sub.add_parser("nni", help="NNI pruning from a config file (pruner: path_metric)")
-    nni_sub = p.add_subparsers(dest="nni_command", required=True)
-    q = nni_sub.add_parser("prune", help="prune --config prune.yaml --model SPEC --out pruned.pt")
-    q.add_argument("--config", required=True, help="YAML or JSON pruning config (docs/nni.md)")
-    q.add_argument("--model", required=True, help="torchvision:NAME, timm:NAME, "
-                                                  "smp:ARCH:ENCODER, file.py:FACTORY or digits")
-    q.add_argument("--out", help="write the pruned model here (torch.save of the whole module)")
-    q.add_argument("--no-certify", dest="certify", action="store_false",
-                   help="skip the certificate (NNI's own pruners can then prune models outside "
-                        "the path-lifting class)")
-    _model_args(q, nni=True)
-    q.set_defaults(run=cmd_nni)
 
     p = sub.add_parser("demo", help="rescaling-invariant pruning on scikit-learn digits")
     p.add_argument("--sparsities", type=lambda s: tuple(_fraction(v) for v in s.split(",")),
@@ -417,6 +382,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (and nothing else there)")
     p.set_defaults(run=cmd_demo)
+    for entry in entry_points(group="pathmetric.cli"):
+        entry.load()(sub)
     return top
 
 

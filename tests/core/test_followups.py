@@ -115,7 +115,7 @@ def quickstart(tmp_path):
 
 @pytest.mark.slow
 def test_cli_json_gives_the_head_and_the_log_probability_certificate(quickstart, tmp_path, capsys):
-    from pathmetric.cli import main
+    from pathmetric.app.cli import main
     done = subprocess.run([str(Path(sys.executable).parent / "pathmetric"), "prune", quickstart,
                            "--input-shape", "1,1,28,28", "--sparsity", "0.5", "--json"],
                           capture_output=True, text=True, timeout=300)

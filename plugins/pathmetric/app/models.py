@@ -6,7 +6,7 @@ Specs:
 - ``timm:NAME`` — ``timm.create_model(NAME, pretrained=False)``;
 - ``smp:ARCH:ENCODER`` — ``segmentation_models_pytorch.ARCH(encoder_name=ENCODER, encoder_weights=None)``;
 - ``path/to/file.py:FACTORY`` — calls ``FACTORY()`` defined in that file;
-- ``digits`` — the digits CNN shipped with pathmetric (:func:`pathmetric.digits.pretrained`).
+- ``digits`` — the digits CNN shipped with pathmetric (:func:`pathmetric.app.digits.pretrained`).
 
 A checkpoint (``torch.save`` of a ``state_dict``, or of a dict holding one under ``state_dict``
 or ``model``) is loaded into the built model with :func:`load_model`'s ``checkpoint``; a

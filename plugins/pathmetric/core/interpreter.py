@@ -10,7 +10,7 @@ Two evaluations share the rules:
   through ``A' = U A``, ``D' = (U - L) A + L D`` for parametrised maps and ``op(.)`` for fixed ones,
   so the sum of the ``D`` outputs is ``N(U) - N(L)`` without cancellation.
 
-Every lifted value is a tuple of :class:`~pathmetric.scaled.Scaled` components (one or two).
+Every lifted value is a tuple of :class:`~pathmetric.core.scaled.Scaled` components (one or two).
 """
 from __future__ import annotations
 
@@ -21,10 +21,19 @@ from typing import NamedTuple
 import torch
 
 from . import rules
-from .capture import Buffer, Derived, Graph, Param, Value
-from .errors import UnsupportedModelError
+from .ir import Buffer, Derived, Graph, Param, Value
+from ..errors import UnsupportedModelError
 from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
                      scaled_total)
+
+
+def precision_dtype(precision) -> torch.dtype:
+    """The dtype of a ``precision`` argument: ``'float64'`` (default of every analysis) or ``'float32'``."""
+    if precision in ("float64", torch.float64, "double"):
+        return torch.float64
+    if precision in ("float32", torch.float32, "float"):
+        return torch.float32
+    raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
 
 
 def named_tensors(model) -> dict:

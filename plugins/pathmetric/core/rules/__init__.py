@@ -1,8 +1,8 @@
-"""Rules: one per op, the op's image in the lifted network (DESIGN.md section 1).
+"""Rules: one per op, with every fact about it (DESIGN.md sections 1 and 2; see :class:`Rule`).
 
 A rule receives the evaluation context ``ev`` and the op's arguments, where every input-dependent
 tensor has become a lifted value and every parameter or buffer a reference. It builds the lifted op
-from the primitives of ``ev`` (see ``lifted.Lifting``), so the same rule serves the L_q path-norm
+from the primitives of ``ev`` (see :class:`pathmetric.core.interpreter.Lifting`), so the same rule serves the L_q path-norm
 pass and the (A, D) path-metric pass:
 
 - ``ev.fixed(x, fn)``: a fixed map whose coefficients are already lifted (``|c|**q``),
@@ -17,36 +17,113 @@ floating-point error that certificates are rounded up by.
 """
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
+from ...errors import UnsupportedModelError
+from ..ir import Buffer, Param, Value
+from ..scaled import Scaled
+
 Tensor = torch.Tensor
+
+
+#: how an op maps channels (dim 1 of its input to dim 1 of its output), for channel scores,
+#: coupled groups, pruning and symmetry counts: "preserve" (output channel c reads input channel
+#: c only), "mix" (every output channel reads every input channel of its group: conv, linear),
+#: "reindex" (entries move across channels or positions: reshapes, concatenation, reductions)
+CHANNEL_MAPS = ("preserve", "mix", "reindex")
 
 
 @dataclass
 class Rule:
+    """Every fact about one op (DESIGN.md section 2). ``None`` means "not stated": an analysis that
+    needs the fact refuses a model using the op (:func:`fact`), it never assumes a default.
+
+    - ``lift(ev, *args, **kwargs)``: the op's image in the lifted network (the only required fact);
+    - ``check(*args, **kwargs)``: reason for refusing a call at capture time, or None;
+    - ``layers``: neuron layers the op adds to the DAG description (depth ``D`` of the reports);
+    - ``max_pool``: inputs of its largest max-pooling neuron (``K``): 0 when it has none, an int,
+      or ``max_pool(graph, node) -> int``;
+    - ``affine``: a conv/linear-like layer (affine depth, and a layer of the width);
+    - ``weighted``: a layer of neurons with their own weights (conv, linear, frozen BatchNorm),
+      counted in the width;
+    - ``homogeneous``: positively homogeneous and channel-preserving, so a rescaled channel may
+      cross it (random rescaling);
+    - ``channels``: how it maps channels, one of :data:`CHANNEL_MAPS`;
+    - ``transforms_through``: a joint permutation or positive rescaling of its input channels
+      comes out as the same transform of its output channels, with nothing to absorb it (the
+      symmetry counts let a channel group cross it).
+    """
     name: str
     funcs: tuple
-    lift: object             # lift(ev, *args, **kwargs) -> lifted value
-    check: object = None     # check(*args, **kwargs) -> reason for refusal, at capture time
+    lift: object
+    check: object = None
+    layers: int | None = None
+    max_pool: object = None
+    affine: bool | None = None
+    weighted: bool | None = None
+    homogeneous: bool | None = None
+    channels: str | None = None
+    transforms_through: bool | None = None
+    _signature: object = field(default=None, init=False, repr=False, compare=False)
+
+    def bind(self, args, kwargs) -> dict:
+        """The recorded arguments bound to the names of :attr:`lift` (defaults filled in): the
+        argument roles (``x``, ``weight``, ``bias``, ``groups``, ...) kept on the node."""
+        if self._signature is None:
+            self._signature = inspect.signature(self.lift)
+        bound = self._signature.bind_partial(None, *args, **kwargs)
+        bound.apply_defaults()
+        roles = dict(bound.arguments)
+        for name, parameter in self._signature.parameters.items():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                roles.pop(name, None)
+        roles.pop(next(iter(self._signature.parameters)), None)   # ev
+        roles.pop("func", None)
+        return roles
+
+    def max_pool_kernel(self, graph, node) -> int:
+        """Inputs of the largest max-pooling neuron of ``node`` (0: none)."""
+        kernel = fact(node, "max_pool", "the max-pooling neurons it adds")
+        return kernel(graph, node) if callable(kernel) else kernel
 
 
 RULES: dict = {}
 _BY_FUNC: dict = {}
 
 
-def rule(name, *funcs, check=None):
+def rule(name, *funcs, check=None, **facts):
+    """Register ``lift`` as the rule of ``funcs`` with the facts of :class:`Rule`."""
     def register(lift):
-        entry = Rule(name, funcs, lift, check)
+        entry = Rule(name, funcs, lift, check, **facts)
         RULES[name] = entry
         for f in funcs:
             _BY_FUNC[f] = entry
         return lift
     return register
+
+
+def fact(node, name: str, what: str):
+    """The fact ``name`` of ``node``'s rule; UnsupportedModelError naming the op if not stated."""
+    value = getattr(RULES[node.rule], name)
+    if value is None:
+        why = f"the rule of {node.rule} does not state {what} ({name}), which this analysis needs"
+        raise UnsupportedModelError(
+            f"{node.rule} in '{node.module or '<model>'}': {why}; add it to the rule "
+            "(pathmetric/core/rules)", [(node.rule, node.module, why)])
+    return value
+
+
+def unregister(name):
+    """Remove the rule ``name`` and its functions from the registry."""
+    entry = RULES.pop(name)
+    for f in entry.funcs:
+        _BY_FUNC.pop(f, None)
 
 
 def lookup(func):
@@ -88,13 +165,11 @@ def _const(value):
 
 
 def _lifted(x) -> bool:
-    from .capture import Value
     return isinstance(x, Value)
 
 
 def _activation(x) -> bool:
     """At evaluation: whether ``x`` is a lifted value (a tuple of scaled tensors)."""
-    from .scaled import Scaled
     return isinstance(x, tuple) and bool(x) and isinstance(x[0], Scaled)
 
 
@@ -108,14 +183,18 @@ def _spatial(shape):
 
 # ---------------------------------------------------------------- inputs and outputs of neurons
 
-@rule("relu", F.relu, torch.relu, Tensor.relu, F.relu_, torch.relu_, Tensor.relu_)
+@rule("relu", F.relu, torch.relu, Tensor.relu, F.relu_, torch.relu_, Tensor.relu_,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def relu(ev, x, *args, **kwargs):
     """ReLU neurons are identity neurons in the lifted network."""
     return x
 
 
 @rule("dropout", F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-      F.feature_alpha_dropout)
+      F.feature_alpha_dropout,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def dropout(ev, x, *args, **kwargs):
     """Dropout is the identity in eval mode, which is the function analysed."""
     return x
@@ -127,7 +206,9 @@ def _check_slope(x, negative_slope=0.01, *args, **kwargs):
     return None
 
 
-@rule("leaky_relu", F.leaky_relu, F.leaky_relu_, check=_check_slope)
+@rule("leaky_relu", F.leaky_relu, F.leaky_relu_, check=_check_slope,
+      layers=2, max_pool=2, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def leaky_relu(ev, x, negative_slope=0.01, inplace=False, *, func=None):
     """``max(x, a x)``: a max neuron over ``x`` and the identity neuron ``a x``; lifted
     ``x + |a|^q x``."""
@@ -136,7 +217,9 @@ def leaky_relu(ev, x, negative_slope=0.01, inplace=False, *, func=None):
     return ev.fixed(x, lambda m: m * factor)
 
 
-@rule("prelu", F.prelu)
+@rule("prelu", F.prelu,
+      layers=2, max_pool=2, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
 def prelu(ev, x, weight, *, func=None):
     """PReLU with learnt slopes ``a`` in [0, 1]: lifted ``x + |a|^q x`` (slopes are parameters)."""
     def slope(a):
@@ -155,7 +238,9 @@ def _check_rrelu(x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False)
     return _check_slope(x, (lower + upper) / 2)
 
 
-@rule("rrelu", F.rrelu, F.rrelu_, check=_check_rrelu)
+@rule("rrelu", F.rrelu, F.rrelu_, check=_check_rrelu,
+      layers=2, max_pool=2, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def rrelu(ev, x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False, *, func=None):
     """RReLU in eval mode is LeakyReLU with slope ``(lower + upper) / 2``."""
     return leaky_relu(ev, x, (lower + upper) / 2)
@@ -169,7 +254,9 @@ def _check_threshold(x, threshold, value, inplace=False):
 
 
 @rule("threshold", F.threshold, F.threshold_, torch.threshold, torch.threshold_,
-      check=_check_threshold)
+      check=_check_threshold,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def threshold(ev, x, *args, func=None, **kwargs):
     """``threshold(x, 0, 0)`` is ReLU: an identity neuron in the lifted network."""
     return x
@@ -221,14 +308,18 @@ def _check_hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
     return _check_bounds(min_val, max_val)
 
 
-@rule("hardtanh", F.hardtanh, F.hardtanh_, check=_check_hardtanh)
+@rule("hardtanh", F.hardtanh, F.hardtanh_, check=_check_hardtanh,
+      layers=2, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def hardtanh(ev, x, min_val=-1.0, max_val=1.0, inplace=False, *, func=None):
     """``clamp(v, a, b) = a + relu(v - a) - relu(v - b)``: lifted ``2 v + 2 |a|^q + |b|^q``
     (``nn.ReLU6`` is ``hardtanh(v, 0, 6)``: ``2 v + 6^q``)."""
     return clip(ev, x, min_val, max_val)
 
 
-@rule("relu6", F.relu6)
+@rule("relu6", F.relu6,
+      layers=2, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def relu6(ev, x, inplace=False, *, func=None):
     """``relu6(v) = relu(v) - relu(v - 6)``: lifted ``2 v + 6^q``."""
     return clip(ev, x, 0.0, 6.0)
@@ -241,7 +332,9 @@ def _check_clamp(x, min=None, max=None, *, out=None):
 
 
 @rule("clamp", torch.clamp, Tensor.clamp, Tensor.clamp_, torch.clip, Tensor.clip, Tensor.clip_,
-      torch.clamp_, check=_check_clamp)
+      torch.clamp_, check=_check_clamp,
+      layers=2, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def clamp(ev, x, min=None, max=None, *, func=None):
     """``clamp(v, a, b)``, ``clamp(v, min=a) = a + relu(v - a)`` (lifted ``v + 2 |a|^q``),
     ``clamp(v, max=b) = v - relu(v - b)`` (lifted ``2 v + |b|^q``)."""
@@ -249,20 +342,26 @@ def clamp(ev, x, min=None, max=None, *, func=None):
 
 
 @rule("clamp_min", torch.clamp_min, Tensor.clamp_min, Tensor.clamp_min_, torch.clamp_min_,
-      check=lambda x, min: _check_bounds(min, None))
+      check=lambda x, min: _check_bounds(min, None),
+      layers=2, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def clamp_min(ev, x, min, *, func=None):
     """``clamp(v, min=a) = a + relu(v - a)``: lifted ``v + 2 |a|^q``."""
     return clip(ev, x, min, None)
 
 
 @rule("clamp_max", torch.clamp_max, Tensor.clamp_max, Tensor.clamp_max_, torch.clamp_max_,
-      check=lambda x, max: _check_bounds(None, max))
+      check=lambda x, max: _check_bounds(None, max),
+      layers=2, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def clamp_max(ev, x, max, *, func=None):
     """``clamp(v, max=b) = v - relu(v - b)``: lifted ``2 v + |b|^q``."""
     return clip(ev, x, None, max)
 
 
-@rule("hardsigmoid", F.hardsigmoid)
+@rule("hardsigmoid", F.hardsigmoid,
+      layers=2, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def hardsigmoid(ev, x, inplace=False, *, func=None):
     """``hardsigmoid(v) = (relu(v + 3) - relu(v - 3)) / 6``: ReLU biases 3 and -3 on edges of
     coefficient +-1/6 (paths worth +-1/2), lifted ``2 v / 6^q + 2 (1/2)^q``."""
@@ -271,7 +370,9 @@ def hardsigmoid(ev, x, inplace=False, *, func=None):
     return ev.add([ev.fixed(x, lambda m: m * factor), offset(ev, 0.5), offset(ev, 0.5)])
 
 
-@rule("abs", torch.abs, Tensor.abs, Tensor.abs_, Tensor.__abs__, torch.absolute, Tensor.absolute)
+@rule("abs", torch.abs, Tensor.abs, Tensor.abs_, Tensor.__abs__, torch.absolute, Tensor.absolute,
+      layers=2, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def absolute(ev, x, *, func=None):
     """``|v| = relu(v) + relu(-v)``: lifted ``2 v``."""
     ev.terms(2)
@@ -287,7 +388,9 @@ def _check_elementwise(x, other, *args, **kwargs):
     return None
 
 
-@rule("maximum", torch.maximum, Tensor.maximum, torch.fmax, Tensor.fmax, check=_check_elementwise)
+@rule("maximum", torch.maximum, Tensor.maximum, torch.fmax, Tensor.fmax, check=_check_elementwise,
+      layers=1, max_pool=2, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def maximum(ev, x, other, *, func=None):
     """``max(x, y)``: a 2-max-pooling neuron per entry (broadcasting copies entries); lifted
     ``x + y``."""
@@ -295,7 +398,9 @@ def maximum(ev, x, other, *, func=None):
     return ev.add([x, other])
 
 
-@rule("minimum", torch.minimum, Tensor.minimum, torch.fmin, Tensor.fmin, check=_check_elementwise)
+@rule("minimum", torch.minimum, Tensor.minimum, torch.fmin, Tensor.fmin, check=_check_elementwise,
+      layers=2, max_pool=2, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def minimum(ev, x, other, *, func=None):
     """``min(x, y) = -max(-x, -y)``: a max neuron with edges of coefficient -1 and an identity
     neuron after it; lifted ``x + y``."""
@@ -323,8 +428,23 @@ def _reduce_max(ev, x, dim=None, keepdim=False, *, func=None):
     return ev.fixed(x, lambda m: torch.sum(m, **kwargs))
 
 
-rule("max", torch.max, Tensor.max, torch.amax, Tensor.amax, check=_check_reduction)(_reduce_max)
-rule("min", torch.min, Tensor.min, torch.amin, Tensor.amin, check=_check_reduction)(_reduce_max)
+def _reduction_kernel(graph, node) -> int:
+    """Inputs of the max neuron of a max/min reduction (2 with an activation as ``dim``)."""
+    dim = node.roles["dim"]
+    if isinstance(dim, Value):
+        return 2
+    shape = graph.shape_of(node.roles["x"])
+    dims = range(len(shape)) if dim is None or dim == () else \
+        (dim if isinstance(dim, (tuple, list)) else (dim,))
+    return math.prod(shape[d] for d in dims)
+
+
+rule("max", torch.max, Tensor.max, torch.amax, Tensor.amax, check=_check_reduction,
+      layers=1, max_pool=_reduction_kernel, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)(_reduce_max)
+rule("min", torch.min, Tensor.min, torch.amin, Tensor.amin, check=_check_reduction,
+      layers=2, max_pool=_reduction_kernel, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)(_reduce_max)
 
 
 # ---------------------------------------------------------------- parametrised linear maps
@@ -339,7 +459,6 @@ def _with_bias(ev, y, bias, channel_dim, ndim):
 
 def _check_param(name):
     def check(x, weight, *args, **kwargs):
-        from .capture import Buffer, Param
         if not isinstance(weight, (Param, Buffer, Tensor)):
             return f"{name} weight must be a parameter, a buffer or a constant tensor"
         return None
@@ -347,28 +466,35 @@ def _check_param(name):
 
 
 @rule("conv", F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
-      check=_check_param("convolution"))
-def conv(ev, x, weight, bias=None, *args, func, **kwargs):
+      check=_check_param("convolution"),
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
+def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, func):
     """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
     w = ev.param(None, weight)
     ev.terms(math.prod(ev.param_shape(weight)[1:]) + 2)
-    groups = args[3] if len(args) > 3 else kwargs.get("groups", 1)
-    y = ev.linear(x, lambda m, p: func(m, p, None, *args, **kwargs), w,
+    y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, dilation, groups), w,
                   stack_dim=1 if groups == 1 else None)
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
 
 
 @rule("conv_transpose", F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-      check=_check_param("transposed convolution"))
-def conv_transpose(ev, x, weight, bias=None, *args, func, **kwargs):
+      check=_check_param("transposed convolution"),
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
+def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                   dilation=1, *, func):
     """Transposed convolution with ``|W|^q`` and ``|b|^q``."""
     w = ev.param(None, weight)
     ev.terms(math.prod(ev.param_shape(weight)) // max(1, ev.param_shape(weight)[1]) + 2)
-    y = ev.linear(x, lambda m, p: func(m, p, None, *args, **kwargs), w)
+    y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, output_padding, groups,
+                                       dilation), w)
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
 
 
-@rule("linear", F.linear, check=_check_param("linear"))
+@rule("linear", F.linear, check=_check_param("linear"),
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
 def linear(ev, x, weight, bias=None, *, func):
     """``y = W x + b`` with ``|W|^q`` and ``|b|^q``."""
     w = ev.param(None, weight)
@@ -388,19 +514,31 @@ def _check_batch_norm(x, running_mean=None, running_var=None, weight=None, bias=
     return None
 
 
-@rule("batch_norm", F.batch_norm, F.instance_norm, check=_check_batch_norm)
+def batch_norm_scale(var, gamma=None, eps=1e-5):
+    """The weight ``s = gamma / sqrt(var + eps)`` of a frozen BatchNorm's identity neurons."""
+    root = torch.sqrt(var + eps)
+    return root.reciprocal() if gamma is None else gamma / root
+
+
+def batch_norm_shift(mean, var, gamma=None, beta=None, eps=1e-5):
+    """The bias ``t = beta - mean * s`` of a frozen BatchNorm's identity neurons."""
+    t = -mean * batch_norm_scale(var, gamma, eps)
+    return t if beta is None else beta + t
+
+
+@rule("batch_norm", F.batch_norm, F.instance_norm, check=_check_batch_norm,
+      layers=1, max_pool=0, affine=False, weighted=True,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, use_input_stats=False, func=None):
     """Frozen BatchNorm (and InstanceNorm with running statistics in eval mode, the same map):
     identity neurons with weight ``s = gamma / sqrt(var + eps)`` and bias
     ``t = beta - mean * s``, lifted to ``|s|^q`` and ``|t|^q`` (running statistics always)."""
-    def scale(var, gamma=None, *_):
-        root = torch.sqrt(var + eps)
-        return root.reciprocal() if gamma is None else gamma / root
+    def scale(var, gamma=None):
+        return batch_norm_scale(var, gamma, eps)
 
     def shift(mean, var, gamma=None, beta=None):
-        t = -mean * scale(var, gamma)
-        return t if beta is None else beta + t
+        return batch_norm_shift(mean, var, gamma, beta, eps)
 
     s = ev.param(scale, running_var, *([weight] if weight is not None else []))
     refs = [running_mean, running_var] + [r for r in (weight, bias) if r is not None]
@@ -451,8 +589,28 @@ def _check_adaptive_max_pool(x, output_size, return_indices=False):
     return "max-pooling indices are not a value of the network" if return_indices else None
 
 
+def _max_pool_kernel(graph, node) -> int:
+    """Inputs of one max-pooling neuron: the kernel, clipped to the input."""
+    spatial_in = graph.shape_of(node.roles["x"])[2:]
+    kernel = _ntuple(node.roles["kernel_size"], len(spatial_in))
+    return math.prod(min(k, n) for k, n in zip(kernel, spatial_in))
+
+
+def _adaptive_kernel(graph, node) -> int:
+    """Inputs of the largest adaptive max-pooling window."""
+    spatial_in = graph.shape_of(node.roles["x"])[2:]
+    out = node.shape[0] if isinstance(node.shape[0], tuple) else node.shape
+    size = 1
+    for n_in, n_out in zip(spatial_in, out[2:]):
+        starts, ends = _adaptive_windows(n_in, n_out)
+        size *= max(e - s for s, e in zip(starts, ends))
+    return size
+
+
 @rule("max_pool", F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d,
-      torch.max_pool3d, check=_check_max_pool)
+      torch.max_pool3d, check=_check_max_pool,
+      layers=1, max_pool=_max_pool_kernel, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def max_pool(ev, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
              return_indices=False, *, func=None):
     """Max-pooling neurons become sum-pooling (not average) over the same windows."""
@@ -477,7 +635,9 @@ def _window_counts(in_shape, out_shape, dtype, device):
 
 
 @rule("adaptive_max_pool", F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-      check=_check_adaptive_max_pool)
+      check=_check_adaptive_max_pool,
+      layers=1, max_pool=_adaptive_kernel, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
     """Adaptive max-pooling becomes the sum over each adaptive window."""
     out = _spatial(ev.out_shape())
@@ -487,7 +647,9 @@ def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
     return ev.fixed(x, lambda m: avg(m, out) * _window_counts(inp, out, m.dtype, m.device))
 
 
-@rule("avg_pool", F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d)
+@rule("avg_pool", F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
              count_include_pad=True, divisor_override=None, *, func):
     """Average pooling: fixed coefficients ``1/div`` per window, lifted to ``div^-q``.
@@ -512,7 +674,9 @@ def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 
 @rule("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-      torch.adaptive_avg_pool1d)
+      torch.adaptive_avg_pool1d,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def adaptive_avg_pool(ev, x, output_size, *, func):
     """Adaptive average pooling: coefficients ``1/count`` per window, lifted to ``count^-q``."""
     out = _spatial(ev.out_shape())
@@ -529,7 +693,9 @@ def _reduced_count(shape, dim):
     return math.prod(shape[d] for d in dims)
 
 
-@rule("mean", torch.mean, Tensor.mean)
+@rule("mean", torch.mean, Tensor.mean,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
 def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Mean over ``n`` entries: coefficients ``1/n``, lifted to ``mean * n^(1-q)``."""
     n = _reduced_count(ev.shape(x), dim)
@@ -538,7 +704,9 @@ def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     return ev.fixed(x, lambda m: torch.mean(m, **kwargs) * float(n) ** (1.0 - ev.q))
 
 
-@rule("sum", torch.sum, Tensor.sum)
+@rule("sum", torch.sum, Tensor.sum,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
 def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Sum over entries: coefficients one."""
     ev.terms(_reduced_count(ev.shape(x), dim) + 2)
@@ -549,7 +717,6 @@ def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
 # ---------------------------------------------------------------- sums of activations
 
 def _check_add(x, y=None, *args, alpha=1, **kwargs):
-    from .capture import Buffer, Param
     for operand in (x, y):
         if not (_lifted(operand) or isinstance(operand, (Tensor, Param, Buffer)) or
                 isinstance(operand, (int, float)) and math.isfinite(operand)):
@@ -558,7 +725,9 @@ def _check_add(x, y=None, *args, alpha=1, **kwargs):
 
 
 @rule("add", torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__radd__,
-      Tensor.__iadd__, check=_check_add)
+      Tensor.__iadd__, check=_check_add,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def add(ev, x, y, *, alpha=1, func=None):
     """Residual addition: coefficients one (``|alpha|^q`` on the second operand). An operand
     that is a constant ``c`` or a parameter is a bias (paths starting there, ``|c|^q``; a
@@ -581,13 +750,17 @@ def add(ev, x, y, *, alpha=1, func=None):
 
 
 @rule("sub", torch.sub, Tensor.sub, Tensor.sub_, Tensor.__sub__, Tensor.__rsub__,
-      Tensor.__isub__, check=_check_add)
+      Tensor.__isub__, check=_check_add,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
 def sub(ev, x, y, *, alpha=1, func=None):
     """Subtraction: coefficients one and minus one, both lifted to one."""
     return add(ev, x, y, alpha=alpha)
 
 
-@rule("neg", torch.neg, Tensor.neg, Tensor.__neg__)
+@rule("neg", torch.neg, Tensor.neg, Tensor.__neg__,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
 def neg(ev, x, *, func=None):
     """Negation: coefficient minus one, lifted to one."""
     return x
@@ -600,18 +773,18 @@ def _check_scale(x, y, *args, **kwargs):
 
 
 def _check_div(x, y, *args, **kwargs):
-    from .capture import Buffer
     if not (_const(y) or isinstance(y, Buffer)):
         return "dividing by an activation or a parameter is not in the path-lifting model"
     return None
 
 
 @rule("mul", torch.mul, Tensor.mul, Tensor.mul_, Tensor.__mul__, Tensor.__rmul__,
-      Tensor.__imul__, check=_check_scale)
+      Tensor.__imul__, check=_check_scale,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
 def mul(ev, x, y, *, func=None):
     """Multiplication by a parameter ``p`` (a learnt scale, coefficients ``|p|^q``) or by a
     constant ``c`` (number or tensor, coefficients ``|c|^q``)."""
-    from .capture import Buffer, Param
     if _const(x) or isinstance(x, (Param, Buffer)):
         x, y = y, x
     ev.terms(1)
@@ -622,10 +795,11 @@ def mul(ev, x, y, *, func=None):
 
 
 @rule("div", torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__, Tensor.__itruediv__,
-      check=_check_div)
+      check=_check_div,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
 def div(ev, x, y, *, rounding_mode=None, func=None):
     """Division by a constant ``c``: coefficients ``|1/c|^q``."""
-    from .capture import Buffer
     if rounding_mode is not None:
         raise ev.unsupported("rounded division is not linear")
     if isinstance(y, Buffer):  # coefficients 1/c read from the buffers of the model evaluated
@@ -639,19 +813,19 @@ def div(ev, x, y, *, rounding_mode=None, func=None):
 def _blocks(ev, tensors):
     """Lifted values as they are; a constant, buffer or buffer-derived block is a set of neurons
     holding fixed values ``c`` (paths start there, like at a bias: lifted ``|c|^q``)."""
-    from .capture import Buffer
     return [ev.bias(ev.param(None, t), lambda p: p) if isinstance(t, (Tensor, Buffer)) else t
             for t in tensors]
 
 
 def _check_matmul(x, other, *args, **kwargs):
-    from .capture import Buffer, Param
     if not (_lifted(x) and isinstance(other, (Param, Buffer, Tensor)) and not _lifted(other)):
         return "a product of two activations (or a parameter on the left) is not supported"
     return None
 
 
-@rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, check=_check_matmul)
+@rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, check=_check_matmul,
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
 def matmul(ev, x, weight, *, func=None):
     """``x @ W`` with a parameter ``W`` (in, out): a linear layer, ``|W|^q``."""
     w = ev.param(None, weight)
@@ -659,19 +833,25 @@ def matmul(ev, x, weight, *, func=None):
     return ev.linear(x, lambda m, p: torch.matmul(m, p), w)
 
 
-@rule("cat", torch.cat, torch.concat, torch.concatenate)
+@rule("cat", torch.cat, torch.concat, torch.concatenate,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
 def cat(ev, tensors, dim=0, *, func=None):
     """Concatenation of lifted tensors and constant blocks (exponents aligned)."""
     return ev.join(_blocks(ev, tensors), lambda ms: torch.cat(ms, dim))
 
 
-@rule("stack", torch.stack)
+@rule("stack", torch.stack,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
 def stack(ev, tensors, dim=0, *, func=None):
     """Stacking of lifted tensors and constant blocks (exponents aligned)."""
     return ev.join(_blocks(ev, tensors), lambda ms: torch.stack(ms, dim))
 
 
-@rule("hstack", torch.hstack, torch.vstack, torch.dstack, torch.column_stack)
+@rule("hstack", torch.hstack, torch.vstack, torch.dstack, torch.column_stack,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
 def hstack(ev, tensors, *, func):
     """Concatenations along a fixed axis (exponents aligned)."""
     return ev.join(list(tensors), func)
@@ -695,14 +875,18 @@ _REARRANGE = (
 )
 
 
-@rule("rearrange", *_REARRANGE)
+@rule("rearrange", *_REARRANGE,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=True)
 def rearrange(ev, x, *args, func, **kwargs):
     """Ops that copy or move entries (coefficients one): applied to the lifted tensor as is."""
     return ev.fixed(x, lambda m: func(m, *args, **kwargs))
 
 
 @rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
-      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type)
+      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def cast(ev, x, *args, func=None, **kwargs):
     """Dtype and device changes: the lifted network keeps its own precision."""
     return x
@@ -714,7 +898,9 @@ def _check_pad(x, pad, mode="constant", value=None):
     return None
 
 
-@rule("pad", F.pad, check=_check_pad)
+@rule("pad", F.pad, check=_check_pad,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=True)
 def pad(ev, x, pad, mode="constant", value=None, *, func):
     """Zero, reflect, replicate and circular padding copy entries (coefficients one). A padded
     constant ``c`` is a bias on the padded entries (``|c|^q``); a ``-inf`` entry never wins the
@@ -754,7 +940,9 @@ def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device,
     return F.interpolate(eye, mode=mode_1d, **kwargs)[:, 0, :].T
 
 
-@rule("interpolate", F.interpolate, check=_check_interpolate)
+@rule("interpolate", F.interpolate, check=_check_interpolate,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
 def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None, antialias=False, *, func):
     """Nearest, (bi/tri)linear, bicubic, antialiased and area resampling: fixed coefficients
@@ -784,7 +972,9 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
     return ev.fixed(x, lifted)
 
 
-@rule("upsample_linear", F.upsample_bilinear, F.upsample_nearest, F.upsample)
+@rule("upsample_linear", F.upsample_bilinear, F.upsample_nearest, F.upsample,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
 def upsample(ev, x, size=None, scale_factor=None, *args, func, **kwargs):
     """Deprecated upsampling functions, mapped onto ``interpolate``."""
     if func is F.upsample_bilinear:
@@ -802,7 +992,9 @@ HEAD_NOTE = ("the analysed function is the logits before the final {head} (DESIG
 
 
 @rule("softmax_head", F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax,
-      Tensor.log_softmax)
+      Tensor.log_softmax,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="mix", transforms_through=False)
 def softmax_head(ev, x, *args, func=None, **kwargs):
     """A final softmax or log-softmax over the class dimension of every output is set aside at
     capture (:func:`set_aside_head`): the logits are the analysed outputs and this node's value is
@@ -824,7 +1016,6 @@ def set_aside_head(nodes, outputs):
     dimension (dim 1) read by nothing else, return ``(logits, kind, [])``: the analysed outputs,
     and 'softmax', 'log_softmax' or both joined by '+'. Otherwise ``(outputs, None, refused)``
     with the refused softmax nodes as ``[(index, reason)]``."""
-    from .capture import Value
     read = {ref.node for node in nodes for ref in pytree.tree_leaves((node.args, node.kwargs))
             if _lifted(ref)}
     heads = [v for v in outputs if nodes[v.node].rule == "softmax_head"]

@@ -8,7 +8,7 @@ from torch import nn
 
 import pathmetric as pm
 from pathmetric import reports
-from pathmetric.digits import DigitsCNN
+from pathmetric.app.digits import DigitsCNN
 
 
 

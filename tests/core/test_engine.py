@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
-from pathmetric import capture as capture_module
+from pathmetric.core import support as capture_module
 from conftest import model_state, same_state
 
 X64 = torch.zeros(1, 3, 64, 64)
@@ -268,7 +268,7 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
     with torch.no_grad():
         model.fc.weight.mul_(0.5)
     assert pm.path_norm(model, x) < expected[0]
-    from pathmetric.lifted import NormLifting
+    from pathmetric.core.interpreter import NormLifting
     ev = NormLifting(graph, model, dtype=torch.float64)
     outputs, _ = ev.run()
     assert not any(graph.scratch.owns(out[0].m) for out in outputs)

@@ -3,14 +3,15 @@ import copy
 import math
 
 import pytest
-import segmentation_models_pytorch as smp
 import torch
-import torch_pruning as tp
 import torchvision
 from torch import nn
 
 import pathmetric as pm
-from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step, group_members
+
+tp = pytest.importorskip("torch_pruning", reason="the tp extra (torch-pruning) is not installed")
+smp = pytest.importorskip("segmentation_models_pytorch", reason="the zoo extra is not installed")
+from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step, group_members  # noqa: E402,E501
 
 X32 = torch.randn(1, 3, 32, 32)
 

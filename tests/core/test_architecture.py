@@ -1,0 +1,120 @@
+"""Architecture: facts live on rules (an unstated fact is refused by name) and the package is
+layered (core imports nothing above it; no import cycles), read off the modules' imports."""
+import ast
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+import pathmetric as pm
+from pathmetric.core import rules
+from pathmetric.reports import generalization_bound
+
+PACKAGE = pathlib.Path(pm.__file__).parent
+
+
+@pytest.fixture
+def throwaway_rule():
+    """``torch.nn.functional.softshrink`` registered as a rule stating only its lifted image
+    (lifted as the identity: the point is which analyses refuse, not the number)."""
+    func = torch.nn.functional.softshrink
+
+    @rules.rule("throwaway_op", func)
+    def throwaway(ev, x, lambd=0.5, *, func=None):
+        return x
+    yield "throwaway_op"
+    rules.unregister("throwaway_op")
+
+
+def _model():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.head = nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            y = torch.nn.functional.softshrink(self.conv(x), 0.0)
+            return self.head(torch.relu(y).flatten(1))
+    return Net().eval()
+
+
+def test_a_rule_stating_only_its_lifted_image_is_refused_by_name_where_a_fact_is_needed(
+        throwaway_rule):
+    model, x = _model(), torch.randn(1, 3, 8, 8)
+    assert pm.path_norm(model, x) > 0
+    for analysis in (lambda: generalization_bound(model, x, n=1000),
+                     lambda: pm.channel_scores(model, x),
+                     lambda: pm.random_rescale(model, x, seed=0)):
+        with pytest.raises(pm.UnsupportedModelError, match=throwaway_rule) as info:
+            analysis()
+        assert info.value.unsupported[0][0] == throwaway_rule
+
+
+def test_every_registered_rule_states_every_fact():
+    facts = ("layers", "max_pool", "affine", "weighted", "homogeneous", "channels",
+             "transforms_through")
+    missing = [(name, f) for name, r in rules.RULES.items() for f in facts
+               if getattr(r, f) is None]
+    assert not missing
+    assert all(r.channels in rules.CHANNEL_MAPS for r in rules.RULES.values())
+
+
+def _imports(path: pathlib.Path) -> set:
+    """Modules of pathmetric that ``path`` imports (absolute names), at any depth."""
+    module = ".".join(("pathmetric",) + path.relative_to(PACKAGE).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    if path.name == "__init__.py":
+        module = package
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("pathmetric"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("pathmetric"):
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in node.names)
+    return {name for name in found if name in MODULES} - {module}
+
+
+MODULES = {".".join(("pathmetric",) + p.relative_to(PACKAGE).with_suffix("").parts)
+           .removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")}
+
+
+def test_core_imports_nothing_above_it_and_there_are_no_cycles():
+    graph = {name: _imports(path) for name, path in MODULES.items()}
+    core = {name for name in graph if name.startswith("pathmetric.core")}
+    assert len(core) >= 7
+    for name in core:
+        above = {m for m in graph[name] if not m.startswith("pathmetric.core")
+                 and m != "pathmetric.errors"}
+        assert not above, f"{name} imports {above}"
+    for name in graph:
+        if not name.startswith("pathmetric.app"):
+            assert not {m for m in graph[name] if m.startswith("pathmetric.app")}, name
+        assert not any("adapters" in m for m in graph[name]), name
+    # no cycles among the modules (a package's __init__ re-exporting its children excluded)
+    edges = {name: {m for m in deps if not name.startswith(m + ".") and m != "pathmetric"}
+             for name, deps in graph.items()}
+    state: dict = {}
+
+    def visit(name, stack):
+        state[name] = "open"
+        for m in edges[name]:
+            if state.get(m) == "open":
+                raise AssertionError(f"import cycle: {' -> '.join(stack + [name, m])}")
+            if m not in state:
+                visit(m, stack + [name])
+        state[name] = "done"
+    for name in edges:
+        if name not in state:
+            visit(name, [])
