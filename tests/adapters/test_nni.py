@@ -305,23 +305,8 @@ def test_speedup_certificate_matches_the_sped_up_model(pruner):
 
 
 def test_taylor_from_config_with_an_evaluator():
-    import nni
-    from nni.compression import TorchEvaluator
-
-    x_train, y_train, _, _ = digits.load_digits_tensors(0)
-
-    def training(model, optimizer, criterion, lr_scheduler=None, max_steps=None, max_epochs=None):
-        model.train()
-        for step in range(max_steps):
-            batch = torch.randint(0, len(x_train), (32,),
-                                  generator=torch.Generator().manual_seed(step))
-            optimizer.zero_grad()
-            criterion(model(x_train[batch]), y_train[batch]).backward()
-            optimizer.step()
-
     model = digits.pretrained()
-    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=1e-3)
-    evaluator = TorchEvaluator(training, optimizer, nn.functional.cross_entropy)
+    evaluator = _digits_evaluator(model)
     config = {"pruner": "taylor", "pruner_args": {"training_steps": 3}, "speedup": True,
               "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]}
     result = pnni.prune_from_config(model, config, torch.zeros(1, 1, 8, 8), evaluator=evaluator)
