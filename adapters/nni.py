@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 from nni.common.concrete_trace_utils import concrete_tracer
 from nni.compression.base.apply_method import ClampRound
 from nni.compression.base.compressor import register_scalers
@@ -253,7 +254,8 @@ class PathMetricPruner(_NormPruner):
                     param.mul_(mask)
             masses = pm.PathMasses(model, x)
             shares = {}
-            for group_id, members in groups.items():
+            for group_id, members in tqdm(groups.items(), desc="pathmetric: exact group masses",
+                                          unit="group", disable=not self.exact_groups):
                 sizes = {size for _, size in members}
                 if len(sizes) != 1:
                     raise ValueError(f"dependency group {group_id!r} couples layers with different "

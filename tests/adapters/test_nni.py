@@ -206,6 +206,26 @@ def test_auto_dependency_groups_share_masks():
     assert not torch.equal(masks["layer1.0.conv1"]["weight"], masks["layer1.1.conv1"]["weight"])
 
 
+def test_exact_groups_show_progress_and_share_masks(capsys):
+    """exact_groups=True is one pair pass per root channel: the groups are counted on stderr."""
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.body = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            a = torch.relu(self.stem(x))
+            return self.head((torch.relu(self.body(a)) + a).mean((2, 3)))
+
+    config = [{"op_names": ["stem", "body"], "sparse_ratio": 0.5, "dependency_group_id": 0}]
+    _, masks = pnni.PathMetricPruner(Residual(), config, X32[..., :8, :8],
+                                     exact_groups=True).compress()
+    rows = [masks[n]["weight"].reshape(4, -1).amax(dim=1) for n in ("stem", "body")]
+    assert torch.equal(rows[0], rows[1]) and float(rows[0].mean()) == 0.5
+    assert "pathmetric: exact group masses" in capsys.readouterr().err
+
+
 def test_global_group_never_empties_a_layer():
     """Without max_sparse_ratio, a global group keeps at least one channel of every layer."""
     config = {"pruner": "path_metric", "config_list": [
