@@ -97,7 +97,7 @@ def test_nni_and_torch_pruning_results_carry_a_finite_log_bound_past_float64():
 # ------------------------------------------------------------------ item 3: heads in every output
 
 QUICKSTART = """import sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{here!r}, {tests!r}]  # test_reach, and the oracle it imports (tests/bruteforce.py)
 from test_reach import QuickstartNet
 
 
@@ -109,7 +109,8 @@ def make():
 @pytest.fixture
 def quickstart(tmp_path):
     path = tmp_path / "quickstart.py"
-    path.write_text(QUICKSTART.format(tests=str(Path(__file__).parent)))
+    here = Path(__file__).parent
+    path.write_text(QUICKSTART.format(here=str(here), tests=str(here.parent)))
     return f"{path}:make"
 
 
