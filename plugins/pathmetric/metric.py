@@ -66,6 +66,14 @@ def certified_distance(graph, tensors_a: dict, tensors_b: dict, dtype=torch.floa
     return parts, error
 
 
+def _distance_parts(model, other, example_inputs, precision) -> tuple[list, float]:
+    """The scaled parts of ``||Phi(theta) - Phi(theta')||_1`` and their relative rounding error,
+    ``other`` a model or a dict of replacements (see :func:`path_metric`)."""
+    graph = capture(model, example_inputs)
+    tensors_b = _other_tensors(model, other, example_inputs, graph)
+    return certified_distance(graph, named_tensors(model), tensors_b, precision_dtype(precision))
+
+
 def _to_float(parts, error) -> float:
     return round_up(sum(to_float(float(part.m), part.e) for part in parts), error)
 
@@ -78,11 +86,7 @@ def path_metric(model: nn.Module, other, example_inputs, precision="float64") ->
     and does not grow in magnitude (pruning, shrinking, rounding toward zero); otherwise the
     ``N(max) - N(min)`` bound, through theta'' where signs conflict (DESIGN.md section 1).
     """
-    graph = capture(model, example_inputs)
-    tensors_b = _other_tensors(model, other, example_inputs, graph)
-    parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      precision_dtype(precision))
-    return _to_float(parts, error)
+    return _to_float(*_distance_parts(model, other, example_inputs, precision))
 
 
 def log_round_up(parts, error) -> float:
@@ -98,21 +102,14 @@ def log_round_up(parts, error) -> float:
 def log_path_metric(model: nn.Module, other, example_inputs, precision="float64") -> float:
     """Natural log of :func:`path_metric`'s certificate (rounded up), finite at any depth where
     ``path_metric`` returns ``inf`` past float64 (``-inf`` when the distance is zero)."""
-    graph = capture(model, example_inputs)
-    tensors_b = _other_tensors(model, other, example_inputs, graph)
-    parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      precision_dtype(precision))
-    return log_round_up(parts, error)
+    return log_round_up(*_distance_parts(model, other, example_inputs, precision))
 
 
 def path_metric_with_log(model: nn.Module, other, example_inputs,
                          precision="float64") -> tuple[float, float]:
     """``(path_metric, log_path_metric)`` from one lifted pass: the float certificate, ``inf``
     past float64, and its natural log, finite at any depth (rank by the log)."""
-    graph = capture(model, example_inputs)
-    tensors_b = _other_tensors(model, other, example_inputs, graph)
-    parts, error = certified_distance(graph, named_tensors(model), tensors_b,
-                                      precision_dtype(precision))
+    parts, error = _distance_parts(model, other, example_inputs, precision)
     return _to_float(parts, error), log_round_up(parts, error)
 
 
