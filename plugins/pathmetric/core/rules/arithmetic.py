@@ -1,0 +1,106 @@
+"""Rules of the sums and scalings of activations: add, sub, neg, mul, div.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ir import Buffer, Param
+from . import rule, _const, _lifted, _activation, _abs_pow, offset, Tensor
+
+
+# ---------------------------------------------------------------- sums of activations
+
+def _check_add(x, y=None, *args, alpha=1, **kwargs):
+    for operand in (x, y):
+        if not (_lifted(operand) or isinstance(operand, (Tensor, Param, Buffer)) or
+                isinstance(operand, (int, float)) and math.isfinite(operand)):
+            return f"adding {type(operand).__name__} {operand!r} to an activation"
+    return None
+
+
+@rule("add", torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__radd__,
+      Tensor.__iadd__, check=_check_add,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
+def add(ev, x, y, *, alpha=1, func=None):
+    """Residual addition: coefficients one (``|alpha|^q`` on the second operand). An operand
+    that is a constant ``c`` or a parameter is a bias (paths starting there, ``|c|^q``; a
+    constant is a parameter coordinate both models share)."""
+    ev.terms(2)
+    terms = []
+    for operand, scale in ((x, 1), (y, alpha)):
+        if not _activation(operand):
+            if isinstance(operand, (int, float)) or scale == 1:
+                terms.append(offset(ev, operand * scale if isinstance(operand, (int, float))
+                                    else operand))
+            else:
+                terms.append(ev.bias(ev.param(lambda v: v * scale, operand), lambda p: p))
+        elif scale != 1:
+            factor = abs(scale) ** ev.q
+            terms.append(ev.fixed(operand, lambda m: m * factor))
+        else:
+            terms.append(operand)
+    return ev.add(terms)
+
+
+@rule("sub", torch.sub, Tensor.sub, Tensor.sub_, Tensor.__sub__, Tensor.__rsub__,
+      Tensor.__isub__, check=_check_add,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=False)
+def sub(ev, x, y, *, alpha=1, func=None):
+    """Subtraction: coefficients one and minus one, both lifted to one."""
+    return add(ev, x, y, alpha=alpha)
+
+
+@rule("neg", torch.neg, Tensor.neg, Tensor.__neg__,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
+def neg(ev, x, *, func=None):
+    """Negation: coefficient minus one, lifted to one."""
+    return x
+
+
+def _check_scale(x, y, *args, **kwargs):
+    if _lifted(x) and _lifted(y):
+        return "a product of two activations is not in the path-lifting model"
+    return None
+
+
+def _check_div(x, y, *args, **kwargs):
+    if not (_const(y) or isinstance(y, Buffer)):
+        return "dividing by an activation or a parameter is not in the path-lifting model"
+    return None
+
+
+@rule("mul", torch.mul, Tensor.mul, Tensor.mul_, Tensor.__mul__, Tensor.__rmul__,
+      Tensor.__imul__, check=_check_scale,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
+def mul(ev, x, y, *, func=None):
+    """Multiplication by a parameter ``p`` (a learnt scale, coefficients ``|p|^q``) or by a
+    constant ``c`` (number or tensor, coefficients ``|c|^q``)."""
+    if _const(x) or isinstance(x, (Param, Buffer)):
+        x, y = y, x
+    ev.terms(1)
+    if isinstance(y, (Param, Buffer)):
+        return ev.linear(x, lambda m, p: m * p, ev.param(None, y))
+    factor = _abs_pow(y, ev.q)
+    return ev.fixed(x, lambda m: m * (factor.to(m) if isinstance(factor, Tensor) else factor))
+
+
+@rule("div", torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__, Tensor.__itruediv__,
+      check=_check_div,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
+def div(ev, x, y, *, rounding_mode=None, func=None):
+    """Division by a constant ``c``: coefficients ``|1/c|^q``."""
+    if rounding_mode is not None:
+        raise ev.unsupported("rounded division is not linear")
+    if isinstance(y, Buffer):  # coefficients 1/c read from the buffers of the model evaluated
+        ev.terms(1)
+        return ev.linear(x, lambda m, p: m * p, ev.param(torch.reciprocal, y))
+    factor = _abs_pow(y, ev.q)
+    ev.terms(1)
+    return ev.fixed(x, lambda m: m / (factor.to(m) if isinstance(factor, Tensor) else factor))

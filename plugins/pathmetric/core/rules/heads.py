@@ -1,0 +1,64 @@
+"""Rules of the the final softmax/log_softmax head, set aside at capture.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils import _pytree as pytree
+
+from ..ir import Value
+from . import rule, _lifted, Tensor
+
+
+# ---------------------------------------------------------------- output heads and graph checks
+
+HEAD_NOTE = ("the analysed function is the logits before the final {head} (DESIGN.md, output "
+             "heads): every certificate bounds the logits; it bounds the probabilities with "
+             "factor 1 (softmax) and the log-probabilities with factor n + 1 (n classes)")
+
+
+@rule("softmax_head", F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax,
+      Tensor.log_softmax,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="mix", transforms_through=False)
+def softmax_head(ev, x, *args, func=None, **kwargs):
+    """A final softmax or log-softmax over the class dimension of every output is set aside at
+    capture (:func:`set_aside_head`): the logits are the analysed outputs and this node's value is
+    never read; any other softmax is refused there."""
+    return x
+
+
+def head_kind(node) -> str:
+    return "log_softmax" if "log" in getattr(node.func, "__name__", "") else "softmax"
+
+
+def _head_dim(node):
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return dim if isinstance(dim, int) else None
+
+
+def set_aside_head(nodes, outputs):
+    """DESIGN.md "Output heads": when every output is a ``softmax``/``log_softmax`` over the class
+    dimension (dim 1) read by nothing else, return ``(logits, kind, [])``: the analysed outputs,
+    and 'softmax', 'log_softmax' or both joined by '+'. Otherwise ``(outputs, None, refused)``
+    with the refused softmax nodes as ``[(index, reason)]``."""
+    read = {ref.node for node in nodes for ref in pytree.tree_leaves((node.args, node.kwargs))
+            if _lifted(ref)}
+    heads = [v for v in outputs if nodes[v.node].rule == "softmax_head"]
+    refused = []
+    for index, node in enumerate(nodes):
+        if node.rule != "softmax_head":
+            continue
+        dim, ndim = _head_dim(node), len(node.shape)
+        if dim is None or ndim < 2 or dim % ndim != 1:
+            refused.append((index, "softmax over a dimension other than the class dimension (1)"))
+        elif index in read or Value(index) not in outputs:
+            refused.append((index, "softmax inside the network is not piecewise linear (only a "
+                                   "final softmax/log_softmax on every output is set aside)"))
+        elif len(heads) != len(outputs):
+            refused.append((index, "softmax on some outputs only: the analysed function would "
+                                   "mix logits and probabilities"))
+    if refused or not heads:
+        return outputs, None, refused
+    kinds = sorted({head_kind(nodes[v.node]) for v in heads})
+    return [nodes[v.node].args[0] for v in heads], "+".join(kinds), []

@@ -1,0 +1,131 @@
+"""Rules of the parametrised linear maps: convolutions, transposed convolutions, linear, ``x @ W``
+and the frozen batch normalisation (with its fold ``batch_norm_scale``/``batch_norm_shift``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..ir import Buffer, Param
+from . import rule, _lifted, Tensor
+
+
+# ---------------------------------------------------------------- parametrised linear maps
+
+def _with_bias(ev, y, bias, channel_dim, ndim):
+    if bias is None:
+        return y
+    shape = [1] * ndim
+    shape[channel_dim] = -1
+    return ev.add([y, ev.bias(ev.param(None, bias), lambda p: p.reshape(shape))])
+
+
+def _check_param(name):
+    def check(x, weight, *args, **kwargs):
+        if not isinstance(weight, (Param, Buffer, Tensor)):
+            return f"{name} weight must be a parameter, a buffer or a constant tensor"
+        return None
+    return check
+
+
+@rule("conv", F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
+      check=_check_param("convolution"),
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
+def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, func):
+    """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
+    w = ev.param(None, weight)
+    ev.terms(math.prod(ev.param_shape(weight)[1:]) + 2)
+    y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, dilation, groups), w,
+                  stack_dim=1 if groups == 1 else None)
+    return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
+
+
+@rule("conv_transpose", F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+      check=_check_param("transposed convolution"),
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
+def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                   dilation=1, *, func):
+    """Transposed convolution with ``|W|^q`` and ``|b|^q``."""
+    w = ev.param(None, weight)
+    ev.terms(math.prod(ev.param_shape(weight)) // max(1, ev.param_shape(weight)[1]) + 2)
+    y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, output_padding, groups,
+                                       dilation), w)
+    return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
+
+
+@rule("linear", F.linear, check=_check_param("linear"),
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
+def linear(ev, x, weight, bias=None, *, func):
+    """``y = W x + b`` with ``|W|^q`` and ``|b|^q``."""
+    w = ev.param(None, weight)
+    ev.terms(ev.param_shape(weight)[-1] + 2)
+    y = ev.linear(x, lambda m, p: F.linear(m, p), w, stack_dim=-1)
+    return _with_bias(ev, y, bias, -1, len(ev.out_shape()))
+
+
+def _check_batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                      training=False, momentum=0.1, eps=1e-5, use_input_stats=False):
+    if training:
+        return ("batch_norm with training=True normalises with batch statistics and updates the "
+                "running statistics; call it with training=False (the model in eval mode)")
+    if running_mean is None or running_var is None or use_input_stats:
+        return ("a normalisation with batch or instance statistics is data-dependent; use "
+                "running statistics (track_running_stats=True, eval mode)")
+    return None
+
+
+def batch_norm_scale(var, gamma=None, eps=1e-5):
+    """The weight ``s = gamma / sqrt(var + eps)`` of a frozen BatchNorm's identity neurons."""
+    root = torch.sqrt(var + eps)
+    return root.reciprocal() if gamma is None else gamma / root
+
+
+def batch_norm_shift(mean, var, gamma=None, beta=None, eps=1e-5):
+    """The bias ``t = beta - mean * s`` of a frozen BatchNorm's identity neurons."""
+    t = -mean * batch_norm_scale(var, gamma, eps)
+    return t if beta is None else beta + t
+
+
+@rule("batch_norm", F.batch_norm, F.instance_norm, check=_check_batch_norm,
+      layers=1, max_pool=0, affine=False, weighted=True,
+      homogeneous=False, channels="preserve", transforms_through=False)
+def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, use_input_stats=False, func=None):
+    """Frozen BatchNorm (and InstanceNorm with running statistics in eval mode, the same map):
+    identity neurons with weight ``s = gamma / sqrt(var + eps)`` and bias
+    ``t = beta - mean * s``, lifted to ``|s|^q`` and ``|t|^q`` (running statistics always)."""
+    def scale(var, gamma=None):
+        return batch_norm_scale(var, gamma, eps)
+
+    def shift(mean, var, gamma=None, beta=None):
+        return batch_norm_shift(mean, var, gamma, beta, eps)
+
+    s = ev.param(scale, running_var, *([weight] if weight is not None else []))
+    refs = [running_mean, running_var] + [r for r in (weight, bias) if r is not None]
+    if weight is None and bias is not None:
+        raise ev.unsupported("BatchNorm with a bias but no weight")
+    t = ev.param(shift, *refs)
+    ev.terms(3)
+    return ev.affine(x, s, t)
+
+
+
+def _check_matmul(x, other, *args, **kwargs):
+    if not (_lifted(x) and isinstance(other, (Param, Buffer, Tensor)) and not _lifted(other)):
+        return "a product of two activations (or a parameter on the left) is not supported"
+    return None
+
+
+@rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, check=_check_matmul,
+      layers=1, max_pool=0, affine=True, weighted=True,
+      homogeneous=False, channels="mix", transforms_through=False)
+def matmul(ev, x, weight, *, func=None):
+    """``x @ W`` with a parameter ``W`` (in, out): a linear layer, ``|W|^q``."""
+    w = ev.param(None, weight)
+    ev.terms(ev.param_shape(weight)[0] + 2)
+    return ev.linear(x, lambda m, p: torch.matmul(m, p), w)

@@ -1,0 +1,172 @@
+"""Rules of the concatenation (cat, stack, hstack), rearrangements, casts, padding and
+interpolation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..ir import Buffer
+from . import rule, _spatial, offset, _ntuple, Tensor
+
+
+# ---------------------------------------------------------------- concatenation
+
+def _blocks(ev, tensors):
+    """Lifted values as they are; a constant, buffer or buffer-derived block is a set of neurons
+    holding fixed values ``c`` (paths start there, like at a bias: lifted ``|c|^q``)."""
+    return [ev.bias(ev.param(None, t), lambda p: p) if isinstance(t, (Tensor, Buffer)) else t
+            for t in tensors]
+
+
+@rule("cat", torch.cat, torch.concat, torch.concatenate,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
+def cat(ev, tensors, dim=0, *, func=None):
+    """Concatenation of lifted tensors and constant blocks (exponents aligned)."""
+    return ev.join(_blocks(ev, tensors), lambda ms: torch.cat(ms, dim))
+
+
+@rule("stack", torch.stack,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
+def stack(ev, tensors, dim=0, *, func=None):
+    """Stacking of lifted tensors and constant blocks (exponents aligned)."""
+    return ev.join(_blocks(ev, tensors), lambda ms: torch.stack(ms, dim))
+
+
+@rule("hstack", torch.hstack, torch.vstack, torch.dstack, torch.column_stack,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=False)
+def hstack(ev, tensors, *, func):
+    """Concatenations along a fixed axis (exponents aligned)."""
+    return ev.join(list(tensors), func)
+
+
+# ---------------------------------------------------------------- copies and rearrangements
+
+_REARRANGE = (
+    torch.flatten, Tensor.flatten, Tensor.view, Tensor.reshape, torch.reshape, Tensor.permute,
+    torch.permute, Tensor.transpose, torch.transpose, Tensor.t, torch.t, Tensor.contiguous,
+    Tensor.squeeze, torch.squeeze, Tensor.unsqueeze, torch.unsqueeze, Tensor.__getitem__,
+    Tensor.chunk, torch.chunk, Tensor.split, torch.split, Tensor.unbind, torch.unbind,
+    Tensor.narrow, torch.narrow, Tensor.clone, torch.clone, Tensor.expand, Tensor.expand_as,
+    Tensor.repeat, Tensor.unflatten, torch.unflatten, Tensor.movedim, torch.movedim,
+    F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle, torch.channel_shuffle,
+    Tensor.view_as, Tensor.reshape_as, Tensor.flip, torch.flip, Tensor.roll, torch.roll,
+    torch.tile, Tensor.tile, Tensor.repeat_interleave, torch.repeat_interleave,
+    Tensor.ravel, torch.ravel, Tensor.swapaxes, torch.swapaxes, Tensor.swapdims, torch.swapdims,
+    Tensor.moveaxis, torch.moveaxis, Tensor.T.__get__, Tensor.mT.__get__, Tensor.unsqueeze_,
+    Tensor.squeeze_, Tensor.index_select, torch.index_select,
+)
+
+
+@rule("rearrange", *_REARRANGE,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=True)
+def rearrange(ev, x, *args, func, **kwargs):
+    """Ops that copy or move entries (coefficients one): applied to the lifted tensor as is."""
+    return ev.fixed(x, lambda m: func(m, *args, **kwargs))
+
+
+@rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
+      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
+def cast(ev, x, *args, func=None, **kwargs):
+    """Dtype and device changes: the lifted network keeps its own precision."""
+    return x
+
+
+def _check_pad(x, pad, mode="constant", value=None):
+    if mode == "constant" and value is not None and not (math.isfinite(value) or value == -math.inf):
+        return f"padding with {value}"
+    return None
+
+
+@rule("pad", F.pad, check=_check_pad,
+      layers=0, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="reindex", transforms_through=True)
+def pad(ev, x, pad, mode="constant", value=None, *, func):
+    """Zero, reflect, replicate and circular padding copy entries (coefficients one). A padded
+    constant ``c`` is a bias on the padded entries (``|c|^q``); a ``-inf`` entry never wins the
+    max-pooling that must follow it (:func:`check_graph`), so it starts no path."""
+    y = ev.fixed(x, lambda m: F.pad(m, pad, mode=mode))
+    if mode != "constant" or not value or value == -math.inf:
+        return y
+    mask = F.pad(torch.zeros(ev.shape(x), dtype=ev.dtype, device=ev.device), pad, value=1.0)
+    ev.terms(2)
+    return ev.add([y, offset(ev, value, lambda p: p * mask)])
+
+
+def _check_interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                       recompute_scale_factor=None, antialias=False):
+    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area",
+                    "bicubic"):
+        return f"interpolation mode '{mode}' is not supported"
+    return None
+
+
+def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device, antialias=False):
+    """The ``n_out x n_in`` coefficient matrix of 1-D interpolation along one axis (bicubic and
+    antialiased modes, which PyTorch only has in 2-D and applies axis by axis, are read off a
+    2-D call on a ``1 x n_in`` image whose first axis stays of size one)."""
+    if mode == "bicubic" or antialias:
+        eye = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, 1, 1, n_in)
+        kwargs = ({"scale_factor": (1.0, scale), "recompute_scale_factor": False} if scale
+                  else {"size": (1, n_out)})
+        return F.interpolate(eye, mode="bicubic" if mode == "bicubic" else "bilinear",
+                             align_corners=align_corners, antialias=antialias,
+                             **kwargs)[:, 0, 0, :].T
+    eye = torch.eye(n_in, dtype=dtype, device=device).unsqueeze(1)
+    mode_1d = "linear" if mode in ("bilinear", "trilinear", "linear") else mode
+    kwargs = {"scale_factor": scale, "recompute_scale_factor": False} if scale else {"size": n_out}
+    if mode_1d == "linear":
+        kwargs["align_corners"] = align_corners
+    return F.interpolate(eye, mode=mode_1d, **kwargs)[:, 0, :].T
+
+
+@rule("interpolate", F.interpolate, check=_check_interpolate,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=True, channels="preserve", transforms_through=True)
+def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                recompute_scale_factor=None, antialias=False, *, func):
+    """Nearest, (bi/tri)linear, bicubic, antialiased and area resampling: fixed coefficients
+    ``c``, lifted to ``|c|^q`` (bicubic ones can be negative). All but nearest are separable, so
+    ``|c|^q`` is applied axis by axis."""
+    inp, out = _spatial(ev.shape(x)), _spatial(ev.out_shape())
+    kwargs = dict(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                  recompute_scale_factor=recompute_scale_factor, antialias=antialias)
+    if mode == "area":
+        return adaptive_avg_pool(ev, x, out, func=(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                                                  F.adaptive_avg_pool3d)[len(out) - 1])
+    ev.terms((math.prod(inp) if antialias else 4 ** len(out)) + 2)
+    if antialias and inp[-1] == 1 and (ev.q != 1.0 or mode == "bicubic"):
+        raise ev.unsupported("PyTorch's antialiased resampling of an image of width one is not "
+                             "separable (its coefficients cannot be read axis by axis)")
+    if (ev.q == 1.0 and mode != "bicubic") or mode.startswith("nearest"):
+        return ev.fixed(x, lambda m: F.interpolate(m, **kwargs))
+    scales = _ntuple(scale_factor, len(out)) if scale_factor is not None and not \
+        recompute_scale_factor else (None,) * len(out)
+
+    def lifted(m):
+        for axis, (n_in, n_out, scale) in enumerate(zip(inp, out, scales)):
+            coeff = interpolation_matrix(n_in, n_out, mode, align_corners, scale, m.dtype,
+                                         m.device, antialias).abs() ** ev.q
+            m = torch.movedim(torch.movedim(m, 2 + axis, -1) @ coeff.T, -1, 2 + axis)
+        return m
+    return ev.fixed(x, lifted)
+
+
+@rule("upsample_linear", F.upsample_bilinear, F.upsample_nearest, F.upsample,
+      layers=1, max_pool=0, affine=False, weighted=False,
+      homogeneous=False, channels="preserve", transforms_through=True)
+def upsample(ev, x, size=None, scale_factor=None, *args, func, **kwargs):
+    """Deprecated upsampling functions, mapped onto ``interpolate``."""
+    if func is F.upsample_bilinear:
+        return interpolate(ev, x, size, scale_factor, "bilinear", True, func=F.interpolate)
+    if func is F.upsample_nearest:
+        return interpolate(ev, x, size, scale_factor, "nearest", func=F.interpolate)
+    return interpolate(ev, x, size, scale_factor, *args, func=F.interpolate, **kwargs)
