@@ -136,3 +136,22 @@ def test_a_parameter_viewed_twice_is_shared():
     model = Viewed(lambda m, y: y * m.gamma.view(1, -1, 1, 1) * m.gamma[:, None, None]).eval()
     with pytest.raises(pm.UnsupportedModelError, match="more than one operation"):
         pm.weight_scores(model, X2)
+
+
+@pytest.mark.slow
+def test_timm_fasternet_with_layer_scale():
+    """timm's FasterNet-T2 (ReLU) with LayerScale: ``layer_scale.unsqueeze(-1).unsqueeze(-1)``."""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("fasternet_t2", pretrained=False, layer_scale_init_value=0.5).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    assert pm.check_support(model, x).ok
+    scores = pm.weight_scores(model, x)
+    scales = [n for n, _ in model.named_parameters() if n.endswith("layer_scale")]
+    assert scales and all(scores[n].shape == dict(model.named_parameters())[n].shape and
+                          bool((scores[n] > 0).all()) for n in scales)
+    rescaled = pm.random_rescale(model, x, seed=1)
+    inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(inputs)
+        assert (out - rescaled(inputs)).abs().max() <= 1e-4 * out.abs().max()
