@@ -76,6 +76,28 @@ class AddBias(nn.Module):
         return x + self.bias
 
 
+class LayerScale(nn.Module):
+    """``x * gamma.view(1, -1, 1)``: a learnt per-channel scale, viewed in forward."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        return x * self.gamma.view(1, -1, 1)
+
+
+class ViewedBias(nn.Module):
+    """``x + b[:, None]`` with a per-channel parameter ``b`` of shape (c,)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        return x + self.bias[:, None]
+
+
 def make_op(spec) -> Op:
     kind = spec[0]
     if kind == "maxpool":
@@ -170,6 +192,10 @@ def _layer(spec, c, n, generator):
         return MatMul(n), c, n
     if kind == "bias":
         return AddBias(c), c, n
+    if kind == "scale":
+        return LayerScale(c), c, n
+    if kind == "vbias":
+        return ViewedBias(c), c, n
     if kind == "relu":
         return nn.ReLU(), c, n
     if kind in ("res", "cat"):
@@ -261,6 +287,16 @@ def _module(dag, module, ids, shape):
     if isinstance(module, AddBias):
         b = module.bias
         return _linear_layer(dag, ids, shape, lambda x: x, lambda j, s: float(b[j // s[-1], 0]))
+    if isinstance(module, LayerScale):   # identity neurons, incoming edge weight gamma_c
+        g = module.gamma
+        new = [dag.neuron([(int(u), float(g[c]))]) for c in range(shape[0])
+               for u in ids[c].reshape(-1)]
+        return torch.tensor(new).reshape(ids.shape), shape
+    if isinstance(module, ViewedBias):   # identity neurons with bias b_c
+        b = module.bias
+        new = [dag.neuron([(int(u), 1.0)], float(b[c])) for c in range(shape[0])
+               for u in ids[c].reshape(-1)]
+        return torch.tensor(new).reshape(ids.shape), shape
     if isinstance(module, Op) and module.kind in ELEMENTWISE:
         new = [ELEMENTWISE[module.kind](dag, u, module.slope) for u in ids.reshape(-1).tolist()]
         return torch.tensor(new).reshape(ids.shape), shape

@@ -199,7 +199,8 @@ def _in_channel_sums(node, w):
 
 def weight_scores(model, example_inputs, relative=False, precision="float64") -> dict:
     """``{parameter name: |theta_i| * dN/d|theta_i|}`` for every conv/linear weight and bias,
-    and every weight ``W`` used as ``x @ W``.
+    and every parameter used directly, in its own shape: ``W`` of ``x @ W``, a learnt scale
+    ``x * gamma`` (LayerScale's ``gamma.view(1, -1, 1, 1)`` too), a bias ``x + b``.
 
     Each entry is the L1 path mass through that coordinate, ``N(theta) - N(theta_i = 0)``;
     ``relative=True`` divides by ``N`` (finite for any depth). One forward and one backward.
@@ -209,9 +210,9 @@ def weight_scores(model, example_inputs, relative=False, precision="float64") ->
     for _, weight, bias in masses.layers.values():
         for name in (weight, bias) if bias else (weight,):
             out[name] = masses.release(name, relative)
-    for node in masses.graph.nodes:   # entrywise masses: the (in, out) layout does not matter
-        if node.rule == "matmul" and isinstance(node.args[1], Param) and node.args[1].name not in out:
-            out[node.args[1].name] = masses.release(node.args[1].name, relative)
+    for name in masses.graph.param_names:   # x @ W, x * gamma, x + b: lifted under their names
+        if name not in out and name in masses._leaves:
+            out[name] = masses.release(name, relative)
     return out
 
 

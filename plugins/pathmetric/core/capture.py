@@ -21,6 +21,10 @@ Nothing the model does may escape the graph unseen; each of these is tracked or 
 - tensors computed from buffers in forward (``self.s.view(1, -1, 1, 1)``) are :class:`Derived`
   references, recomputed from the buffers of the model evaluated (and compared between two
   models like the buffers themselves);
+- a parameter passed through ops that only move its entries (``gamma.view(1, -1, 1, 1)``,
+  ``gamma[:, None, None]``: the ``rearrange`` rule's ops) is a :class:`ParamView`, still a
+  parameter coordinate; any other tensor computed from parameters (weight normalisation) is
+  refused where it is used;
 - parameters or buffers read into Python (``float(p)``, ``p.item()``) are refused: the number
   would be frozen into the graph;
 - the cached graph is keyed on the module tree, the forward code, hooks, plain attributes and
@@ -37,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from . import rules
-from .ir import Buffer, Derived, Graph, Node, Param, Value, function_name, references
+from .ir import Buffer, Derived, Graph, Node, Param, ParamView, Value, function_name, references
 from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 
 
@@ -120,7 +124,8 @@ class _Recorder(TorchFunctionMode):
     a refused call (*tainted*: calls reading it are consequences of that refusal and are listed
     only when they would be refused by themselves). ``stale`` holds activations that an in-place
     op on an alias changed behind the graph's back. ``derived`` maps tensors computed from buffers
-    alone to their :class:`Derived` reference, ``param_derived`` those computed from parameters.
+    alone to their :class:`Derived` reference, ``views`` parameters rearranged to their
+    :class:`ParamView`, ``param_derived`` the other tensors computed from parameters.
     """
 
     def __init__(self, params: dict, buffers: dict, paths: list, state: dict, guarded: set):
@@ -135,6 +140,7 @@ class _Recorder(TorchFunctionMode):
         self.stale: dict = {}           # id(tensor) -> (tensor, in-place op, module path)
         self.param_derived: dict = {}   # id(tensor) -> tensor computed from parameters
         self.derived: dict = {}         # id(tensor) -> (tensor, Derived)
+        self.views: dict = {}           # id(tensor) -> (tensor, ParamView)
         self.derivations: dict = {}     # Derived name -> (Node, item)
         self.nodes: list = []
         self.unsupported: list = []
@@ -178,6 +184,8 @@ class _Recorder(TorchFunctionMode):
                 return Buffer(self.buffers[key])
             if key in self.derived:
                 return self.derived[key][1]
+            if key in self.views:
+                return self.views[key][1]
             return x.detach().clone()
         return x
 
@@ -197,18 +205,29 @@ class _Recorder(TorchFunctionMode):
 
     def _constant(self, name, func, args, kwargs, tensors, out):
         """A call on no activation: follow what parameters and buffers become."""
-        from_params = any(id(x) in self.params or id(x) in self.param_derived for x in tensors)
+        from_params = any(id(x) in self.params or id(x) in self.views or
+                          id(x) in self.param_derived for x in tensors)
         from_buffers = any(id(x) in self.buffers or id(x) in self.derived for x in tensors)
         if not (from_params or from_buffers):
             return
         if name.split(".")[-1] in _PYTHON_READS:
             state = next(self.params.get(id(x)) or self.buffers.get(id(x)) or "a tensor computed "
                          "from them" for x in tensors if id(x) in self.params or id(x) in
-                         self.buffers or id(x) in self.param_derived or id(x) in self.derived)
+                         self.buffers or id(x) in self.views or id(x) in self.param_derived
+                         or id(x) in self.derived)
             self.refuse(name, f"the value of a parameter or buffer ({state}) is read into Python, "
                               "so it would be frozen as a constant; keep it a tensor")
             return
         outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        source = self._rearranged_parameter(func, args, kwargs) if from_params else None
+        if source is not None:
+            single = isinstance(out, torch.Tensor)
+            rest = (tuple(args[1:]), dict(kwargs))
+            for k, t in enumerate(outputs):
+                if id(t) not in self.params:   # (``p.contiguous()`` may return ``p`` itself)
+                    op = (func,) + rest + (None if single else k,)
+                    self.views[id(t)] = (t, ParamView(source.name, source.ops + (op,)))
+            return
         if from_params:
             for t in outputs:
                 self.param_derived[id(t)] = t
@@ -222,6 +241,19 @@ class _Recorder(TorchFunctionMode):
             ref = Derived(f"{path + '.' if path else ''}<{name} #{len(self.derivations)}>")
             self.derivations[ref.name] = (node, None if single else k)
             self.derived[id(t)] = (t, ref)
+
+    def _rearranged_parameter(self, func, args, kwargs):
+        """The :class:`ParamView` (with no op yet for a plain parameter) that a call rearranges
+        when it is an op of the ``rearrange`` rule whose only tensor argument is its first, a
+        parameter or a view of one; else None."""
+        rule = rules.lookup(func)
+        if rule is None or rule.name != "rearrange" or not args or any(
+                isinstance(x, torch.Tensor) for x in pytree.tree_leaves((args[1:], kwargs))):
+            return None
+        key = id(args[0])
+        if key in self.params:
+            return ParamView(self.params[key], ())
+        return self.views[key][1] if key in self.views else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -275,6 +307,13 @@ class _Recorder(TorchFunctionMode):
             roles = rule.bind(enc_args, enc_kwargs)
         except TypeError as exc:
             problem = problem or f"its arguments do not match the rule {rule.name}: {exc}"
+        viewed = [role for role, value in roles.items() if role not in rule.param_views and any(
+            isinstance(leaf, ParamView) for leaf in pytree.tree_leaves(value))]
+        if viewed and not problem:
+            problem = (f"a parameter rearranged in forward (view, reshape, indexing) is its "
+                       f"'{viewed[0]}' argument; such a parameter is taken as an elementwise weight "
+                       "(x * gamma.view(...)) or bias (x + b.view(...)) only: pass the parameter "
+                       "itself")
         if problem:
             self.refuse(name, problem, out)
             return out
@@ -469,7 +508,7 @@ def _graph_of(recorder, out, inputs, report):
     used: dict = {}
     for node in graph.nodes:
         for ref in references(node.args, node.kwargs):
-            if isinstance(ref, Param):
+            if isinstance(ref, (Param, ParamView)):
                 used[ref.name] = used.get(ref.name, 0) + 1
     graph.uses = used
     graph.param_names = tuple(used)
@@ -496,6 +535,8 @@ def replay(graph: Graph, model: nn.Module, inputs):
             return value if x.item is None else value[x.item]
         if isinstance(x, Derived):
             return graph.derive(x, named, memo)
+        if isinstance(x, ParamView):
+            return x.of(named[x.name])
         if isinstance(x, (Param, Buffer)):
             return named[x.name]
         return x

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from . import rules
-from .ir import Buffer, Derived, Graph, Param, Value
+from .ir import Buffer, Derived, Graph, Param, ParamView, Value
 from ..errors import UnsupportedModelError
 from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
                      scaled_total)
@@ -147,6 +147,8 @@ class Lifting:
         model ``which``."""
         if isinstance(ref, Derived):
             return self.graph.derive(ref, self.tensors[which], self.derived_memo[which])
+        if isinstance(ref, ParamView):
+            return ref.of(self.tensors[which][ref.name])
         if isinstance(ref, (Param, Buffer)):
             return self.tensors[which][ref.name]
         return ref
@@ -287,7 +289,11 @@ class NormLifting(Lifting):
 
     def param(self, fn, *refs) -> Scaled:
         """``|fn(*refs)|^q`` as a scaled tensor (``|w|^q`` can leave float64's range for large
-        ``q`` even where ``|w|`` does not)."""
+        ``q`` even where ``|w|`` does not). A parameter view is the parameter lifted in its own
+        shape, then viewed (so a tracked leaf is the parameter's own lifted image)."""
+        if fn is None and isinstance(refs[0], ParamView):
+            value = self.param(None, Param(refs[0].name))
+            return Scaled(refs[0].of(value.m), value.e)
         value = scaled_power(self.magnitude(fn, refs), self.q)
         if self.leaves is not None and isinstance(refs[0], (Param, Buffer)):
             value.m = value.m.detach().requires_grad_()

@@ -41,6 +41,27 @@ class Derived(Buffer):
     ``Graph.derived[name]`` says how; it is recomputed from the buffers of the model evaluated."""
 
 
+# ---------------------------------------------------------------- parameters rearranged in forward
+
+@dataclass(frozen=True)
+class ParamView:
+    """The parameter ``name`` passed in forward through ops that only select, reorder or
+    broadcast its entries (``gamma.view(1, -1, 1, 1)``, ``gamma[:, None, None]``, ``W.T``): every
+    entry of the result is one entry of the parameter, so it is a parameter coordinate still.
+    ``ops`` are the recorded calls ``(function, args, kwargs, item)`` in order (``item``: the
+    output taken from a multi-output call such as ``chunk``, else None)."""
+    name: str
+    ops: tuple
+
+    def of(self, tensor):
+        """The view applied to ``tensor``, a tensor of the parameter's shape: its value in one
+        model, or its lifted image (an autograd leaf stays the leaf the gradient reaches)."""
+        for func, args, kwargs, item in self.ops:
+            tensor = func(tensor, *args, **kwargs)
+            tensor = tensor if item is None else tensor[item]
+        return tensor
+
+
 @dataclass
 class Node:
     rule: str          # rule name in ``rules.RULES`` ("input" for a model input)
@@ -175,7 +196,8 @@ class Graph:
 
 def references(args, kwargs) -> tuple:
     """The parameter and buffer references among ``args`` and ``kwargs`` (nested too)."""
-    return tuple(x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, (Param, Buffer)))
+    return tuple(x for x in pytree.tree_leaves((args, kwargs))
+                 if isinstance(x, (Param, Buffer, ParamView)))
 
 
 

@@ -57,7 +57,10 @@ class Rule:
     - ``channels``: how it maps channels, one of :data:`CHANNEL_MAPS`;
     - ``transforms_through``: a joint permutation or positive rescaling of its input channels
       comes out as the same transform of its output channels, with nothing to absorb it (the
-      symmetry counts let a channel group cross it).
+      symmetry counts let a channel group cross it);
+    - ``param_views``: roles that may hold a parameter rearranged in forward
+      (:class:`~pathmetric.core.ir.ParamView`, ``gamma.view(1, -1, 1, 1)``); capture refuses one
+      in any other role.
     """
     name: str
     funcs: tuple
@@ -70,6 +73,7 @@ class Rule:
     homogeneous: bool | None = None
     channels: str | None = None
     transforms_through: bool | None = None
+    param_views: tuple = ()
     _signature: object = field(default=None, init=False, repr=False, compare=False)
 
     def bind(self, args, kwargs) -> dict:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..ir import Buffer, Param
+from ..ir import Buffer, Param, ParamView
 from . import rule, _const, _lifted, _activation, _abs_pow, offset, Tensor
 
 
@@ -14,7 +14,7 @@ from . import rule, _const, _lifted, _activation, _abs_pow, offset, Tensor
 
 def _check_add(x, y=None, *args, alpha=1, **kwargs):
     for operand in (x, y):
-        if not (_lifted(operand) or isinstance(operand, (Tensor, Param, Buffer)) or
+        if not (_lifted(operand) or isinstance(operand, (Tensor, Param, ParamView, Buffer)) or
                 isinstance(operand, (int, float)) and math.isfinite(operand)):
             return f"adding {type(operand).__name__} {operand!r} to an activation"
     return None
@@ -23,7 +23,7 @@ def _check_add(x, y=None, *args, alpha=1, **kwargs):
 @rule("add", torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__radd__,
       Tensor.__iadd__, check=_check_add,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False)
+      homogeneous=False, channels="preserve", transforms_through=False, param_views=("x", "y"))
 def add(ev, x, y, *, alpha=1, func=None):
     """Residual addition: coefficients one (``|alpha|^q`` on the second operand). An operand
     that is a constant ``c`` or a parameter is a bias (paths starting there, ``|c|^q``; a
@@ -48,7 +48,7 @@ def add(ev, x, y, *, alpha=1, func=None):
 @rule("sub", torch.sub, Tensor.sub, Tensor.sub_, Tensor.__sub__, Tensor.__rsub__,
       Tensor.__isub__, check=_check_add,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False)
+      homogeneous=False, channels="preserve", transforms_through=False, param_views=("x", "y"))
 def sub(ev, x, y, *, alpha=1, func=None):
     """Subtraction: coefficients one and minus one, both lifted to one."""
     return add(ev, x, y, alpha=alpha)
@@ -77,14 +77,15 @@ def _check_div(x, y, *args, **kwargs):
 @rule("mul", torch.mul, Tensor.mul, Tensor.mul_, Tensor.__mul__, Tensor.__rmul__,
       Tensor.__imul__, check=_check_scale,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True)
+      homogeneous=False, channels="preserve", transforms_through=True, param_views=("x", "y"))
 def mul(ev, x, y, *, func=None):
-    """Multiplication by a parameter ``p`` (a learnt scale, coefficients ``|p|^q``) or by a
-    constant ``c`` (number or tensor, coefficients ``|c|^q``)."""
-    if _const(x) or isinstance(x, (Param, Buffer)):
+    """Multiplication by a parameter ``p`` (a learnt scale such as LayerScale's
+    ``gamma.view(1, -1, 1, 1)``, coefficients ``|p|^q``) or by a constant ``c`` (number or
+    tensor, coefficients ``|c|^q``)."""
+    if _const(x) or isinstance(x, (Param, ParamView, Buffer)):
         x, y = y, x
     ev.terms(1)
-    if isinstance(y, (Param, Buffer)):
+    if isinstance(y, (Param, ParamView, Buffer)):
         return ev.linear(x, lambda m, p: m * p, ev.param(None, y))
     factor = _abs_pow(y, ev.q)
     return ev.fixed(x, lambda m: m * (factor.to(m) if isinstance(factor, Tensor) else factor))
