@@ -17,11 +17,18 @@ classifier ignored) with torch-pruning's own ``MagnitudeImportance`` and, on a f
 Models above ``--max-params`` parameters are listed as skipped (CPU time and memory).
 
     python benchmarks/tp_zoo_sweep.py [--size 64] [--max-params 150e6] [--out FILE]
+        [--models NAME ... | --from NAME] [--merge]
+
+``--models`` / ``--from`` sweep only those models (``--from``: that one and the ones after it in
+list order); ``--merge`` keeps the other rows of the existing ``--out`` table (and the text below
+it) and writes all rows in list order with their totals, under a lock, so that single models can
+be swept one per process.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import sys
 import time
 from pathlib import Path
@@ -104,38 +111,74 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--max-params", type=float, default=150e6)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "tp_zoo_sweep.md"))
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--models", nargs="+", metavar="NAME", help="sweep only these models")
+    chosen.add_argument("--from", dest="start", metavar="NAME",
+                        help="sweep this model and the ones after it in list order")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other rows of the existing --out table")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
     names = torchvision.models.list_models(module=torchvision.models)
-    for name in names:
+    unknown = [name for name in (args.models or []) + [args.start or names[0]] if name not in names]
+    if unknown:
+        parser.error(f"not a torchvision classification model: {', '.join(unknown)}")
+    swept = args.models or names[names.index(args.start or names[0]):]
+    if not args.merge:
+        Path(args.out).write_text("")
+    statuses = []
+    for name in [name for name in names if name in swept]:
         start = time.perf_counter()
         row = sweep_one(name, args.size, args.max_params)
         row["seconds"] = time.perf_counter() - start
-        rows.append((name, row))
+        statuses.append(row["status"])
         print(name, row, file=sys.stderr, flush=True)
-        write(rows, args, len(names))
-    return 1 if any(row["status"] == "OURS FAILS" for _, row in rows) else 0
+        write(name, _cells(row), args, names)
+    return 1 if "OURS FAILS" in statuses else 0
 
 
-def write(rows, args, total):
-    counts = {}
-    for _, row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    lines = ["# torch-pruning 1.6.1: MetaPruner + PathMetricImportance over torchvision's classifiers",
-             "", f"`python benchmarks/tp_zoo_sweep.py --size {args.size}`: random weights, input "
-             f"1x3x{args.size}x{args.size} (inception_v3: 75; ViTs: their fixed size), one local "
-             "step at ratio 0.3 with the last linear layer ignored, through `certified_step`. "
-             "`torch-pruning fails` = torch-pruning's own MagnitudeImportance fails on that model.",
-             "", f"Models swept: {len(rows)} of {total}. Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), "",
-             "| model | params | status | params left (ours) | params left (magnitude) | "
-             "certified bound | note | seconds |", "|---|---|---|---|---|---|---|---|"]
-    for name, row in rows:
-        lines.append(f"| {name} | {row.get('params', '')} | {row['status']} | {row.get('left', '')} | "
-                     f"{row.get('magnitude', '') or ''} | "
-                     f"{'%.3e' % row['bound'] if 'bound' in row else ''} | {row.get('note', '')} | "
-                     f"{row['seconds']:.1f} |")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+def _cells(row):
+    return [str(row.get("params", "")), row["status"], str(row.get("left", "")),
+            str(row.get("magnitude", "") or ""),
+            "%.3e" % row["bound"] if "bound" in row else "", row.get("note", ""),
+            f"{row['seconds']:.1f}"]
+
+
+def _table(text):
+    """The rows of a written table (model -> cells) and the text below it."""
+    rows, tail = {}, []
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| model |"):
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            rows[cells[0]] = cells[1:]
+        elif rows or tail:
+            tail.append(line)
+    return rows, "\n".join(tail).strip("\n")
+
+
+def write(name, cells, args, names):
+    """Add (or replace) one model's row in the table in ``args.out``; totals over all its rows."""
+    with Path(args.out).open("r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        rows, tail = _table(handle.read())
+        rows[name] = cells
+        counts = {}
+        for row in rows.values():
+            counts[row[1]] = counts.get(row[1], 0) + 1
+        lines = ["# torch-pruning 1.6.1: MetaPruner + PathMetricImportance over torchvision's "
+                 "classifiers", "", f"`python benchmarks/tp_zoo_sweep.py --size {args.size}`: "
+                 f"random weights, input 1x3x{args.size}x{args.size} (inception_v3: 75; ViTs: "
+                 "their fixed size), one local step at ratio 0.3 with the last linear layer "
+                 "ignored, through `certified_step`. `torch-pruning fails` = torch-pruning's own "
+                 "MagnitudeImportance fails on that model.", "",
+                 f"Models swept: {len(rows)} of {len(names)}. Totals: "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), "",
+                 "| model | params | status | params left (ours) | params left (magnitude) | "
+                 "certified bound | note | seconds |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {model} | {' | '.join(rows[model])} |" for model in names if model in rows]
+        handle.seek(0)
+        handle.truncate()
+        handle.write("\n".join(lines) + "\n" + (f"\n{tail}\n" if tail else ""))
 
 
 if __name__ == "__main__":
