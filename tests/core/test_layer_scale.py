@@ -155,3 +155,33 @@ def test_timm_fasternet_with_layer_scale():
     with torch.no_grad():
         out = model(inputs)
         assert (out - rescaled(inputs)).abs().max() <= 1e-4 * out.abs().max()
+
+
+def test_layer_scale_counts_as_an_identity_neuron_layer_like_batch_norm():
+    """A learnt scale read directly by a conv cannot fold into that conv's weights (a product
+    of two parameters): it is an identity neuron layer, so the reports' depth D counts it as it
+    counts a frozen BatchNorm (an undercounted D would make the generalization bound too small)."""
+    from pathmetric import reports
+
+    class Scaled(nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(2, 3, 3), nn.Conv2d(3, 2, 3)
+            self.scale = scale
+
+        def forward(self, x):
+            return self.c2(self.scale(torch.relu(self.c1(x))))
+
+    class Gamma(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.rand(3) + 0.5)
+
+        def forward(self, x):
+            return x * self.gamma.view(1, -1, 1, 1)
+
+    x = torch.randn(1, 2, 8, 8)
+    with_gamma = reports.graph_facts(Scaled(Gamma()), x)
+    with_bn = reports.graph_facts(Scaled(nn.BatchNorm2d(3).eval()), x)
+    assert with_gamma.depth == with_bn.depth
+    assert with_gamma.width == with_bn.width

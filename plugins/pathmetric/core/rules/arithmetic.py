@@ -76,12 +76,14 @@ def _check_div(x, y, *args, **kwargs):
 
 @rule("mul", torch.mul, Tensor.mul, Tensor.mul_, Tensor.__mul__, Tensor.__rmul__,
       Tensor.__imul__, check=_check_scale,
-      layers=0, max_pool=0, affine=False, weighted=False,
+      layers=1, max_pool=0, affine=False, weighted=True,
       homogeneous=False, channels="preserve", transforms_through=True, param_views=("x", "y"))
 def mul(ev, x, y, *, func=None):
     """Multiplication by a parameter ``p`` (a learnt scale such as LayerScale's
     ``gamma.view(1, -1, 1, 1)``, coefficients ``|p|^q``) or by a constant ``c`` (number or
-    tensor, coefficients ``|c|^q``)."""
+    tensor, coefficients ``|c|^q``). A learnt scale is an identity neuron with its own weight
+    (like a frozen BatchNorm), so the rule states one neuron layer: a constant factor could fold
+    into the next edges, but counting the layer keeps depth an upper bound in every case."""
     if _const(x) or isinstance(x, (Param, ParamView, Buffer)):
         x, y = y, x
     ev.terms(1)
