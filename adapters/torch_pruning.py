@@ -196,7 +196,8 @@ class PathMetricImportance(tp.importance.Importance):
     group in later steps.
 
     ``example_inputs``: a tensor, tuple or dict (keyword inputs of ``model.forward``) of the
-    shape the pruner was built with; :func:`certified_step` checks that they agree.
+    shape the pruner was built with. Every step checks the spatial size of each convolution's
+    input against the pruner's trace, and :func:`certified_step` compares the whole shapes.
     """
 
     def __init__(self, example_inputs, exact: bool = False, max_layer_ratio: float | None = 0.9,
@@ -219,6 +220,7 @@ class PathMetricImportance(tp.importance.Importance):
         self._checked = weakref.WeakKeyDictionary()  # model -> True once check_support passed
         self._initial = weakref.WeakKeyDictionary()  # root module -> channels when first seen
         self._past_cap = {}                          # root module name -> channels left
+        self._traced_checked = weakref.WeakSet()     # dependency graphs whose shapes agree
 
     def _refresh(self, model):
         """Forget what was computed for other parameters (a new step, a trained model)."""
@@ -244,10 +246,39 @@ class PathMetricImportance(tp.importance.Importance):
                           f"{layers}", stacklevel=3)
             self._past_cap.clear()
 
+    def _check_traced_shapes(self, dependency_graph):
+        """Refuse a pruner traced with other input shapes than this importance's.
+
+        torch-pruning hands an importance no inputs, but its dependency graph keeps the autograd
+        node of each traced module; a convolution's (``ConvolutionBackward0._saved_input``)
+        holds the input it was traced with. Its spatial size must be the one the engine
+        captured for that layer (channels change as pruning proceeds, the batch does not
+        matter). Linear layers are not checked: their saved input is flattened."""
+        if dependency_graph in self._traced_checked:
+            return
+        engine = pm.layer_input_shapes(dependency_graph.model, self._inputs)
+        for module, node in dependency_graph.module2node.items():
+            name = self._names.get(module)
+            try:
+                traced = getattr(node.grad_fn, "_saved_input", None)
+            except RuntimeError:  # saved tensors already freed
+                traced = None
+            if traced is None or name not in engine or traced.dim() != len(engine[name]):
+                continue
+            if tuple(traced.shape[2:]) != tuple(engine[name][2:]):
+                raise ValueError(
+                    f"PathMetricImportance was built for example inputs of shape "
+                    f"{_shapes(self.example_inputs)}, but the pruner was traced with other "
+                    f"inputs: '{name}' reads {tuple(traced.shape)} in the pruner's trace and "
+                    f"{engine[name]} for the importance; path masses depend on the input shape: "
+                    "build the importance with the pruner's example inputs")
+        self._traced_checked.add(dependency_graph)
+
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor:
         model = group._DG.model
         self._refresh(model)
+        self._check_traced_shapes(group._DG)
         members, channels = group_members(group, self._names)
         x = self._inputs
         if not self.exact and self._masses is None:

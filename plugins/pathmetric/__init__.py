@@ -9,14 +9,14 @@ from .norms import log_path_norm, path_norm
 from .prune import PruneResult, prune
 from .quantize import quantize_weights, quantizer
 from .rescale import random_rescale
-from .scores import (PathMasses, channel_scores, group_mass, prunable_layers, weight_scores,
-                     zeroed_members)
+from .scores import (PathMasses, channel_scores, group_mass, layer_input_shapes, prunable_layers,
+                     weight_scores, zeroed_members)
 from .sensitivity import Plan, Sensitivity, layer_sensitivity, mixed_precision_plan
 
 __all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError",
            "ModelCaptureError", "SupportReport", "path_metric", "output_bound",
            "quantization_bound", "log_path_metric", "log_output_bound", "log_quantization_bound",
            "head_factor", "head_output_bound", "quantize_weights", "quantizer", "weight_scores", "channel_scores",
-           "group_mass", "zeroed_members", "PathMasses", "prunable_layers", "layer_sensitivity", "Sensitivity",
+           "group_mass", "zeroed_members", "PathMasses", "prunable_layers", "layer_input_shapes", "layer_sensitivity", "Sensitivity",
            "mixed_precision_plan", "Plan", "prune", "PruneResult", "random_rescale", "calibrate",
            "estimate", "Calibration", "Estimate", "adversarial_gap", "path_metric_with_log"]

@@ -317,3 +317,15 @@ def group_mass(model, example_inputs, members, num_channels, exact=False, relati
 def prunable_layers(model, example_inputs) -> list:
     """Names of the conv/linear layers on the captured graph, in execution order."""
     return list(capture(model, example_inputs).layers())
+
+
+def layer_input_shapes(model, example_inputs) -> dict:
+    """Layer name (as :func:`prunable_layers`) -> shape of the activation it reads (batch as in
+    ``example_inputs``), for the layers that read an activation."""
+    graph = capture(model, example_inputs)
+    shapes = {}
+    for name, (index, _, _) in graph.layers().items():
+        source = graph.nodes[index].roles["x"]
+        if isinstance(source, Value):
+            shapes[name] = tuple(graph.shape_of(source))
+    return shapes

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
+from conftest import model_state, same_state
 
 tp = pytest.importorskip("torch_pruning", reason="the tp extra (torch-pruning) is not installed")
 smp = pytest.importorskip("segmentation_models_pytorch", reason="the zoo extra is not installed")
@@ -350,3 +351,22 @@ def test_convnext_refusal_names_the_real_cause_first():
     with pytest.raises(pm.UnsupportedModelError, match="layer_norm") as error:
         pruner.step()
     assert "ignored_layers" not in str(error.value) and "gelu" in str(error.value)
+
+
+@pytest.mark.parametrize("pruner_size, refused", [(64, True), (32, False)])
+def test_plain_step_refuses_a_pruner_traced_with_other_shapes(pruner_size, refused):
+    """torch-pruning hands an importance no inputs: the traced convolution inputs kept in the
+    pruner's dependency graph tell a plain ``pruner.step()`` that the shapes differ."""
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    importance = PathMetricImportance(torch.randn(1, 3, 32, 32))
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, pruner_size, pruner_size),
+                                  importance=importance, pruning_ratio=0.3,
+                                  ignored_layers=[model.fc])
+    before = model_state(model)
+    if refused:
+        with pytest.raises(ValueError, match=r"traced with other inputs: 'layer4.0.downsample.0' reads \(1, 256, 4, 4\)"):
+            pruner.step()
+        assert same_state(model_state(model), before)
+    else:
+        pruner.step()
+        assert sum(p.numel() for p in model.parameters()) < 11_181_642
