@@ -274,6 +274,26 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
     assert not any(graph.scratch.owns(out[0].m) for out in outputs)
 
 
+def test_scratch_grows_by_doubling_only_up_to_what_it_keeps(monkeypatch):
+    """Past ``KEEP_BYTES`` a scratch buffer is the size asked for, never twice the previous one
+    (VGG's 25088 x 4096 classifier ran out of memory on the doubled pair-pass buffers)."""
+    from pathmetric.core.interpreter import Scratch
+    monkeypatch.setattr(Scratch, "KEEP_BYTES", 1000)
+    scratch = Scratch()
+    small = scratch.empty((50,), torch.float64, "cpu")            # 400 bytes
+    assert scratch.buffer.numel() == 400
+    scratch.empty((50,), torch.float64, "cpu")                    # grows to 2 x 400 <= 1000
+    assert scratch.buffer.numel() == 800 and small.numel() == 50
+    scratch.reset()
+    scratch.empty((120,), torch.float64, "cpu")      # 960 bytes: 2 x 800 would pass 1000
+    assert scratch.buffer.numel() == 960
+    scratch.reset()
+    scratch.empty((250,), torch.float64, "cpu")
+    assert scratch.buffer.numel() == 2000
+    scratch.empty((10,), torch.float64, "cpu")       # past KEEP_BYTES: the request, not 4000
+    assert scratch.buffer.numel() == 80
+
+
 def _bias_mass(model):
     """Mass of the paths that start at a bias of the 2-layer MLP (unchanged by scaling W1)."""
     with torch.no_grad():

@@ -78,9 +78,13 @@ class Scratch:
         size = math.prod(shape) * dtype.itemsize
         start = -(-self.used // 64) * 64
         if start + size > self.buffer.numel() or self.buffer.device != torch.device(device):
-            # views handed out earlier in this op keep the old buffer alive
-            self.buffer = torch.empty(max(2 * self.buffer.numel(), size), dtype=torch.uint8,
-                                      device=device)
+            # Views handed out earlier in this op keep the old buffer alive, so growth doubles
+            # (amortised) only up to KEEP_BYTES; past it a buffer is the exact request, as a
+            # plain allocation would be (a 25088 x 4096 float64 classifier must not ask for
+            # twice its lifted size).
+            grown = 2 * self.buffer.numel()
+            self.buffer = torch.empty(max(grown if grown <= self.KEEP_BYTES else 0, size),
+                                      dtype=torch.uint8, device=device)
             start = 0
         self.used = start + size
         return self.buffer[start:start + size].view(dtype).view(shape)
