@@ -311,9 +311,7 @@ class PathMetricPruner(_NormPruner):
             metric = metrics[module_name][target_name]
             ratio = space.max_sparse_ratio if space.max_sparse_ratio is not None else 1.0
             keep = max(1, math.ceil((1.0 - ratio) * metric.numel() - 1e-9))
-            protected = metric.clone().reshape(-1)
-            protected[protected.topk(keep).indices] = math.inf
-            metrics[module_name][target_name] = protected.reshape(metric.shape)
+            metrics[module_name][target_name] = pm.protect_top(metric, keep)
         with _patched(sparse_gen, "_global_threshold_generate", _global_threshold):
             masks = generate_sparsity(metrics, self._target_spaces)
         return {module_name: {target_name: mask.to(self._target_spaces[module_name][target_name]

@@ -42,10 +42,8 @@ _OPTYPE = tp.ops.OPTYPE
 _PSEUDO_NODES = {_OPTYPE.ELEMENTWISE, _OPTYPE.CONCAT, _OPTYPE.SPLIT, _OPTYPE.RESHAPE,
                  _OPTYPE.UNBIND, _OPTYPE.EXPAND, _OPTYPE.SLICE, _OPTYPE.OUTPUT}
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.PReLU)
-#: score of a channel that must stay: above every other score, so no ratio selects it
-_KEPT = math.inf
 #: offset of the channels ``max_layer_ratio`` protects: above every path-mass share (a share is
-#: at most the number of a group's layers), below ``_KEPT``
+#: at most the number of a group's layers), below the +inf of the best channel, which always stays
 _PROTECTED = 1e9
 
 
@@ -312,9 +310,7 @@ class PathMetricImportance(tp.importance.Importance):
         count, keep = self._channels_to_keep(group)
         protected = len(scores) - max(0, count - keep)
         if protected > 0:
-            order = scores.topk(protected).indices            # best first
-            scores[order] = _PROTECTED + scores[order]
-            scores[order[0]] = _KEPT
+            scores = pm.protect_top(pm.protect_top(scores, protected, offset=_PROTECTED), 1)
         return scores
 
 

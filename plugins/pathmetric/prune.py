@@ -61,12 +61,7 @@ def _select(scores: dict, target: float, scope: str, max_layer_sparsity: float) 
         return masks
     if scope != "global":
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    candidates = []
-    for key, s in scores.items():
-        protected = torch.topk(s, keep_floor[key]).indices
-        capped = s.clone()
-        capped[protected] = math.inf
-        candidates.append(capped)
+    candidates = [protect_top(s, keep_floor[key]) for key, s in scores.items()]
     prune = _lowest(torch.cat(candidates), round(target * sum(s.numel() for s in candidates)))
     start = 0
     for key, s in scores.items():
@@ -141,3 +136,15 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=Fa
                     p.mul_(masks[name])
     bound, log_bound = path_metric_with_log(pruned, original, example_inputs, precision)
     return PruneResult(pruned, masks, bound, log_bound)
+
+
+def protect_top(scores: torch.Tensor, keep: int, offset: float = math.inf) -> torch.Tensor:
+    """A copy of ``scores`` (any shape) whose ``keep`` largest entries are raised by ``offset``:
+    ``s_i + offset`` for the top ``keep`` (``+inf`` with the default offset), ``s_i`` for the
+    others. A pruner that removes the lowest scores then takes every other entry first, so a
+    layer keeps at least ``keep`` channels (the cap of ``max_layer_sparsity``, NNI's
+    ``max_sparse_ratio`` and torch-pruning's ``max_layer_ratio``)."""
+    flat = scores.reshape(-1).clone()
+    top = flat.topk(min(max(keep, 0), flat.numel())).indices
+    flat[top] = math.inf if offset == math.inf else flat[top] + offset
+    return flat.reshape(scores.shape)

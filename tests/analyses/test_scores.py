@@ -1,5 +1,6 @@
 """Scores, sensitivity, mixed precision, pruning and rescaling invariance (issue 4)."""
 import copy
+import math
 
 import pytest
 import torch
@@ -193,3 +194,12 @@ def test_shared_module_refused_by_scores():
 
     with pytest.raises(pm.UnsupportedModelError, match="called"):
         pm.prune(Twice(), 0.5, torch.zeros(1, 4))
+
+
+def test_protect_top_raises_the_best_entries_and_leaves_the_input_alone():
+    scores = torch.tensor([[0.3, -math.inf], [0.9, 0.1]], dtype=torch.float64)
+    before = scores.clone()
+    assert pm.protect_top(scores, 2).tolist() == [[math.inf, -math.inf], [math.inf, 0.1]]
+    assert pm.protect_top(scores, 1, offset=10.0).tolist() == [[0.3, -math.inf], [10.9, 0.1]]
+    assert pm.protect_top(scores, 4).isinf().all() and pm.protect_top(scores, 0).equal(scores)
+    assert torch.equal(scores, before)
