@@ -118,3 +118,17 @@ def test_core_imports_nothing_above_it_and_there_are_no_cycles():
     for name in edges:
         if name not in state:
             visit(name, [])
+
+
+def test_no_private_name_is_imported_across_modules():
+    """``from x import _name`` between modules of the engine and the adapters: none (a helper
+    another module needs is public, with a docstring)."""
+    adapters = PACKAGE.parents[1] / "adapters"
+    found = []
+    for path in list(PACKAGE.rglob("*.py")) + list(adapters.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(
+                    ("pathmetric", "adapters"))):
+                found += [f"{path.name}: {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found

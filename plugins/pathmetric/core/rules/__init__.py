@@ -163,25 +163,28 @@ REFUSED = {name: why for names, why in [
 ]  for name in names}
 
 
-def _const(value):
+def is_constant(value):
     """A fixed coefficient given as a number or a constant tensor."""
     return isinstance(value, (int, float)) or isinstance(value, Tensor)
 
 
-def _lifted(x) -> bool:
+def is_traced(x) -> bool:
+    """At capture: whether ``x`` is input-dependent (a value of the graph, not a parameter)."""
     return isinstance(x, Value)
 
 
-def _activation(x) -> bool:
+def is_lifted_value(x) -> bool:
     """At evaluation: whether ``x`` is a lifted value (a tuple of scaled tensors)."""
     return isinstance(x, tuple) and bool(x) and isinstance(x[0], Scaled)
 
 
-def _abs_pow(value, q):
+def abs_pow(value, q):
+    """``|value|^q`` of a number or a tensor (a fixed coefficient lifted)."""
     return abs(value) ** q if isinstance(value, (int, float)) else value.abs() ** q
 
 
-def _spatial(shape):
+def spatial_dims(shape):
+    """The spatial sizes of an ``(N, C, *spatial)`` shape."""
     return tuple(shape[2:])
 
 
@@ -193,11 +196,13 @@ def offset(ev, value, spread=None):
     return ev.bias(ev.param(None, value), spread or (lambda p: p))
 
 
-def _ntuple(value, n):
+def ntuple(value, n):
+    """``value`` as an ``n``-tuple (a kernel size, stride or padding given as one int or per dim)."""
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
 
 
-def _reduced_count(shape, dim):
+def reduced_count(shape, dim):
+    """How many entries a reduction over ``dim`` (None: all) sums into each result entry."""
     if dim is None:
         return math.prod(shape)
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
@@ -218,7 +223,7 @@ def check_graph(nodes, outputs) -> list:
     pools = {"max_pool", "adaptive_max_pool", "max"}
     for index, node in enumerate(nodes):
         for ref in pytree.tree_leaves((node.args, node.kwargs)):
-            if not _lifted(ref):
+            if not is_traced(ref):
                 continue
             source = nodes[ref.node]
             if source.rule == "pad" and _pads_minus_infinity(source) and (

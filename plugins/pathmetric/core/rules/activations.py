@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import Value
-from . import rule, _lifted, _activation, offset, _reduced_count, Tensor
+from . import rule, is_traced, is_lifted_value, offset, reduced_count, Tensor
 
 
 # ---------------------------------------------------------------- inputs and outputs of neurons
@@ -205,7 +205,7 @@ def absolute(ev, x, *, func=None):
 # ---------------------------------------------------------------- max and min neurons
 
 def _check_elementwise(x, other, *args, **kwargs):
-    if not (_lifted(x) and _lifted(other)):
+    if not (is_traced(x) and is_traced(other)):
         return ("maximum/minimum with a constant or a parameter is a clamp with a tensor bound; "
                 "use clamp with a scalar bound")
     return None
@@ -231,7 +231,7 @@ def minimum(ev, x, other, *, func=None):
 
 
 def _check_reduction(x, dim=None, keepdim=False, *args, **kwargs):
-    if _lifted(dim):
+    if is_traced(dim):
         return _check_elementwise(x, dim)
     if isinstance(dim, Tensor) or dim is not None and not isinstance(dim, (int, tuple, list)):
         return "max/min with a constant tensor is a clamp with a tensor bound; use clamp"
@@ -242,9 +242,9 @@ def _reduce_max(ev, x, dim=None, keepdim=False, *, func=None):
     """A max (min: ``-max(-x)``) neuron over the reduced entries: lifted sum over them; with an
     activation as second operand, the elementwise ``maximum``. The indices ``torch.max(x, dim)``
     also returns are not a value of the network (:func:`check_graph` refuses their use)."""
-    if _activation(dim):
+    if is_lifted_value(dim):
         return maximum(ev, x, dim)
-    ev.terms(_reduced_count(ev.shape(x), dim) + 2)
+    ev.terms(reduced_count(ev.shape(x), dim) + 2)
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}
     if ev.out_shape() and isinstance(ev.out_shape()[0], tuple):  # (values, indices)
         return ev.fixed(x, lambda m: (torch.sum(m, **kwargs),) * 2)

@@ -7,14 +7,14 @@ import math
 import torch
 
 from ..ir import Buffer, Param, ParamView
-from . import rule, _const, _lifted, _activation, _abs_pow, offset, Tensor
+from . import rule, is_constant, is_traced, is_lifted_value, abs_pow, offset, Tensor
 
 
 # ---------------------------------------------------------------- sums of activations
 
 def _check_add(x, y=None, *args, alpha=1, **kwargs):
     for operand in (x, y):
-        if not (_lifted(operand) or isinstance(operand, (Tensor, Param, ParamView, Buffer)) or
+        if not (is_traced(operand) or isinstance(operand, (Tensor, Param, ParamView, Buffer)) or
                 isinstance(operand, (int, float)) and math.isfinite(operand)):
             return f"adding {type(operand).__name__} {operand!r} to an activation"
     return None
@@ -31,7 +31,7 @@ def add(ev, x, y, *, alpha=1, func=None):
     ev.terms(2)
     terms = []
     for operand, scale in ((x, 1), (y, alpha)):
-        if not _activation(operand):
+        if not is_lifted_value(operand):
             if isinstance(operand, (int, float)) or scale == 1:
                 terms.append(offset(ev, operand * scale if isinstance(operand, (int, float))
                                     else operand))
@@ -63,13 +63,13 @@ def neg(ev, x, *, func=None):
 
 
 def _check_scale(x, y, *args, **kwargs):
-    if _lifted(x) and _lifted(y):
+    if is_traced(x) and is_traced(y):
         return "a product of two activations is not in the path-lifting model"
     return None
 
 
 def _check_div(x, y, *args, **kwargs):
-    if not (_const(y) or isinstance(y, Buffer)):
+    if not (is_constant(y) or isinstance(y, Buffer)):
         return "dividing by an activation or a parameter is not in the path-lifting model"
     return None
 
@@ -84,12 +84,12 @@ def mul(ev, x, y, *, func=None):
     tensor, coefficients ``|c|^q``). A learnt scale is an identity neuron with its own weight
     (like a frozen BatchNorm), so the rule states one neuron layer: a constant factor could fold
     into the next edges, but counting the layer keeps depth an upper bound in every case."""
-    if _const(x) or isinstance(x, (Param, ParamView, Buffer)):
+    if is_constant(x) or isinstance(x, (Param, ParamView, Buffer)):
         x, y = y, x
     ev.terms(1)
     if isinstance(y, (Param, ParamView, Buffer)):
         return ev.linear(x, lambda m, p: m * p, ev.param(None, y))
-    factor = _abs_pow(y, ev.q)
+    factor = abs_pow(y, ev.q)
     return ev.fixed(x, lambda m: m * (factor.to(m) if isinstance(factor, Tensor) else factor))
 
 
@@ -104,6 +104,6 @@ def div(ev, x, y, *, rounding_mode=None, func=None):
     if isinstance(y, Buffer):  # coefficients 1/c read from the buffers of the model evaluated
         ev.terms(1)
         return ev.linear(x, lambda m, p: m * p, ev.param(torch.reciprocal, y))
-    factor = _abs_pow(y, ev.q)
+    factor = abs_pow(y, ev.q)
     ev.terms(1)
     return ev.fixed(x, lambda m: m / (factor.to(m) if isinstance(factor, Tensor) else factor))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
 from ..ir import Value
-from . import rule, _lifted, Tensor
+from . import rule, is_traced, Tensor
 
 
 # ---------------------------------------------------------------- output heads and graph checks
@@ -43,7 +43,7 @@ def set_aside_head(nodes, outputs):
     and 'softmax', 'log_softmax' or both joined by '+'. Otherwise ``(outputs, None, refused)``
     with the refused softmax nodes as ``[(index, reason)]``."""
     read = {ref.node for node in nodes for ref in pytree.tree_leaves((node.args, node.kwargs))
-            if _lifted(ref)}
+            if is_traced(ref)}
     heads = [v for v in outputs if nodes[v.node].rule == "softmax_head"]
     refused = []
     for index, node in enumerate(nodes):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import Buffer, Param
-from . import rule, _lifted, Tensor
+from . import rule, is_traced, Tensor
 
 
 # ---------------------------------------------------------------- parametrised linear maps
@@ -116,7 +116,7 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def _check_matmul(x, other, *args, **kwargs):
-    if not (_lifted(x) and isinstance(other, (Param, Buffer, Tensor)) and not _lifted(other)):
+    if not (is_traced(x) and isinstance(other, (Param, Buffer, Tensor)) and not is_traced(other)):
         return "a product of two activations (or a parameter on the left) is not supported"
     return None
 

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import rule, _spatial, _ntuple, _reduced_count, Tensor
+from . import rule, spatial_dims, ntuple, reduced_count, Tensor
 
 
 # ---------------------------------------------------------------- pooling
@@ -15,8 +15,8 @@ from . import rule, _spatial, _ntuple, _reduced_count, Tensor
 def sum_pool(m: Tensor, kernel, stride, padding, dilation, out_shape) -> Tensor:
     """Sum of each pooling window over the valid entries (zero padding, ceil_mode windows)."""
     d = m.dim() - 2
-    kernel, dilation, padding = _ntuple(kernel, d), _ntuple(dilation, d), _ntuple(padding, d)
-    stride = _ntuple(stride if stride not in (None, (), []) else kernel, d)
+    kernel, dilation, padding = ntuple(kernel, d), ntuple(dilation, d), ntuple(padding, d)
+    stride = ntuple(stride if stride not in (None, (), []) else kernel, d)
     fits = all(k <= n for k, n in zip(kernel, m.shape[2:]))  # else PyTorch's pooling refuses
     if all(x == 1 for x in dilation) and d > 1 and fits:
         pool = F.avg_pool2d if d == 2 else F.avg_pool3d
@@ -49,7 +49,7 @@ def _check_adaptive_max_pool(x, output_size, return_indices=False):
 def _max_pool_kernel(graph, node) -> int:
     """Inputs of one max-pooling neuron: the kernel, clipped to the input."""
     spatial_in = graph.shape_of(node.roles["x"])[2:]
-    kernel = _ntuple(node.roles["kernel_size"], len(spatial_in))
+    kernel = ntuple(node.roles["kernel_size"], len(spatial_in))
     return math.prod(min(k, n) for k, n in zip(kernel, spatial_in))
 
 
@@ -71,8 +71,8 @@ def _adaptive_kernel(graph, node) -> int:
 def max_pool(ev, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
              return_indices=False, *, func=None):
     """Max-pooling neurons become sum-pooling (not average) over the same windows."""
-    out = _spatial(ev.out_shape())
-    ev.terms(math.prod(_ntuple(kernel_size, len(out))) + 2)
+    out = spatial_dims(ev.out_shape())
+    ev.terms(math.prod(ntuple(kernel_size, len(out))) + 2)
     return ev.fixed(x, lambda m: sum_pool(m, kernel_size, stride, padding, dilation, out))
 
 
@@ -97,8 +97,8 @@ def _window_counts(in_shape, out_shape, dtype, device):
       homogeneous=True, channels="preserve", transforms_through=True)
 def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
     """Adaptive max-pooling becomes the sum over each adaptive window."""
-    out = _spatial(ev.out_shape())
-    inp = _spatial(ev.shape(x))
+    out = spatial_dims(ev.out_shape())
+    inp = spatial_dims(ev.shape(x))
     avg = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[len(out)]
     ev.terms(math.prod(-(-a // b) + 1 for a, b in zip(inp, out)) + 2)
     return ev.fixed(x, lambda m: avg(m, out) * _window_counts(inp, out, m.dtype, m.device))
@@ -118,13 +118,13 @@ def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                   count_include_pad=count_include_pad)
     if divisor_override is not None:
         kwargs["divisor_override"] = divisor_override
-    out = _spatial(ev.out_shape())
-    ev.terms(math.prod(_ntuple(kernel_size, len(out))) + 3)
+    out = spatial_dims(ev.out_shape())
+    ev.terms(math.prod(ntuple(kernel_size, len(out))) + 3)
     if ev.q == 1.0:
         return ev.fixed(x, lambda m: func(m, **kwargs))
 
     def lifted(m):
-        ones = torch.ones((1, 1) + _spatial(m.shape), dtype=m.dtype, device=m.device)
+        ones = torch.ones((1, 1) + spatial_dims(m.shape), dtype=m.dtype, device=m.device)
         div = sum_pool(ones, kernel_size, stride, padding, 1, out) / func(ones, **kwargs)
         return func(m, **kwargs) * div ** (1.0 - ev.q)
     return ev.fixed(x, lifted)
@@ -136,8 +136,8 @@ def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
       homogeneous=True, channels="preserve", transforms_through=True)
 def adaptive_avg_pool(ev, x, output_size, *, func):
     """Adaptive average pooling: coefficients ``1/count`` per window, lifted to ``count^-q``."""
-    out = _spatial(ev.out_shape())
-    inp = _spatial(ev.shape(x))
+    out = spatial_dims(ev.out_shape())
+    inp = spatial_dims(ev.shape(x))
     ev.terms(math.prod(-(-a // b) + 1 for a, b in zip(inp, out)) + 3)
     return ev.fixed(x, lambda m: func(m, out) * _window_counts(inp, out, m.dtype, m.device)
                     ** (1.0 - ev.q))
@@ -148,7 +148,7 @@ def adaptive_avg_pool(ev, x, output_size, *, func):
       homogeneous=False, channels="reindex", transforms_through=False)
 def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Mean over ``n`` entries: coefficients ``1/n``, lifted to ``mean * n^(1-q)``."""
-    n = _reduced_count(ev.shape(x), dim)
+    n = reduced_count(ev.shape(x), dim)
     ev.terms(n + 2)
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}
     return ev.fixed(x, lambda m: torch.mean(m, **kwargs) * float(n) ** (1.0 - ev.q))
@@ -159,6 +159,6 @@ def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
       homogeneous=False, channels="reindex", transforms_through=False)
 def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Sum over entries: coefficients one."""
-    ev.terms(_reduced_count(ev.shape(x), dim) + 2)
+    ev.terms(reduced_count(ev.shape(x), dim) + 2)
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}
     return ev.fixed(x, lambda m: torch.sum(m, **kwargs))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import Buffer
-from . import rule, _spatial, offset, _ntuple, Tensor
+from . import rule, spatial_dims, offset, ntuple, Tensor
 
 
 # ---------------------------------------------------------------- concatenation
@@ -136,7 +136,7 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
     """Nearest, (bi/tri)linear, bicubic, antialiased and area resampling: fixed coefficients
     ``c``, lifted to ``|c|^q`` (bicubic ones can be negative). All but nearest are separable, so
     ``|c|^q`` is applied axis by axis."""
-    inp, out = _spatial(ev.shape(x)), _spatial(ev.out_shape())
+    inp, out = spatial_dims(ev.shape(x)), spatial_dims(ev.out_shape())
     kwargs = dict(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
                   recompute_scale_factor=recompute_scale_factor, antialias=antialias)
     if mode == "area":
@@ -148,7 +148,7 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
                              "separable (its coefficients cannot be read axis by axis)")
     if (ev.q == 1.0 and mode != "bicubic") or mode.startswith("nearest"):
         return ev.fixed(x, lambda m: F.interpolate(m, **kwargs))
-    scales = _ntuple(scale_factor, len(out)) if scale_factor is not None and not \
+    scales = ntuple(scale_factor, len(out)) if scale_factor is not None and not \
         recompute_scale_factor else (None,) * len(out)
 
     def lifted(m):
