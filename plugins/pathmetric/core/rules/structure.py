@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..ir import Buffer
 from . import rule, spatial_dims, offset, ntuple, Tensor
+from .pooling import adaptive_avg_pool
 
 
 # ---------------------------------------------------------------- concatenation
