@@ -349,6 +349,7 @@ FIXED_OPS = [
     ("bilinear-corners", 2, lambda x: F.interpolate(x, size=(7, 4), mode="bilinear", align_corners=True)),
     ("trilinear", 3, lambda x: F.interpolate(x, scale_factor=1.5, mode="trilinear")),
     ("nearest", 2, nn.Upsample(scale_factor=2)),
+    ("area", 2, lambda x: F.interpolate(x, size=(3, 4), mode="area")),
     ("avgpool-excl-ceil", 2, nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
     ("avgpool3d-divisor", 3, nn.AvgPool3d(2, 1, divisor_override=3)),
     ("adaptive-avg", 2, nn.AdaptiveAvgPool2d((2, 3))),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..ir import Buffer
 from . import rule, _spatial, offset, _ntuple, Tensor
+from .pooling import adaptive_avg_pool
 
 
 # ---------------------------------------------------------------- concatenation
