@@ -9,7 +9,10 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
+from pathmetric.core import rules
 from pathmetric.core import support as capture_module
+from pathmetric.core.algebras import NormLifting, PairLifting
+from pathmetric.core.interpreter import Scratch, named_tensors
 from conftest import model_state, same_state
 
 X64 = torch.zeros(1, 3, 64, 64)
@@ -268,7 +271,6 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
     with torch.no_grad():
         model.fc.weight.mul_(0.5)
     assert pm.path_norm(model, x) < expected[0]
-    from pathmetric.core.algebras import NormLifting
     ev = NormLifting(graph, model, dtype=torch.float64)
     outputs, _ = ev.run()
     assert not any(graph.scratch.owns(out[0].m) for out in outputs)
@@ -277,7 +279,6 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
 def test_scratch_grows_by_doubling_only_up_to_what_it_keeps(monkeypatch):
     """Past ``KEEP_BYTES`` a scratch buffer is the size asked for, never twice the previous one
     (VGG's 25088 x 4096 classifier ran out of memory on the doubled pair-pass buffers)."""
-    from pathmetric.core.interpreter import Scratch
     monkeypatch.setattr(Scratch, "KEEP_BYTES", 1000)
     scratch = Scratch()
     small = scratch.empty((50,), torch.float64, "cpu")            # 400 bytes
@@ -414,8 +415,6 @@ def test_prelu_and_transposed_conv():
 
 def _summed_terms(model, x):
     """``summed_terms`` of the path-norm pass and of the pair pass (against ``model`` halved)."""
-    from pathmetric.core.algebras import NormLifting, PairLifting
-    from pathmetric.core.interpreter import named_tensors
     graph = capture_module.capture(model, x)
     other = copy.deepcopy(model)
     with torch.no_grad():
@@ -455,10 +454,9 @@ class Summed(nn.Module):
 def test_rounding_terms_grow_with_the_fan_in_of_a_sum():
     """Wider sums count more terms, by the added fan-in, in both passes: a linear layer of 2 or
     5 inputs, a sum of 2 or 5 entries, and ``add`` of 2 or 5 lifted values."""
-    from pathmetric.core.algebras import NormLifting
-    for wide in (lambda n: nn.Linear(n, 1, bias=False), Summed):
-        narrow, broad = (_summed_terms(wide(n).eval(), torch.zeros(1, n if wide is not Summed
-                                                                   else 1)) for n in (2, 5))
+    layers = [_summed_terms(nn.Linear(n, 1, bias=False).eval(), torch.zeros(1, n)) for n in (2, 5)]
+    sums = [_summed_terms(Summed(n).eval(), torch.zeros(1, 1)) for n in (2, 5)]
+    for narrow, broad in (layers, sums):
         assert [b - a for a, b in zip(narrow, broad)] == [3, 3]
     model = Summed(2).eval()
     ev = NormLifting(capture_module.capture(model, torch.zeros(1, 1)), model)
@@ -473,8 +471,6 @@ def test_rounding_terms_grow_with_the_fan_in_of_a_sum():
 def test_a_rule_that_leaves_a_sum_uncounted_fails_at_once(call):
     """``ev.fixed`` and ``ev.linear`` require ``terms=``: a rule that omits it is a TypeError at
     the first evaluation, reported with the op and module, never an uncounted rounding error."""
-    from pathmetric.core import rules
-
     @rules.rule("uncounted", F.softshrink, layers=0, max_pool=0, affine=False, weighted=False,
                 homogeneous=True, channels="preserve", transforms_through=True)
     def uncounted(ev, x, lambd=0.5, *, func=None):
