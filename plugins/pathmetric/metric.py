@@ -8,7 +8,8 @@ from torch import nn
 
 from .core.capture import as_tuple
 from .core.support import capture
-from .core.interpreter import PairLifting, named_tensors, precision_dtype, total_of
+from .core.algebras import PairLifting, total_of
+from .core.interpreter import named_tensors, precision_dtype
 from .quantize import quantize_weights
 from .core.scaled import scaled_sum, to_float
 

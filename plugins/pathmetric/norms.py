@@ -6,7 +6,8 @@ import math
 import torch
 
 from .core.support import capture
-from .core.interpreter import NormLifting, precision_dtype, total_of
+from .core.algebras import NormLifting, total_of
+from .core.interpreter import precision_dtype
 
 
 def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=None):

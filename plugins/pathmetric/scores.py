@@ -14,7 +14,8 @@ from .core.ir import Param, Value
 from .core.rules import fact
 from .core.support import capture
 from .errors import UnsupportedModelError
-from .core.interpreter import NormLifting, PairLifting, named_tensors, precision_dtype, total_of
+from .core.algebras import NormLifting, PairLifting, total_of
+from .core.interpreter import named_tensors, precision_dtype
 from .core.scaled import times_pow2, to_float
 
 

@@ -9,7 +9,10 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
+from pathmetric.core import rules
 from pathmetric.core import support as capture_module
+from pathmetric.core.algebras import NormLifting, PairLifting
+from pathmetric.core.interpreter import Scratch, named_tensors
 from conftest import model_state, same_state
 
 X64 = torch.zeros(1, 3, 64, 64)
@@ -268,7 +271,6 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
     with torch.no_grad():
         model.fc.weight.mul_(0.5)
     assert pm.path_norm(model, x) < expected[0]
-    from pathmetric.core.interpreter import NormLifting
     ev = NormLifting(graph, model, dtype=torch.float64)
     outputs, _ = ev.run()
     assert not any(graph.scratch.owns(out[0].m) for out in outputs)
@@ -277,7 +279,6 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
 def test_scratch_grows_by_doubling_only_up_to_what_it_keeps(monkeypatch):
     """Past ``KEEP_BYTES`` a scratch buffer is the size asked for, never twice the previous one
     (VGG's 25088 x 4096 classifier ran out of memory on the doubled pair-pass buffers)."""
-    from pathmetric.core.interpreter import Scratch
     monkeypatch.setattr(Scratch, "KEEP_BYTES", 1000)
     scratch = Scratch()
     small = scratch.empty((50,), torch.float64, "cpu")            # 400 bytes
@@ -410,3 +411,75 @@ def test_prelu_and_transposed_conv():
         model[1].weight.fill_(1.5)
     with pytest.raises(pm.UnsupportedModelError, match="PReLU slope"):
         pm.path_norm(model, x)
+
+
+def _summed_terms(model, x):
+    """``summed_terms`` of the path-norm pass and of the pair pass (against ``model`` halved)."""
+    graph = capture_module.capture(model, x)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    counts = []
+    for ev in (NormLifting(graph, model), PairLifting(graph, named_tensors(model),
+                                                      named_tensors(other))):
+        with torch.no_grad():
+            ev.run()
+        counts.append(ev.summed_terms)
+    return counts
+
+
+def test_rounding_terms_of_a_small_network_counted_by_hand():
+    """Each primitive counts the terms an entry of its result sums: ``linear`` the fan-in it is
+    told (in + 2 for a linear layer), ``add`` its operands (the bias: 2), a max-pooling its window
+    + 2, ``affine`` three; the pair pass adds one per linear map (D' sums two of them)."""
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, bias=False), nn.BatchNorm1d(3), nn.ReLU(),
+                          nn.MaxPool1d(2), nn.Flatten(), nn.Linear(3 * 3, 2)).eval()
+    x = torch.zeros(1, 2, 8)
+    conv, bn, pool, fc = 2 * 3 + 2, 3, 2 + 2, (9 + 2) + 2
+    assert _summed_terms(model, x) == [conv + bn + pool + fc, conv + bn + pool + fc + 2]
+
+
+class Summed(nn.Module):
+    """``n`` features of one input, then their sum: a sum op of fan-in ``n``."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.fc = nn.Linear(1, n, bias=False)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)).sum(dim=1)
+
+
+def test_rounding_terms_grow_with_the_fan_in_of_a_sum():
+    """Wider sums count more terms, by the added fan-in, in both passes: a linear layer of 2 or
+    5 inputs, a sum of 2 or 5 entries, and ``add`` of 2 or 5 lifted values."""
+    layers = [_summed_terms(nn.Linear(n, 1, bias=False).eval(), torch.zeros(1, n)) for n in (2, 5)]
+    sums = [_summed_terms(Summed(n).eval(), torch.zeros(1, 1)) for n in (2, 5)]
+    for narrow, broad in (layers, sums):
+        assert [b - a for a, b in zip(narrow, broad)] == [3, 3]
+    model = Summed(2).eval()
+    ev = NormLifting(capture_module.capture(model, torch.zeros(1, 1)), model)
+    value = ev.inputs((1, 3))
+    for k in (2, 5):
+        before = ev.summed_terms
+        ev.add([value] * k)
+        assert ev.summed_terms - before == k
+
+
+@pytest.mark.parametrize("call", ["fixed", "linear"])
+def test_a_rule_that_leaves_a_sum_uncounted_fails_at_once(call):
+    """``ev.fixed`` and ``ev.linear`` require ``terms=``: a rule that omits it is a TypeError at
+    the first evaluation, reported with the op and module, never an uncounted rounding error."""
+    @rules.rule("uncounted", F.softshrink, layers=0, max_pool=0, affine=False, weighted=False,
+                homogeneous=True, channels="preserve", transforms_through=True)
+    def uncounted(ev, x, lambd=0.5, *, func=None):
+        if call == "fixed":
+            return ev.fixed(x, lambda m: m)
+        return ev.linear(x, lambda m, p: m * p, ev.param(None, torch.ones(())))
+    try:
+        with pytest.raises(pm.UnsupportedModelError, match="uncounted.*terms") as info:
+            pm.path_norm(Wrap(lambda y: F.softshrink(y, 0.0)).eval(), torch.zeros(1, 3, 8, 8))
+        assert info.value.unsupported[0][0] == "uncounted"
+    finally:
+        rules.unregister("uncounted")

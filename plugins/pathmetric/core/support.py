@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import SupportReport, UnsupportedModelError
 from . import capture as recording
 from .capture import as_tuple
-from .interpreter import NormLifting
+from .algebras import NormLifting
 from .ir import Graph
 
 

@@ -2,18 +2,25 @@
 
 A rule receives the evaluation context ``ev`` and the op's arguments, where every input-dependent
 tensor has become a lifted value and every parameter or buffer a reference. It builds the lifted op
-from the primitives of ``ev`` (see :class:`pathmetric.core.interpreter.Lifting`), so the same rule serves the L_q path-norm
-pass and the (A, D) path-metric pass:
+from the primitives of ``ev``, which the algebra of each pass defines
+(:mod:`pathmetric.core.algebras`), so the same rule serves the L_q path-norm pass and the (A, D)
+path-metric pass:
 
-- ``ev.fixed(x, fn)``: a fixed map whose coefficients are already lifted (``|c|**q``),
-- ``ev.linear(x, fn, p)``: a map whose coefficients are the parameter ``p`` (lifted by ``ev``),
+- ``ev.param(fn, *refs)``: the lifted parameter ``|fn(*refs)|^q`` (``|ref|^q`` when ``fn`` is
+  None), as the pass carries it,
+- ``ev.fixed(x, fn, terms=n)``: a fixed map whose coefficients are already lifted (``|c|**q``),
+- ``ev.linear(x, fn, p, terms=n)``: a map whose coefficients are the parameter ``p`` (lifted by
+  ``ev.param``),
 - ``ev.bias(p, fn)``: paths that start at the bias ``p`` (``fn`` broadcasts it),
-- ``ev.add(values)``: a sum of incoming edges of coefficient one.
+- ``ev.add(values)``: a sum of incoming edges of coefficient one,
 - ``ev.affine(x, s, t)``: ``s * x + t`` with lifted per-channel (dim 1) parameters ``s`` and
-  ``t``, the image of a frozen BatchNorm, in one pass.
+  ``t``, the image of a frozen BatchNorm, in one pass,
+- ``ev.join(values, fn)``: a concatenation or stack (``fn``) of lifted values.
 
-``ev.terms(n)`` records that every entry of the result sums at most ``n`` terms, which bounds the
-floating-point error that certificates are rounded up by.
+``terms=n``, required, states that every entry of the map's result sums at most ``n`` products
+(0 for a map that only moves or copies entries); ``add`` and ``affine`` count their own terms.
+The interpreter adds them up into the a priori bound on the floating-point error that
+certificates are rounded up by.
 """
 from __future__ import annotations
 

@@ -43,9 +43,8 @@ def _check_slope(x, negative_slope=0.01, *args, **kwargs):
 def leaky_relu(ev, x, negative_slope=0.01, inplace=False, *, func=None):
     """``max(x, a x)``: a max neuron over ``x`` and the identity neuron ``a x``; lifted
     ``x + |a|^q x``."""
-    ev.terms(2)
     factor = 1.0 + abs(negative_slope) ** ev.q
-    return ev.fixed(x, lambda m: m * factor)
+    return ev.fixed(x, lambda m: m * factor, terms=2)
 
 
 @rule("prelu", F.prelu,
@@ -59,8 +58,7 @@ def prelu(ev, x, weight, *, func=None):
         return a
     shape = (-1,) + (1,) * (len(ev.shape(x)) - 2) if len(ev.shape(x)) > 1 else (-1,)
     a = ev.param(slope, weight)
-    ev.terms(2)
-    return ev.add([x, ev.linear(x, lambda m, p: m * p.reshape(shape), a)])
+    return ev.add([x, ev.linear(x, lambda m, p: m * p.reshape(shape), a, terms=1)])
 
 
 def _check_rrelu(x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
@@ -107,9 +105,10 @@ def clip(ev, x, low, high):
     output bias and the first ReLU's), ``|high|^q`` once for an upper bound."""
     factor = 1.0 if high is None else 2.0
     biases = ([] if low is None else [low] * 2) + ([] if high is None else [high])
-    ev.terms(len(biases) + 2)
-    y = ev.fixed(x, lambda m: m * factor)
-    return ev.add([y] + [offset(ev, b) for b in biases if b != 0])
+    offsets = [offset(ev, b) for b in biases if b != 0]
+    # a zero bias starts no path, so the add skips it; its neuron still sums it: counted here
+    y = ev.fixed(x, lambda m: m * factor, terms=1 + len(biases) - len(offsets))
+    return ev.add([y] + offsets)
 
 
 def _scalar(value) -> bool:
@@ -189,8 +188,7 @@ def hardsigmoid(ev, x, inplace=False, *, func=None):
     """``hardsigmoid(v) = (relu(v + 3) - relu(v - 3)) / 6``: ReLU biases 3 and -3 on edges of
     coefficient +-1/6 (paths worth +-1/2), lifted ``2 v / 6^q + 2 (1/2)^q``."""
     factor = 2.0 / 6.0 ** ev.q
-    ev.terms(4)
-    return ev.add([ev.fixed(x, lambda m: m * factor), offset(ev, 0.5), offset(ev, 0.5)])
+    return ev.add([ev.fixed(x, lambda m: m * factor, terms=1), offset(ev, 0.5), offset(ev, 0.5)])
 
 
 @rule("abs", torch.abs, Tensor.abs, Tensor.abs_, Tensor.__abs__, torch.absolute, Tensor.absolute,
@@ -198,8 +196,7 @@ def hardsigmoid(ev, x, inplace=False, *, func=None):
       homogeneous=True, channels="preserve", transforms_through=True)
 def absolute(ev, x, *, func=None):
     """``|v| = relu(v) + relu(-v)``: lifted ``2 v``."""
-    ev.terms(2)
-    return ev.fixed(x, lambda m: m * 2.0)
+    return ev.fixed(x, lambda m: m * 2.0, terms=2)
 
 
 # ---------------------------------------------------------------- max and min neurons
@@ -217,7 +214,6 @@ def _check_elementwise(x, other, *args, **kwargs):
 def maximum(ev, x, other, *, func=None):
     """``max(x, y)``: a 2-max-pooling neuron per entry (broadcasting copies entries); lifted
     ``x + y``."""
-    ev.terms(2)
     return ev.add([x, other])
 
 
@@ -244,11 +240,11 @@ def _reduce_max(ev, x, dim=None, keepdim=False, *, func=None):
     also returns are not a value of the network (:func:`check_graph` refuses their use)."""
     if is_lifted_value(dim):
         return maximum(ev, x, dim)
-    ev.terms(reduced_count(ev.shape(x), dim) + 2)
+    n = reduced_count(ev.shape(x), dim) + 2
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}
     if ev.out_shape() and isinstance(ev.out_shape()[0], tuple):  # (values, indices)
-        return ev.fixed(x, lambda m: (torch.sum(m, **kwargs),) * 2)
-    return ev.fixed(x, lambda m: torch.sum(m, **kwargs))
+        return ev.fixed(x, lambda m: (torch.sum(m, **kwargs),) * 2, terms=n)
+    return ev.fixed(x, lambda m: torch.sum(m, **kwargs), terms=n)
 
 
 def _reduction_kernel(graph, node) -> int:

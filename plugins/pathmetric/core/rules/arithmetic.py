@@ -28,7 +28,6 @@ def add(ev, x, y, *, alpha=1, func=None):
     """Residual addition: coefficients one (``|alpha|^q`` on the second operand). An operand
     that is a constant ``c`` or a parameter is a bias (paths starting there, ``|c|^q``; a
     constant is a parameter coordinate both models share)."""
-    ev.terms(2)
     terms = []
     for operand, scale in ((x, 1), (y, alpha)):
         if not is_lifted_value(operand):
@@ -39,7 +38,7 @@ def add(ev, x, y, *, alpha=1, func=None):
                 terms.append(ev.bias(ev.param(lambda v: v * scale, operand), lambda p: p))
         elif scale != 1:
             factor = abs(scale) ** ev.q
-            terms.append(ev.fixed(operand, lambda m: m * factor))
+            terms.append(ev.fixed(operand, lambda m: m * factor, terms=1))
         else:
             terms.append(operand)
     return ev.add(terms)
@@ -86,11 +85,11 @@ def mul(ev, x, y, *, func=None):
     into the next edges, but counting the layer keeps depth an upper bound in every case."""
     if is_constant(x) or isinstance(x, (Param, ParamView, Buffer)):
         x, y = y, x
-    ev.terms(1)
     if isinstance(y, (Param, ParamView, Buffer)):
-        return ev.linear(x, lambda m, p: m * p, ev.param(None, y))
+        return ev.linear(x, lambda m, p: m * p, ev.param(None, y), terms=1)
     factor = abs_pow(y, ev.q)
-    return ev.fixed(x, lambda m: m * (factor.to(m) if isinstance(factor, Tensor) else factor))
+    return ev.fixed(x, lambda m: m * (factor.to(m) if isinstance(factor, Tensor) else factor),
+                    terms=1)
 
 
 @rule("div", torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__, Tensor.__itruediv__,
@@ -102,8 +101,7 @@ def div(ev, x, y, *, rounding_mode=None, func=None):
     if rounding_mode is not None:
         raise ev.unsupported("rounded division is not linear")
     if isinstance(y, Buffer):  # coefficients 1/c read from the buffers of the model evaluated
-        ev.terms(1)
-        return ev.linear(x, lambda m, p: m * p, ev.param(torch.reciprocal, y))
+        return ev.linear(x, lambda m, p: m * p, ev.param(torch.reciprocal, y), terms=1)
     factor = abs_pow(y, ev.q)
-    ev.terms(1)
-    return ev.fixed(x, lambda m: m / (factor.to(m) if isinstance(factor, Tensor) else factor))
+    return ev.fixed(x, lambda m: m / (factor.to(m) if isinstance(factor, Tensor) else factor),
+                    terms=1)

@@ -37,8 +37,8 @@ def _check_param(name):
 def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, func):
     """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
     w = ev.param(None, weight)
-    ev.terms(math.prod(ev.param_shape(weight)[1:]) + 2)
     y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, dilation, groups), w,
+                  terms=math.prod(ev.param_shape(weight)[1:]) + 2,
                   stack_dim=1 if groups == 1 else None)
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
 
@@ -51,9 +51,9 @@ def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding
                    dilation=1, *, func):
     """Transposed convolution with ``|W|^q`` and ``|b|^q``."""
     w = ev.param(None, weight)
-    ev.terms(math.prod(ev.param_shape(weight)) // max(1, ev.param_shape(weight)[1]) + 2)
+    shape = ev.param_shape(weight)
     y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, output_padding, groups,
-                                       dilation), w)
+                                       dilation), w, terms=math.prod(shape) // max(1, shape[1]) + 2)
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
 
 
@@ -63,8 +63,8 @@ def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding
 def linear(ev, x, weight, bias=None, *, func):
     """``y = W x + b`` with ``|W|^q`` and ``|b|^q``."""
     w = ev.param(None, weight)
-    ev.terms(ev.param_shape(weight)[-1] + 2)
-    y = ev.linear(x, lambda m, p: F.linear(m, p), w, stack_dim=-1)
+    y = ev.linear(x, lambda m, p: F.linear(m, p), w, terms=ev.param_shape(weight)[-1] + 2,
+                  stack_dim=-1)
     return _with_bias(ev, y, bias, -1, len(ev.out_shape()))
 
 
@@ -110,7 +110,6 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
     if weight is None and bias is not None:
         raise ev.unsupported("BatchNorm with a bias but no weight")
     t = ev.param(shift, *refs)
-    ev.terms(3)
     return ev.affine(x, s, t)
 
 
@@ -127,5 +126,4 @@ def _check_matmul(x, other, *args, **kwargs):
 def matmul(ev, x, weight, *, func=None):
     """``x @ W`` with a parameter ``W`` (in, out): a linear layer, ``|W|^q``."""
     w = ev.param(None, weight)
-    ev.terms(ev.param_shape(weight)[0] + 2)
-    return ev.linear(x, lambda m, p: torch.matmul(m, p), w)
+    return ev.linear(x, lambda m, p: torch.matmul(m, p), w, terms=ev.param_shape(weight)[0] + 2)

@@ -72,8 +72,8 @@ def max_pool(ev, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
              return_indices=False, *, func=None):
     """Max-pooling neurons become sum-pooling (not average) over the same windows."""
     out = spatial_dims(ev.out_shape())
-    ev.terms(math.prod(ntuple(kernel_size, len(out))) + 2)
-    return ev.fixed(x, lambda m: sum_pool(m, kernel_size, stride, padding, dilation, out))
+    return ev.fixed(x, lambda m: sum_pool(m, kernel_size, stride, padding, dilation, out),
+                    terms=math.prod(ntuple(kernel_size, len(out))) + 2)
 
 
 def _adaptive_windows(n_in, n_out):
@@ -100,8 +100,9 @@ def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
     out = spatial_dims(ev.out_shape())
     inp = spatial_dims(ev.shape(x))
     avg = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[len(out)]
-    ev.terms(math.prod(-(-a // b) + 1 for a, b in zip(inp, out)) + 2)
-    return ev.fixed(x, lambda m: avg(m, out) * _window_counts(inp, out, m.dtype, m.device))
+    n = math.prod(-(-a // b) + 1 for a, b in zip(inp, out)) + 2
+    return ev.fixed(x, lambda m: avg(m, out) * _window_counts(inp, out, m.dtype, m.device),
+                    terms=n)
 
 
 @rule("avg_pool", F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d,
@@ -119,15 +120,15 @@ def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
     if divisor_override is not None:
         kwargs["divisor_override"] = divisor_override
     out = spatial_dims(ev.out_shape())
-    ev.terms(math.prod(ntuple(kernel_size, len(out))) + 3)
+    n = math.prod(ntuple(kernel_size, len(out))) + 3
     if ev.q == 1.0:
-        return ev.fixed(x, lambda m: func(m, **kwargs))
+        return ev.fixed(x, lambda m: func(m, **kwargs), terms=n)
 
     def lifted(m):
         ones = torch.ones((1, 1) + spatial_dims(m.shape), dtype=m.dtype, device=m.device)
         div = sum_pool(ones, kernel_size, stride, padding, 1, out) / func(ones, **kwargs)
         return func(m, **kwargs) * div ** (1.0 - ev.q)
-    return ev.fixed(x, lifted)
+    return ev.fixed(x, lifted, terms=n)
 
 
 @rule("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
@@ -138,9 +139,9 @@ def adaptive_avg_pool(ev, x, output_size, *, func):
     """Adaptive average pooling: coefficients ``1/count`` per window, lifted to ``count^-q``."""
     out = spatial_dims(ev.out_shape())
     inp = spatial_dims(ev.shape(x))
-    ev.terms(math.prod(-(-a // b) + 1 for a, b in zip(inp, out)) + 3)
+    n = math.prod(-(-a // b) + 1 for a, b in zip(inp, out)) + 3
     return ev.fixed(x, lambda m: func(m, out) * _window_counts(inp, out, m.dtype, m.device)
-                    ** (1.0 - ev.q))
+                    ** (1.0 - ev.q), terms=n)
 
 
 @rule("mean", torch.mean, Tensor.mean,
@@ -149,9 +150,8 @@ def adaptive_avg_pool(ev, x, output_size, *, func):
 def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Mean over ``n`` entries: coefficients ``1/n``, lifted to ``mean * n^(1-q)``."""
     n = reduced_count(ev.shape(x), dim)
-    ev.terms(n + 2)
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}
-    return ev.fixed(x, lambda m: torch.mean(m, **kwargs) * float(n) ** (1.0 - ev.q))
+    return ev.fixed(x, lambda m: torch.mean(m, **kwargs) * float(n) ** (1.0 - ev.q), terms=n + 2)
 
 
 @rule("sum", torch.sum, Tensor.sum,
@@ -159,6 +159,5 @@ def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
       homogeneous=False, channels="reindex", transforms_through=False)
 def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Sum over entries: coefficients one."""
-    ev.terms(reduced_count(ev.shape(x), dim) + 2)
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}
-    return ev.fixed(x, lambda m: torch.sum(m, **kwargs))
+    return ev.fixed(x, lambda m: torch.sum(m, **kwargs), terms=reduced_count(ev.shape(x), dim) + 2)

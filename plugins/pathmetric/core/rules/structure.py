@@ -69,7 +69,7 @@ _REARRANGE = (
       homogeneous=False, channels="reindex", transforms_through=True)
 def rearrange(ev, x, *args, func, **kwargs):
     """Ops that copy or move entries (coefficients one): applied to the lifted tensor as is."""
-    return ev.fixed(x, lambda m: func(m, *args, **kwargs))
+    return ev.fixed(x, lambda m: func(m, *args, **kwargs), terms=0)
 
 
 @rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
@@ -94,11 +94,10 @@ def pad(ev, x, pad, mode="constant", value=None, *, func):
     """Zero, reflect, replicate and circular padding copy entries (coefficients one). A padded
     constant ``c`` is a bias on the padded entries (``|c|^q``); a ``-inf`` entry never wins the
     max-pooling that must follow it (:func:`check_graph`), so it starts no path."""
-    y = ev.fixed(x, lambda m: F.pad(m, pad, mode=mode))
+    y = ev.fixed(x, lambda m: F.pad(m, pad, mode=mode), terms=0)
     if mode != "constant" or not value or value == -math.inf:
         return y
     mask = F.pad(torch.zeros(ev.shape(x), dtype=ev.dtype, device=ev.device), pad, value=1.0)
-    ev.terms(2)
     return ev.add([y, offset(ev, value, lambda p: p * mask)])
 
 
@@ -143,12 +142,12 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
     if mode == "area":
         return adaptive_avg_pool(ev, x, out, func=(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                                                   F.adaptive_avg_pool3d)[len(out) - 1])
-    ev.terms((math.prod(inp) if antialias else 4 ** len(out)) + 2)
+    n = (math.prod(inp) if antialias else 4 ** len(out)) + 2
     if antialias and inp[-1] == 1 and (ev.q != 1.0 or mode == "bicubic"):
         raise ev.unsupported("PyTorch's antialiased resampling of an image of width one is not "
                              "separable (its coefficients cannot be read axis by axis)")
     if (ev.q == 1.0 and mode != "bicubic") or mode.startswith("nearest"):
-        return ev.fixed(x, lambda m: F.interpolate(m, **kwargs))
+        return ev.fixed(x, lambda m: F.interpolate(m, **kwargs), terms=n)
     scales = ntuple(scale_factor, len(out)) if scale_factor is not None and not \
         recompute_scale_factor else (None,) * len(out)
 
@@ -158,7 +157,7 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
                                          m.device, antialias).abs() ** ev.q
             m = torch.movedim(torch.movedim(m, 2 + axis, -1) @ coeff.T, -1, 2 + axis)
         return m
-    return ev.fixed(x, lifted)
+    return ev.fixed(x, lifted, terms=n)
 
 
 @rule("upsample_linear", F.upsample_bilinear, F.upsample_nearest, F.upsample,
