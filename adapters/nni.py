@@ -261,7 +261,7 @@ class PathMetricPruner(_NormPruner):
                     raise ValueError(f"dependency group {group_id!r} couples layers with different "
                                      f"numbers of output channels: {members}")
                 size = sizes.pop()
-                members = [(layer, "out", range(size), range(size))
+                members = [pm.Member(layer, "out", range(size), range(size))
                            for name, _ in members
                            for layer in (name, masses.batch_norm_after.get(name)) if layer]
                 shares[group_id] = pm.group_mass(model, x, members, size, exact=self.exact_groups,
@@ -290,7 +290,8 @@ class PathMetricPruner(_NormPruner):
                 channel = masses.channel_share(module_name)
             else:
                 key = f"{module_name}.{target_name}"
-                if module_name not in masses.layers or key not in masses.layers[module_name][1:]:
+                layer = masses.layers.get(module_name)
+                if layer is None or key not in (layer.weight, layer.bias):
                     raise ValueError(f"'{key}' is not a weight or bias of a conv/linear layer on "
                                      "the model's graph; exclude it")
                 share = masses.share(key).detach()
@@ -311,9 +312,8 @@ class PathMetricPruner(_NormPruner):
             metric = metrics[module_name][target_name]
             ratio = space.max_sparse_ratio if space.max_sparse_ratio is not None else 1.0
             keep = max(1, math.ceil((1.0 - ratio) * metric.numel() - 1e-9))
-            protected = metric.clone().reshape(-1)
-            protected[protected.topk(keep).indices] = math.inf
-            metrics[module_name][target_name] = protected.reshape(metric.shape)
+            metrics[module_name][target_name] = pm.protect_top(metric.reshape(-1), keep) \
+                .reshape(metric.shape)
         with _patched(sparse_gen, "_global_threshold_generate", _global_threshold):
             masks = generate_sparsity(metrics, self._target_spaces)
         return {module_name: {target_name: mask.to(self._target_spaces[module_name][target_name]
