@@ -261,7 +261,7 @@ class PathMetricPruner(_NormPruner):
                     raise ValueError(f"dependency group {group_id!r} couples layers with different "
                                      f"numbers of output channels: {members}")
                 size = sizes.pop()
-                members = [(layer, "out", range(size), range(size))
+                members = [pm.Member(layer, "out", range(size), range(size))
                            for name, _ in members
                            for layer in (name, masses.batch_norm_after.get(name)) if layer]
                 shares[group_id] = pm.group_mass(model, x, members, size, exact=self.exact_groups,
@@ -290,7 +290,8 @@ class PathMetricPruner(_NormPruner):
                 channel = masses.channel_share(module_name)
             else:
                 key = f"{module_name}.{target_name}"
-                if module_name not in masses.layers or key not in masses.layers[module_name][1:]:
+                layer = masses.layers.get(module_name)
+                if layer is None or key not in (layer.weight, layer.bias):
                     raise ValueError(f"'{key}' is not a weight or bias of a conv/linear layer on "
                                      "the model's graph; exclude it")
                 share = masses.share(key).detach()

@@ -14,7 +14,7 @@ Path-metric pruning with torch-pruning is a one-line change::
 A torch-pruning group couples channels of several layers (a conv's output channels, the BatchNorm
 after it, the input channels of every consumer, the other producers of a residual sum, the
 slices of a concatenation). :func:`group_members` translates a group into the engine's members
-``(module name, "out" | "in", idxs, root positions)``; pseudo-nodes of the dependency graph
+(``pm.Member(module name, "out" | "in", idxs, root positions)``); pseudo-nodes of the dependency graph
 (element-wise ops, concatenation, split, flatten, the output) carry no parameter and are skipped.
 
 Example inputs are what torch-pruning takes: a tensor, a tuple of positional inputs, or a dict
@@ -88,7 +88,8 @@ def group_members(group, names: dict) -> tuple[list, int]:
     Item ``k`` of the group prunes channels ``idxs[k]`` of layer ``module_k`` with handler
     ``handler_k``; ``root_idxs[k][j]`` is the root channel that ``idxs[k][j]`` belongs to. It
     becomes ``(names[module_k], "out" or "in", idxs[k], positions)`` with ``positions[j]`` the
-    place of ``root_idxs[k][j]`` in the root item's ``idxs`` (the order of the scores). An output
+    place of ``root_idxs[k][j]`` in the root item's ``idxs`` (the order of the scores), as a
+    ``pm.Member``. An output
     handler of a conv or linear layer means its output channel with its bias, of a BatchNorm its
     channel; an input handler means the input channel (or in-feature, one per flattened position)
     of a conv or linear layer; a per-channel PReLU's output handler means its slopes (a PReLU
@@ -125,7 +126,8 @@ def group_members(group, names: dict) -> tuple[list, int]:
                 f"pathmetric: torch-pruning cannot tell which root channels the "
                 f"channels of {where} belong to (root index None)",
                 [(type(module).__name__, name, "root index None")])
-        members.append((name, kind, list(item.idxs), [position[r] for r in item.root_idxs]))
+        members.append(pm.Member(name, kind, list(item.idxs),
+                                 [position[r] for r in item.root_idxs]))
     return members, len(root)
 
 

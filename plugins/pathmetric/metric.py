@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .core.capture import as_tuple
+from .core.ir import fact
 from .core.support import capture
 from .core.algebras import PairLifting, total_of
 from .core.interpreter import named_tensors, precision_dtype
@@ -162,24 +163,26 @@ def output_bound(model: nn.Module, other, x) -> torch.Tensor:
 
 
 def layer_weights(model, example_inputs, layers=None) -> dict:
-    """``{layer: (weight name, weight)}`` for the conv/linear ``layers`` (default: all)."""
+    """``{layer: (weight name, weight, dim)}`` for the conv/linear ``layers`` (default: all),
+    ``dim`` the dim of the weight indexing output channels (the rule's ``channel_params``)."""
     graph = capture(model, example_inputs)
-    if layers is None:   # all layers: x @ W weights would be left out
-        graph.refuse_matmul_weights("weight quantization")
     table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
     unknown = [name for name in chosen if name not in table]
     if unknown:
         raise KeyError(f"unknown layers {unknown[:5]}; known: {list(table)[:8]}...")
     named = dict(model.named_parameters())
-    return {name: (table[name][1], named[table[name][1]].detach()) for name in chosen}
+    return {name: (table[name].weight, named[table[name].weight].detach(),
+                   fact(graph.nodes[table[name].node], "channel_params",
+                        "which parameter slices belong to an output channel")["weight"])
+            for name in chosen}
 
 
 def quantized_weights(model, example_inputs, bits, scheme="symmetric", granularity="per_channel",
                       group_size=None, layers=None) -> dict:
     """``{weight name: quantized weight}`` for the conv/linear ``layers`` (default: all)."""
-    return {name: quantize_weights(w, bits, scheme, granularity, group_size)
-            for name, w in layer_weights(model, example_inputs, layers).values()}
+    return {name: quantize_weights(w, bits, scheme, granularity, group_size, dim)
+            for name, w, dim in layer_weights(model, example_inputs, layers).values()}
 
 
 def log_quantization_bound(model: nn.Module, example_inputs, bits=8, scheme="symmetric",

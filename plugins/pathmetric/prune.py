@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .core.ir import Param, channel_view, fact
 from .core.support import capture
 from .metric import path_metric_with_log
 from .scores import PathMasses
@@ -71,17 +72,36 @@ def _select(scores: dict, target: float, scope: str, max_layer_sparsity: float) 
 
 
 def _structured_targets(masses: PathMasses):
-    """Layer -> parameters zeroed with each output channel (weight rows, bias, next BatchNorm)."""
-    named = {}
-    for layer, (index, weight, bias) in masses.layers.items():
-        if layer in masses.output_layers or masses.graph.nodes[index].rule == "conv_transpose":
+    """Hidden layer -> ``[(node, role, parameter name)]`` zeroed with each of its output
+    channels: the ``channel_params`` of the layer (weight slices, bias) and of the BatchNorm
+    right after it; the weight first."""
+    graph = masses.graph
+    after = graph.batch_norm_after()
+    targets = {}
+    for layer, (index, _, _) in masses.layers.items():
+        if layer in masses.output_layers:
             continue
-        params = [weight] + ([bias] if bias else [])
-        bn = masses.batch_norm_after.get(layer)
-        if bn is not None:
-            params += [f"{bn}.weight", f"{bn}.bias"]
-        named[layer] = params
-    return named
+        owners = [graph.nodes[index]] + ([graph.nodes[after[layer]]] if layer in after else [])
+        targets[layer] = [(node, role, node.roles[role].name) for node in owners
+                          for role in fact(node, "channel_params", "which parameter slices "
+                                           "belong to an output channel")
+                          if isinstance(node.roles.get(role), Param)]
+    return targets
+
+
+def _channel_mask(node, role, keep: torch.Tensor, shape) -> torch.Tensor:
+    """Boolean mask of shape ``shape`` (parameter ``role`` of ``node``) keeping the slices of the
+    output channels where ``keep`` is true."""
+    full = torch.ones(shape, dtype=torch.bool)
+    view = channel_view(node, role, full)
+    view &= keep.reshape(view.shape[0], 1, view.shape[2], 1)
+    return full
+
+
+def _kept_channels(node, role, mask: torch.Tensor) -> torch.Tensor:
+    """Output channels of which ``mask`` (of parameter ``role`` of ``node``) keeps every entry."""
+    view = channel_view(node, role, mask)
+    return view.transpose(1, 2).reshape(view.shape[0] * view.shape[2], -1).all(dim=1)
 
 
 def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=False,
@@ -104,8 +124,6 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=Fa
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     pruned = model if inplace else copy.deepcopy(model)
     graph = capture(pruned, example_inputs)
-    if layers is None:   # all layers: x @ W weights would be left out
-        graph.refuse_matmul_weights("pm.prune")
     table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
     params = dict(pruned.named_parameters())
@@ -117,20 +135,22 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=Fa
             targets = {k: v for k, v in _structured_targets(masses).items() if k in chosen}
             scores = {k: masses.channel_share(k).detach().double().cpu() for k in targets}
         else:
-            targets = {k: [table[k][1]] for k in chosen}
-            scores = {k: masses.share(table[k][1]).detach().double().cpu().reshape(-1)
+            targets = {k: [(graph.nodes[table[k].node], "weight", table[k].weight)]
+                       for k in chosen}
+            scores = {k: masses.share(table[k].weight).detach().double().cpu().reshape(-1)
                       for k in targets}
         for key, s in scores.items():
-            previous = masks.get(targets[key][0])
+            node, role, name = targets[key][0]
+            previous = masks.get(name)
             if previous is not None:
-                flat = previous.reshape(previous.shape[0], -1).all(dim=1) if structured else previous.reshape(-1)
-                s[~flat] = -math.inf
+                flat = _kept_channels(node, role, previous) if structured else previous.reshape(-1)
+                s[~flat.cpu()] = -math.inf
         keep = _select(scores, target, scope, max_layer_sparsity)
         with torch.no_grad():
             for key, mask in keep.items():
-                for name in targets[key]:
+                for node, role, name in targets[key]:
                     p = params[name]
-                    full = mask.reshape((-1,) + (1,) * (p.dim() - 1)).expand_as(p) if structured \
+                    full = _channel_mask(node, role, mask, p.shape) if structured \
                         else mask.reshape(p.shape)
                     masks[name] = full.to(p.device).clone()
                     p.mul_(masks[name])

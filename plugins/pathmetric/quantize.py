@@ -28,28 +28,32 @@ def _rows(tensor: torch.Tensor, granularity: str, group_size):
 
 
 def quantize_weights(tensor: torch.Tensor, bits: int, scheme: str = "symmetric",
-                     granularity: str = "per_channel", group_size: int | None = None) -> torch.Tensor:
+                     granularity: str = "per_channel", group_size: int | None = None,
+                     dim: int = 0) -> torch.Tensor:
     """Round-to-nearest quantization of ``tensor`` to ``bits`` bits, returned dequantized.
 
     - symmetric: ``s = max|w| / (2^(b-1) - 1)``, ``q = clamp(round(w/s), -2^(b-1), 2^(b-1)-1) s``;
     - asymmetric: ``lo = min(w, 0)``, ``hi = max(w, 0)``, ``s = (hi - lo) / (2^b - 1)``,
       ``z = round(-lo/s)``, ``q = (clamp(round(w/s) + z, 0, 2^b - 1) - z) s``;
 
-    with one scale per tensor, per output channel (dim 0) or per group of ``group_size``
+    with one scale per tensor, per output channel (a row: the slice at one index of ``dim``,
+    0 for conv/linear weights, 1 for the ``(in, out)`` ``W`` of ``x @ W`` and for transposed
+    convolutions, whose rows then span their groups) or per group of ``group_size``
     consecutive entries of a row. Rounding is half-to-even; all-zero rows stay zero.
     """
-    return quantizer(tensor, scheme, granularity, group_size)(bits)
+    return quantizer(tensor, scheme, granularity, group_size, dim)(bits)
 
 
 def quantizer(tensor: torch.Tensor, scheme: str = "symmetric", granularity: str = "per_channel",
-              group_size: int | None = None):
-    """``bits -> quantize_weights(tensor, bits, scheme, granularity, group_size)``, computing the
-    per-row minima and maxima once for all bit-widths."""
+              group_size: int | None = None, dim: int = 0):
+    """``bits -> quantize_weights(tensor, bits, scheme, granularity, group_size, dim)``,
+    computing the per-row minima and maxima once for all bit-widths."""
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    rows, grouping = _rows(tensor.detach(), granularity, group_size)
+    moved = tensor.detach().movedim(dim, 0) if tensor.dim() > 1 else tensor.detach()
+    rows, grouping = _rows(moved, granularity, group_size)
     lo = rows.amin(dim=1, keepdim=True).clamp(max=0)
     hi = rows.amax(dim=1, keepdim=True).clamp(min=0)
 
@@ -72,5 +76,6 @@ def quantizer(tensor: torch.Tensor, scheme: str = "symmetric", granularity: str 
         if grouping is not None:
             shape, pad = grouping
             q = q.reshape(shape[0], -1)[:, :shape[1]]
-        return q.reshape(tensor.shape).to(tensor.dtype)
+        q = q.reshape(moved.shape)
+        return (q.movedim(0, dim) if tensor.dim() > 1 else q).to(tensor.dtype)
     return quantize

@@ -26,8 +26,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 from .core.capture import as_tuple
-from .core.ir import Buffer, Param, Value
-from .core.rules import RULES, batch_norm_scale, batch_norm_shift, fact
+from .core.ir import Buffer, Param, Value, fact
+from .core.rules import batch_norm_scale, batch_norm_shift
 from .core.support import capture
 
 def _value_inputs(node) -> list:
@@ -62,14 +62,15 @@ def graph_facts(model, example_inputs) -> GraphFacts:
     graph = capture(model, example_inputs)
     depth, pools, affine = [], [], []
     kernel, kinds, width = 1, set(), 0
-    for node in graph.nodes:
+    inputs = graph.inputs
+    for index, node in enumerate(graph.nodes):
         ins = _value_inputs(node)
         before = lambda values: max((values[i] for i in ins), default=0)  # noqa: E731
-        if node.rule == "input":
+        if index in inputs:
             layers, pooling, is_affine, weighted = 0, 0, False, True
         else:
             layers = fact(node, "layers", "the neuron layers it adds")
-            pooling = RULES[node.rule].max_pool_kernel(graph, node)
+            pooling = node.facts.max_pool_kernel(graph, node)
             is_affine = fact(node, "affine", "whether it is a conv/linear-like layer")
             weighted = fact(node, "weighted", "whether its neurons have their own weights")
         depth.append(before(depth) + layers)
@@ -166,17 +167,29 @@ def _resolve(ref, named):
     return ref.double() if isinstance(ref, torch.Tensor) else ref
 
 
+def _weight_dim(node):
+    """The dim of the weight of a conv/linear-like ``node`` indexing output channels, else
+    None."""
+    if not fact(node, "affine", "whether it is a conv/linear-like layer"):
+        return None
+    return fact(node, "channel_params", "which parameter slices belong to an output channel")[
+        "weight"]
+
+
 def _layers(graph, named) -> list:
     """``(W, b)`` of every affine layer, each frozen BatchNorm folded into the conv/linear it
-    follows when that conv/linear feeds only it (``W' = s W``, ``b' = s b + t``); a standalone
-    BatchNorm is the diagonal layer ``(s, t)``. ``W`` has its output channels first."""
+    follows when that layer has its output channels as weight rows and feeds only it
+    (``W' = s W``, ``b' = s b + t``); a standalone BatchNorm is the diagonal layer ``(s, t)``.
+    ``W`` has its output channels first."""
     consumers: dict = {}
     for j, node in enumerate(graph.nodes):
         for i in _value_inputs(node):
             consumers.setdefault(i, []).append(j)
     folded, layers = {}, []
+    inputs = graph.inputs
     for j, node in enumerate(graph.nodes):
-        if node.rule != "batch_norm":
+        if j in inputs or not fact(node, "channel_affine",
+                                   "whether it is a frozen per-channel affine map"):
             continue
         bn = node.roles
         var, gamma = _resolve(bn["running_var"], named), _resolve(bn["weight"], named)
@@ -184,16 +197,17 @@ def _layers(graph, named) -> list:
         t = batch_norm_shift(_resolve(bn["running_mean"], named), var, gamma,
                              _resolve(bn["bias"], named), bn["eps"])
         source = bn["x"].node
-        if graph.nodes[source].rule in ("conv", "linear") and consumers.get(source) == [j]:
+        if source not in inputs and _weight_dim(graph.nodes[source]) == 0 and \
+                consumers.get(source) == [j]:
             folded[source] = (s, t)
         else:
             layers.append((s.reshape(-1, 1), t))
     for i, node in enumerate(graph.nodes):
-        if node.rule == "input" or not fact(node, "affine", "whether it is a conv/linear-like layer"):
+        if i in inputs or _weight_dim(node) is None:
             continue
         bound = node.roles
         w = _resolve(bound["weight"], named)
-        if node.rule in ("conv_transpose", "matmul"):  # input channels first -> output first
+        if _weight_dim(node) == 1:  # input channels first -> output first
             w = w.transpose(0, 1)
         b = _resolve(bound.get("bias"), named)
         b = torch.zeros(w.shape[0], dtype=w.dtype) if b is None else b
@@ -288,14 +302,16 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
         parent[i], channels[i], parametrised[i] = i, count, param
         space[i] = i
 
+    inputs = graph.inputs
     for i, node in enumerate(graph.nodes):
         ins = [space[j] for j in _value_inputs(node)]
-        rule = node.rule
-        if rule == "input":
+        if i in inputs:
             new(i, None, False)
-        elif fact(node, "affine", "whether it is a conv/linear-like layer") or \
-                rule == "batch_norm" and not bn_diagonal:
-            count = node.shape[-1] if rule in ("linear", "matmul") else node.shape[1]
+            continue
+        batch_norm = fact(node, "channel_affine", "whether it is a frozen per-channel affine map")
+        if fact(node, "affine", "whether it is a conv/linear-like layer") or \
+                batch_norm and not bn_diagonal:
+            count = node.shape[fact(node, "channel_dim", "the dim of its output holding channels")]
             groups = node.roles.get("groups", 1)
             in_count = graph.shape_of(node.roles["x"])[1] if groups != 1 else None
             if groups != 1 and bn_diagonal and groups == count == in_count:
@@ -304,24 +320,22 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
                 new(i, count, True)
                 if groups != 1 and bn_diagonal:
                     bad.update((find(ins[0]), i))  # grouped: permutations only within groups
-        elif rule == "batch_norm" or fact(node, "transforms_through",
-                                          "whether channel transforms pass through it"):
-            space[i] = ins[0]
-        elif rule in ("add", "sub"):
-            root = find(ins[0])
+        elif batch_norm or fact(node, "transforms_through",
+                                "whether channel transforms pass through it"):
+            root = find(ins[0])          # a residual add ties the groups of its inputs
             for other in ins[1:]:
                 other = find(other)
                 if other != root:
                     parent[other] = root
                     parametrised[root] = parametrised[root] and parametrised[other]
             space[i] = root
-        elif rule in ("mean", "sum") and _keeps_channels(node.roles["dim"],
-                                                          len(graph.shape_of(node.roles["x"]))):
+        elif fact(node, "channels", "how it maps channels") == "reduce" and \
+                _keeps_channels(node.roles["dim"], len(graph.shape_of(node.roles["x"]))):
             space[i] = ins[0]
         else:                                 # cat, stack, reductions over channels
             new(i, None, False)
             children[i] = ins
-            if rule not in ("cat", "stack"):
+            if node.facts.channels != "join":
                 bad.update(ins)
     bad.update(space[v.node] for v in graph.outputs)
     bad = {find(b) for b in bad}

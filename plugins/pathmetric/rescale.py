@@ -11,13 +11,15 @@ import math
 
 import torch
 
-from .core.ir import Param, Value
-from .core.rules import fact
+from .core.ir import Param, Value, channel_view, fact
 from .core.support import cached_graph, capture
 
-def _flatten_factor(graph, index, node):
-    """Entries per channel when ``node`` flattens a (1, C, ...) tensor to (1, C * ...), else None."""
-    if node.rule != "rearrange" or len(node.shape) != 2:
+def _flatten_factor(graph, node):
+    """Entries per channel when ``node`` flattens a (1, C, ...) tensor to (1, C * ...) (an op
+    that moves entries and lets channel transforms through), else None."""
+    if len(node.shape) != 2 or not fact(node, "transforms_through", "whether channel "
+                                        "transforms pass through it") or \
+            fact(node, "channels", "how it maps channels") != "reindex":
         return None
     source = node.roles["x"]
     if not isinstance(source, Value):
@@ -28,11 +30,17 @@ def _flatten_factor(graph, index, node):
     return math.prod(shape[2:])
 
 
-def _consumers(graph, users, start):
+def _channels_along_dim_one(node, ndim: int) -> bool:
+    """Whether ``node``'s channels are dim 1 of an ``ndim``-dimensional tensor."""
+    return fact(node, "channel_dim", "the dim of its output holding channels") % ndim == 1
+
+
+def _consumers(graph, users, layers, start):
     """Layers reading the channels of node ``start`` through homogeneous ops.
 
     Returns ``[(layer node index, entries per channel)]`` or None when a channel reaches
-    anything else (a residual add, a concatenation, an output, a BatchNorm, ...).
+    anything else (a residual add, a concatenation, an output, a BatchNorm, a grouped
+    convolution, ...).
     """
     found, frontier = [], [(start, 1)]
     outputs = {v.node for v in graph.outputs}
@@ -44,28 +52,28 @@ def _consumers(graph, users, start):
             node = graph.nodes[j]
             if node.roles.get("x") != Value(index):
                 return None
-            if node.rule in ("conv", "linear") and isinstance(node.roles["weight"], Param):
-                groups = node.roles.get("groups", 1)
-                if groups != 1 or (node.rule == "linear" and len(graph.nodes[index].shape) != 2):
+            if j in layers:
+                if node.roles.get("groups", 1) != 1 or \
+                        not _channels_along_dim_one(node, len(graph.nodes[index].shape)):
                     return None
                 found.append((j, factor))
             elif fact(node, "homogeneous", "whether neuron rescaling passes through it"):
                 frontier.append((j, factor))
-            elif _flatten_factor(graph, j, node) is not None and factor == 1:
-                frontier.append((j, _flatten_factor(graph, j, node)))
+            elif _flatten_factor(graph, node) is not None and factor == 1:
+                frontier.append((j, _flatten_factor(graph, node)))
             else:
                 return None
     return found or None
 
 
-def _producer_params(graph, index):
-    """Parameters scaled with output channel ``c`` of node ``index`` (dim 0), or None."""
-    node = graph.nodes[index]
-    if node.rule in ("conv", "linear", "batch_norm"):
-        refs = [node.roles["weight"], node.roles["bias"]]
-    else:
-        return None
-    return [ref.name for ref in refs if isinstance(ref, Param)] or None
+def _producer_roles(node) -> list:
+    """The parameter roles of ``node`` scaled with its output channel ``c`` (a conv/linear layer
+    or a frozen BatchNorm along dim 1: ``weighted`` with ``channel_params``), else []."""
+    if not fact(node, "weighted", "whether its neurons have their own weights") or \
+            not _channels_along_dim_one(node, len(node.shape)):
+        return []
+    roles = fact(node, "channel_params", "which parameter slices belong to an output channel")
+    return [role for role in roles if isinstance(node.roles.get(role), Param)]
 
 
 def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_of_two=True,
@@ -73,9 +81,9 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
     """A deep copy of ``model`` with every rescalable neuron channel scaled by a random factor.
 
     A channel is rescalable when it is produced by a conv/linear layer or a frozen BatchNorm and
-    reaches only conv/linear layers (through ReLU, pooling, dropout or a flatten). Its producer's
-    weights and bias are multiplied by ``lambda_c`` and the consumers' input weights divided by
-    it. Factors are ``2**k`` with integer ``k`` uniform in ``[-max_log2, max_log2]`` (exact in
+    reaches only ungrouped conv/linear layers (through ReLU, pooling, dropout or a flatten). The
+    slices of its producer's ``channel_params`` (weights, bias) are multiplied by ``lambda_c``
+    and the consumers' input weights divided by it. Factors are ``2**k`` with integer ``k`` uniform in ``[-max_log2, max_log2]`` (exact in
     floating point) or, with ``powers_of_two=False``, ``exp(u)`` with ``u`` uniform in
     ``[-max_log2 ln 2, max_log2 ln 2]``. A conv followed by a BatchNorm is rescaled at the
     BatchNorm (the conv's scale would be undone by the normalisation).
@@ -93,29 +101,32 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
         raise ValueError("random_rescale needs every parameter used once; shared: "
                          f"{graph.shared_parameters()[:3]}")
     users = graph.users()
+    layers = {layer.node for layer in graph.layers().values()}
+    inputs = graph.inputs
     generator = torch.Generator().manual_seed(seed)
     copy_ = copy.deepcopy(model)
     params = dict(copy_.named_parameters())
     with torch.no_grad():
         for index, node in enumerate(graph.nodes):
-            producer = _producer_params(graph, index)
+            producer = [] if index in inputs else _producer_roles(node)
             if not producer:
                 continue
-            consumers = _consumers(graph, users, index)
+            consumers = _consumers(graph, users, layers, index)
             if consumers is None:
                 continue
-            channels = params[producer[0]].shape[0]
+            views = [channel_view(node, role, params[node.roles[role].name]) for role in producer]
+            channels = views[0].shape[0] * views[0].shape[2]
             if powers_of_two:
                 k = torch.randint(-int(max_log2), int(max_log2) + 1, (channels,), generator=generator)
                 factors = torch.pow(2.0, k.double())
             else:
                 u = (torch.rand(channels, generator=generator, dtype=torch.float64) * 2 - 1)
                 factors = torch.exp(u * max_log2 * math.log(2.0))
-            for name in producer:
-                p = params[name]
-                p.mul_(factors.to(p).reshape((-1,) + (1,) * (p.dim() - 1)))
+            for view in views:
+                view.mul_(factors.to(view).reshape(view.shape[0], 1, view.shape[2], 1))
             for j, per_channel in consumers:
-                w = params[graph.nodes[j].roles["weight"].name]
-                inverse = (1.0 / factors).repeat_interleave(per_channel).to(w)
-                w.mul_(inverse.reshape((1, -1) + (1,) * (w.dim() - 2)))
+                consumer = graph.nodes[j]
+                view = channel_view(consumer, "weight", params[consumer.roles["weight"].name], "in")
+                inverse = (1.0 / factors).repeat_interleave(per_channel).to(view)
+                view.mul_(inverse.reshape(1, 1, -1, 1))
     return copy_

@@ -8,10 +8,11 @@ paths through ``v``.
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import torch
 
-from .core.ir import Param, Value
-from .core.rules import fact
+from .core.ir import Param, Value, channel_sums, channel_view, fact
 from .core.support import capture
 from .errors import UnsupportedModelError
 from .core.algebras import NormLifting, PairLifting, total_of
@@ -28,12 +29,29 @@ def _check_unshared(graph):
             "Give each call its own module.", [("shared weights", name, "") for name in shared])
 
 
+class Member(NamedTuple):
+    """One layer's part of a group of coupled channels (a torch-pruning group, an NNI dependency
+    group): channel ``idxs[j]`` of ``module`` belongs to root channel ``root_idxs[j]``.
+
+    ``kind`` is ``"out"`` (an output channel of a conv/linear layer with its bias entry, a frozen
+    BatchNorm channel, a per-channel PReLU slope) or ``"in"`` (an input channel of a conv/linear
+    layer: the weights it feeds). Wherever members are taken, a plain 4-tuple in this order is
+    accepted as well.
+    """
+    module: str
+    kind: str
+    idxs: Sequence[int]
+    root_idxs: Sequence[int]
+
+
 class PathMasses:
     """Masses of the paths through every lifted parameter of a model, from one forward+backward.
 
     ``share(key)`` is ``|theta| * dN/d|theta| / N`` for a parameter name, or for a folded
     BatchNorm ``'<module>.scale'`` / ``'<module>.shift'``; ``mass(key)`` is the same in absolute
-    units (``inf`` past float64). ``log_total`` is ``log N``.
+    units (``inf`` past float64). ``log_total`` is ``log N``. ``layers``, ``output_layers`` and
+    ``batch_norm_after`` (layer -> BatchNorm module) are those of the captured graph
+    (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once.
     """
 
     def __init__(self, model, example_inputs, precision="float64", overrides=None):
@@ -42,8 +60,7 @@ class PathMasses:
         ev = NormLifting(self.graph, model, q=1.0, dtype=precision_dtype(precision),
                          overrides=overrides, track=True)
         self.layers = self.graph.layers()
-        outputs_nodes = {v.node for v in self.graph.outputs}
-        keep = {index for index, _, _ in self.layers.values()}
+        keep = {layer.node for layer in self.layers.values()}
         with torch.inference_mode(False), torch.enable_grad():  # also under inference_mode
             outputs, kept = ev.run(keep)
             for value in kept.values():
@@ -59,27 +76,16 @@ class PathMasses:
                           for key, leaf in ev.leaves.items()}
         self._shares = {}
         self._kept = {index: value[0].m for index, value in kept.items()}
-        self.output_layers = {name for name, (index, _, _) in self.layers.items()
-                              if index in outputs_nodes}
-        self.batch_norm_after = self._batch_norms_after_layers()
+        self.output_layers = self.graph.output_layers()
+        self.batch_norm_after = {name: self.graph.nodes[j].module
+                                 for name, j in self.graph.batch_norm_after().items()}
         self._channel_maps_known = False   # every op's channel map is stated (channel_share)
-
-    def _batch_norms_after_layers(self) -> dict:
-        """Layer name -> the frozen BatchNorm that reads its output directly (if any)."""
-        users = self.graph.users()
-        out = {}
-        for name, (index, _, _) in self.layers.items():
-            for j in users[index]:
-                node = self.graph.nodes[j]
-                if node.rule == "batch_norm" and node.roles["x"] == Value(index):
-                    out[name] = node.module
-        return out
 
     def group_mass(self, members, num_channels, relative=True) -> torch.Tensor:
         """Sum over ``members`` of each member's removed mass per root channel: an upper bound
         of the group's mass (see :func:`group_mass`); shares of N if ``relative``."""
         out = torch.zeros(num_channels, dtype=torch.float64)
-        for module, kind, idxs, root_idxs in members:
+        for module, kind, idxs, root_idxs in (Member(*m) for m in members):
             share = self.member_share(module, kind).detach().double().cpu()
             idxs = torch.as_tensor(list(idxs), dtype=torch.long)
             roots = torch.as_tensor(list(root_idxs), dtype=torch.long)
@@ -126,15 +132,22 @@ class PathMasses:
         channel ``c`` (``a * g`` summed over positions) plus the mass of the paths that start
         at that BatchNorm's shift."""
         if not self._channel_maps_known:
-            for op in self.graph.nodes:
-                if op.rule != "input":
+            inputs = self.graph.inputs
+            for index, op in enumerate(self.graph.nodes):
+                if index not in inputs:
                     fact(op, "channels", "how it maps channels")
             self._channel_maps_known = True
-        index = self.layers[layer][0]
+        index, weight, _ = self.layers[layer]
         node = self.graph.nodes[index]
         neurons = self._neurons(index)
-        dim = 1 if node.rule in ("conv", "conv_transpose") else neurons.dim() - 1
+        dim = fact(node, "channel_dim", "the dim of its output holding channels") % neurons.dim()
         per_channel = neurons.transpose(0, dim).reshape(neurons.shape[dim], -1).sum(dim=1)
+        view = channel_view(node, "weight", self.gradients[weight])
+        if per_channel.numel() != view.shape[0] * view.shape[2]:
+            why = (f"its output has {per_channel.numel()} channels along dim {dim}, its weight "
+                   f"{view.shape[0] * view.shape[2]}")
+            raise UnsupportedModelError(f"{node.rule} in '{node.module or '<model>'}': {why}",
+                                        [(node.rule, node.module, why)])
         bn = self.batch_norm_after.get(layer)
         if bn is not None:
             per_channel = per_channel + self.share(f"{bn}.shift")
@@ -147,11 +160,10 @@ class PathMasses:
         weights it feeds)."""
         if module in self.layers:
             index, weight, bias = self.layers[module]
-            w = self.share(weight)
+            node, w = self.graph.nodes[index], self.share(weight)
             if kind == "out":
-                return _out_channel_sums(self.graph.nodes[index], w) + (
-                    self.share(bias) if bias else 0)
-            return _in_channel_sums(self.graph.nodes[index], w)
+                return channel_sums(node, "weight", w) + (self.share(bias) if bias else 0)
+            return channel_sums(node, "weight", w, "in")
         if f"{module}.scale" in self._leaves:
             if kind != "out":
                 raise ValueError(f"BatchNorm '{module}' has one side: use kind 'out'")
@@ -165,37 +177,17 @@ class PathMasses:
                        "per-channel PReLU on the captured graph")
 
 
-def _channel_slopes(graph, module: str):
-    """The name of the slope parameter of PReLU ``module`` on the captured graph, else None."""
-    for node in graph.nodes:
-        if node.rule == "prelu" and node.module == module and \
-                isinstance(node.roles["weight"], Param):
-            return node.roles["weight"].name
+def _channel_owner(graph, module: str):
+    """The node of ``module`` holding parameter slices of its output channels (a frozen
+    BatchNorm, a PReLU), else None."""
+    inputs = graph.inputs
+    for index, node in enumerate(graph.nodes):
+        if node.module == module and index not in inputs and any(
+                isinstance(node.roles.get(role), Param)
+                for role in fact(node, "channel_params", "which parameter slices belong to an "
+                                 "output channel")):
+            return node
     return None
-
-
-def conv_groups(node) -> int:
-    """The ``groups`` argument of a captured conv / transposed conv node (1 for linear)."""
-    return node.roles.get("groups", 1)
-
-
-def _out_channel_sums(node, w):
-    """Sum of ``w`` over each output channel (weights laid out as PyTorch does for the op)."""
-    if node.rule != "conv_transpose":
-        return w.reshape(w.shape[0], -1).sum(dim=1)
-    groups = conv_groups(node)
-    return w.reshape(groups, w.shape[0] // groups, w.shape[1], -1).sum(dim=(1, 3)).reshape(-1)
-
-
-def _in_channel_sums(node, w):
-    """Sum of ``w`` over each input channel; with ``groups > 1`` a channel feeds its group only."""
-    if node.rule == "conv_transpose":
-        return w.reshape(w.shape[0], -1).sum(dim=1)
-    if node.rule == "linear":
-        return w.sum(dim=0)
-    groups = conv_groups(node)
-    rows = w.reshape(w.shape[0], w.shape[1], -1).sum(dim=2)
-    return rows.reshape(groups, w.shape[0] // groups, w.shape[1]).sum(dim=1).reshape(-1)
 
 
 def weight_scores(model, example_inputs, relative=False, precision="float64") -> dict:
@@ -220,7 +212,6 @@ def weight_scores(model, example_inputs, relative=False, precision="float64") ->
 def channel_scores(model, example_inputs, relative=False, precision="float64") -> dict:
     """``{layer name: per-output-channel mass}``: the mass removed by deleting an output channel
     of a conv/linear layer together with the BatchNorm channel that directly follows it."""
-    capture(model, example_inputs).refuse_matmul_weights("channel_scores")
     masses = PathMasses(model, example_inputs, precision)
     get = masses.channel_share if relative else lambda name: masses.absolute(masses.channel_share(name))
     return {name: get(name) for name in masses.layers}
@@ -240,52 +231,38 @@ def zeroed_members(model, example_inputs, members, roots=None) -> dict:
     named = named_tensors(model)
     layers = graph.layers()
     out = {}
-
-    def zero(name, dim, index):
-        tensor = out.setdefault(name, named[name].detach().clone())
-        tensor.index_fill_(dim, torch.as_tensor(index, dtype=torch.long, device=tensor.device), 0)
-
-    for module, kind, idxs, root_idxs in members:
+    for module, kind, idxs, root_idxs in (Member(*m) for m in members):
         chosen = [i for i, r in zip(idxs, root_idxs) if roots is None or r in roots]
         if not chosen:
             continue
         if module in layers:
-            index, weight, bias = layers[module]
-            node = graph.nodes[index]
-            if (kind == "out") == (node.rule != "conv_transpose"):   # rows of the weight
-                zero(weight, 0, chosen)
-            else:                                                    # columns, per group
-                _zero_columns(out.setdefault(weight, named[weight].detach().clone()),
-                              conv_groups(node), chosen)
-            if kind == "out" and bias:
-                zero(bias, 0, chosen)
-        elif f"{module}.running_mean" in named and f"{module}.weight" in named:
-            zero(f"{module}.weight", 0, chosen)
-            zero(f"{module}.bias", 0, chosen)
-        elif _channel_slopes(graph, module) in named:
-            zero(_channel_slopes(graph, module), 0, chosen)
+            node = graph.nodes[layers[module].node]
+            roles = ("weight", "bias") if kind == "out" else ("weight",)
         else:
-            raise KeyError(f"cannot zero channels of '{module}': not a conv/linear layer, an "
-                           "affine frozen BatchNorm or a PReLU on the captured graph")
+            node, kind = _channel_owner(graph, module), "out"
+            if node is None:
+                raise KeyError(f"cannot zero channels of '{module}': not a conv/linear layer, an "
+                               "affine frozen BatchNorm or a PReLU on the captured graph")
+            roles = tuple(node.facts.channel_params)
+        channels = torch.as_tensor(chosen, dtype=torch.long)
+        for role in roles:
+            ref = node.roles.get(role)
+            if isinstance(ref, Param):
+                tensor = out.setdefault(ref.name, named[ref.name].detach().clone())
+                view = channel_view(node, role, tensor, kind)
+                at = channels.to(tensor.device)
+                view[at // view.shape[2], :, at % view.shape[2]] = 0
     return out
-
-
-def _zero_columns(weight, groups: int, channels):
-    """Zero channel ``c`` along dim 1 of a weight laid out ``(groups * rows, per_group, ...)``:
-    column ``c % per_group`` of the rows of group ``c // per_group``."""
-    per_group = weight.shape[1]
-    view = weight.view(groups, weight.shape[0] // groups, per_group, -1)
-    channels = torch.as_tensor(channels, dtype=torch.long, device=weight.device)
-    view[channels // per_group, :, channels % per_group] = 0
 
 
 def group_mass(model, example_inputs, members, num_channels, exact=False, relative=True,
                masses: PathMasses | None = None, precision="float64") -> torch.Tensor:
     """Per root channel, the path mass removed by zeroing the channel in every group member.
 
-    ``members`` lists ``(module name, kind, idxs, root_idxs)``: ``kind`` is ``'out'`` (a conv or
-    linear output channel with its bias, or a BatchNorm channel) or ``'in'`` (a conv or linear
-    input channel); channel ``idxs[j]`` of the member belongs to root channel ``root_idxs[j]``.
+    ``members`` lists :class:`Member` ``(module name, kind, idxs, root_idxs)`` (or plain
+    4-tuples): ``kind`` is ``'out'`` (a conv or linear output channel with its bias, or a
+    BatchNorm channel) or ``'in'`` (a conv or linear input channel); channel ``idxs[j]`` of the
+    member belongs to root channel ``root_idxs[j]``.
 
     - ``exact=False`` (cheap): the sum over members of each member's own removed mass, from one
       forward+backward (pass ``masses`` to reuse it). Each term is exact for its layer; the sum
@@ -325,8 +302,8 @@ def layer_input_shapes(model, example_inputs) -> dict:
     ``example_inputs``), for the layers that read an activation."""
     graph = capture(model, example_inputs)
     shapes = {}
-    for name, (index, _, _) in graph.layers().items():
-        source = graph.nodes[index].roles["x"]
+    for name, layer in graph.layers().items():
+        source = graph.nodes[layer.node].roles["x"]
         if isinstance(source, Value):
             shapes[name] = tuple(graph.shape_of(source))
     return shapes

@@ -63,8 +63,8 @@ class Sensitivity(dict):
 def _quantized(weights, bits, scheme, granularity, group_size):
     """``{(layer, b): q_b(theta_layer)}``."""
     out = {}
-    for layer, (_, w) in weights.items():
-        quantize = quantizer(w, scheme, granularity, group_size)
+    for layer, (_, w, dim) in weights.items():
+        quantize = quantizer(w, scheme, granularity, group_size, dim)
         out.update({(layer, b): quantize(b) for b in bits})
     return out
 
@@ -104,10 +104,10 @@ def layer_sensitivity(model, example_inputs, bits=(2, 3, 4, 8), scheme="symmetri
     weights = layer_weights(model, example_inputs, layers)
     masses = PathMasses(model, example_inputs, precision)
     out = Sensitivity()
-    for layer, (name, w) in weights.items():
+    for layer, (name, w, dim) in weights.items():
         grad = masses.gradient(name)
         error = 2 * masses.relative_error + _moved_mass_error(w, grad.dtype)
-        quantize = quantizer(w, scheme, granularity, group_size)
+        quantize = quantizer(w, scheme, granularity, group_size, dim)
         for b in bits:
             value = _moved_mass(w, quantize(b), grad)
             out[layer, b] = round_up(to_float(value, masses.exponent), error)
@@ -196,7 +196,7 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
     bits = sorted(set(int(b) for b in bits))
     quantized = _quantized(weights, bits, scheme, granularity, group_size)
     upper = {}
-    for layer, (name, w) in weights.items():
+    for layer, (name, w, _) in weights.items():
         top = w.abs()
         for b in bits:
             top = torch.maximum(top, quantized[layer, b].abs())
@@ -205,7 +205,7 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
     names = list(weights)
     costs = []
     for l in names:
-        name, w = weights[l]
+        name, w, _ = weights[l]
         costs.append([_moved_mass(w, quantized[l, b].clone(), masses.gradient(name))
                       for b in bits])
     counts = [weights[l][1].numel() for l in names]

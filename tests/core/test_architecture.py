@@ -56,11 +56,52 @@ def test_a_rule_stating_only_its_lifted_image_is_refused_by_name_where_a_fact_is
 
 def test_every_registered_rule_states_every_fact():
     facts = ("layers", "max_pool", "affine", "weighted", "homogeneous", "channels",
-             "transforms_through")
+             "transforms_through", "channel_params", "channel_dim", "channel_affine")
     missing = [(name, f) for name, r in rules.RULES.items() for f in facts
                if getattr(r, f) is None]
     assert not missing
     assert all(r.channels in rules.CHANNEL_MAPS for r in rules.RULES.values())
+    assert all(r.channel_dim in (1, -1) for r in rules.RULES.values())
+    assert all(set(r.channel_params.values()) <= {0, 1} for r in rules.RULES.values())
+    # a conv/linear-like layer says where its weight's output channels are
+    assert all("weight" in r.channel_params for r in rules.RULES.values() if r.affine)
+
+
+def _string_constants(node) -> list:
+    """The string constants ``node`` is, or holds as a tuple/list/set display."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [s for element in node.elts for s in _string_constants(element)]
+    return []
+
+
+def _rule_name_comparisons(source: str) -> list:
+    """Every comparison in ``source`` of an ``.rule`` attribute with string constants (``==``,
+    ``!=``, ``in``, ``not in`` a tuple, list or set of them), as source text."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left] + node.comparators
+            if any(isinstance(o, ast.Attribute) and o.attr == "rule" for o in operands) and \
+                    any(_string_constants(o) for o in operands):
+                found.append(ast.unparse(node))
+    return found
+
+
+ADAPTERS = PACKAGE.parent.parent / "adapters"
+OUTSIDE_CORE = sorted([p for p in PACKAGE.rglob("*.py") if "core" not in p.relative_to(PACKAGE).parts]
+                      + list(ADAPTERS.glob("*.py")))
+
+
+def test_analyses_and_adapters_ask_rules_for_facts_never_op_names():
+    assert _rule_name_comparisons('a = node.rule in ("conv", "linear")\n'
+                                  'b = graph.nodes[0].rule != "input"\nc = n.rule == rule\n') \
+        == ["node.rule in ('conv', 'linear')", "graph.nodes[0].rule != 'input'"]
+    assert any(p.name == "scores.py" for p in OUTSIDE_CORE) and \
+        any(p.name == "torch_pruning.py" for p in OUTSIDE_CORE)
+    found = {str(p): hits for p in OUTSIDE_CORE if (hits := _rule_name_comparisons(p.read_text()))}
+    assert not found, found
 
 
 def _imports(path: pathlib.Path) -> set:
@@ -121,8 +162,8 @@ def test_core_imports_nothing_above_it_and_there_are_no_cycles():
 
 
 def test_no_private_name_is_imported_across_modules():
-    """``from x import _name`` between modules of the engine and the adapters: none (a helper
-    another module needs is public, with a docstring)."""
+    """``from x import _name`` between modules of the engine and the adapters, or ``pm._name``:
+    none (a helper another module needs is public, with a docstring)."""
     adapters = PACKAGE.parents[1] / "adapters"
     found = []
     for path in list(PACKAGE.rglob("*.py")) + list(adapters.glob("*.py")):
@@ -131,4 +172,7 @@ def test_no_private_name_is_imported_across_modules():
                     ("pathmetric", "adapters"))):
                 found += [f"{path.name}: {a.name}" for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")]
-    assert not found
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                    node.value.id in ("pm", "pathmetric") and node.attr.startswith("_"):
+                found.append(f"{path.name}: pm.{node.attr}")
+    assert not found, found

@@ -1,5 +1,6 @@
 """Follow-ups of issues 15 and 16: depthwise zeroing, log certificates in the adapters, heads in
 every output, parameter views (LayerScale), ``x @ W`` weights as layers."""
+import copy
 import json
 import math
 import subprocess
@@ -179,20 +180,104 @@ class MatmulNet(nn.Module):
         return torch.relu(self.fc(x)) @ self.proj
 
 
-def test_x_at_w_weights_are_refused_by_what_would_skip_them():
+class AtW(nn.Module):
+    """A hidden layer written ``x @ self.W`` (W laid out (in, out)), then a linear head."""
+    def __init__(self, weight):
+        super().__init__()
+        self.W = nn.Parameter(weight.clone())
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(x @ self.W))
+
+
+class LinearW(nn.Module):
+    """The same network with the hidden layer an ``nn.Linear`` holding ``W.T``."""
+    def __init__(self, at_w):
+        super().__init__()
+        self.W = nn.Linear(4, 6, bias=False)
+        self.head = copy.deepcopy(at_w.head)
+        with torch.no_grad():
+            self.W.weight.copy_(at_w.W.T)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.W(x)))
+
+
+def _at_w_pair():
     torch.manual_seed(0)
-    model, x = MatmulNet().eval(), torch.randn(2, 4)
-    assert pm.path_norm(model, x) > 0 and "proj" in pm.weight_scores(model, x)
-    for call in (lambda: pm.quantization_bound(model, x, bits=4),
-                 lambda: pm.layer_sensitivity(model, x, bits=(4,)),
-                 lambda: pm.mixed_precision_plan(model, x, bits=(4, 8), avg_bits=6),
-                 lambda: pm.channel_scores(model, x),
-                 lambda: pm.prune(model, 0.5, x)):
-        with pytest.raises(pm.UnsupportedModelError, match="'proj' is used as x @ W"):
-            call()
-    # naming the layers explicitly skips nothing: allowed
-    assert pm.prune(model, 0.5, x, layers=["fc"]).masks.keys() == {"fc.weight"}
-    assert pm.quantization_bound(model, x, bits=4, layers=["fc"]) > 0
+    at_w = AtW(torch.randn(4, 6)).double().eval()
+    return at_w, LinearW(at_w).double().eval(), torch.randn(2, 4, dtype=torch.float64)
+
+
+def test_x_at_w_is_a_layer_with_output_channels_along_dim_1():
+    at_w, linear, x = _at_w_pair()
+    assert pm.prunable_layers(at_w, x) == pm.prunable_layers(linear, x) == ["W", "head"]
+    assert pm.path_norm(at_w, x) == pytest.approx(pm.path_norm(linear, x), rel=1e-12)
+    for relative in (False, True):
+        mine, theirs = pm.channel_scores(at_w, x, relative), pm.channel_scores(linear, x, relative)
+        assert mine.keys() == theirs.keys()
+        for name in mine:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-10, atol=0)
+    members = [pm.Member("W", "out", [1, 4], [0, 1]), ("head", "in", [2, 4], [0, 1])]
+    torch.testing.assert_close(pm.group_mass(at_w, x, members, 2),
+                               pm.group_mass(linear, x, members, 2), rtol=1e-10, atol=0)
+    zeroed = pm.zeroed_members(at_w, x, members)
+    assert zeroed["W"][:, [1, 4]].eq(0).all() and zeroed["W"][:, [0, 2, 3, 5]].ne(0).all()
+    assert pm.path_metric(at_w, zeroed, x) == pytest.approx(
+        pm.path_metric(linear, pm.zeroed_members(linear, x, members), x), rel=1e-10)
+
+
+@pytest.mark.parametrize("granularity, group_size", [("per_channel", None), ("per_group", 2),
+                                                     ("per_tensor", None)])
+def test_x_at_w_is_quantized_per_output_channel_like_its_linear_twin(granularity, group_size):
+    at_w, linear, x = _at_w_pair()
+    args = dict(bits=(2, 4, 8), granularity=granularity, group_size=group_size)
+    mine, theirs = pm.layer_sensitivity(at_w, x, **args), pm.layer_sensitivity(linear, x, **args)
+    assert mine.keys() == theirs.keys() == {(l, b) for l in ("W", "head") for b in (2, 4, 8)}
+    for key in mine:
+        assert mine[key] == pytest.approx(theirs[key], rel=1e-9)
+    one = dict(bits=3, granularity=granularity, group_size=group_size)
+    assert pm.quantization_bound(at_w, x, **one) == pytest.approx(
+        pm.quantization_bound(linear, x, **one), rel=1e-9)
+    plan = dict(bits=(2, 4, 8), avg_bits=5, granularity=granularity, group_size=group_size)
+    assert pm.mixed_precision_plan(at_w, x, **plan).bits == \
+        pm.mixed_precision_plan(linear, x, **plan).bits
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_x_at_w_prunes_like_its_linear_twin(structured):
+    at_w, linear, x = _at_w_pair()
+    mine = pm.prune(at_w, 0.5, x, structured=structured, max_layer_sparsity=0.9)
+    theirs = pm.prune(linear, 0.5, x, structured=structured, max_layer_sparsity=0.9)
+    assert torch.equal(mine.masks["W"], theirs.masks["W.weight"].T)
+    assert mine.certified_bound == pytest.approx(theirs.certified_bound, rel=1e-9)
+    assert 0 < mine.certified_bound and mine.sparsity == pytest.approx(theirs.sparsity)
+    if structured:   # whole output channels: columns of W
+        assert (mine.masks["W"].all(dim=0) | ~mine.masks["W"].any(dim=0)).all()
+
+
+def test_x_at_w_random_rescale_keeps_the_function_and_the_scores():
+    at_w, _, x = _at_w_pair()
+    rescaled = pm.random_rescale(at_w, x, seed=2)
+    assert not torch.allclose(rescaled.W, at_w.W)
+    torch.testing.assert_close(rescaled(x), at_w(x), rtol=1e-10, atol=1e-12)
+    for name, score in pm.channel_scores(at_w, x).items():
+        torch.testing.assert_close(pm.channel_scores(rescaled, x)[name], score, rtol=1e-9, atol=0)
+
+
+def test_x_at_w_with_a_vector_w_has_no_output_channels():
+    class Vector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return torch.relu(x) @ self.w
+    model, x = Vector().eval(), torch.randn(2, 4)
+    assert pm.path_norm(model, x) > 0 and pm.weight_scores(model, x)["w"].shape == (4,)
+    with pytest.raises(pm.UnsupportedModelError, match="no output channels"):
+        pm.channel_scores(model, x)
 
 
 def test_weight_scores_cover_x_at_w_weights():
@@ -208,7 +293,6 @@ def test_weight_scores_cover_x_at_w_weights():
 
 
 def _with(model, **tensors):
-    import copy
     other = copy.deepcopy(model)
     with torch.no_grad():
         for name, value in tensors.items():

@@ -334,7 +334,7 @@ class _Recorder(TorchFunctionMode):
             return out
         self.stale.pop(id(written), None)
         self.nodes.append(Node(rule.name, func, enc_args, enc_kwargs, path, module_type, shape,
-                               inplace=written is not None, roles=roles))
+                               inplace=written is not None, roles=roles, facts=rule))
         return out
 
 

@@ -9,6 +9,7 @@ rule (``x``, ``weight``, ``bias``, ``groups``, ...), so no analysis reads argume
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.utils import _pytree as pytree
@@ -73,6 +74,7 @@ class Node:
     shape: object      # output shape, or tuple of shapes for multi-output ops
     inplace: bool = False  # the call writes into its first argument
     roles: dict = field(default_factory=dict)  # arguments bound to the rule's names, at capture
+    facts: object = field(default=None, repr=False, compare=False)  # its rules.Rule (None: input)
     _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def call(self, resolve):
@@ -158,33 +160,48 @@ class Graph:
                     out[ref.node].append(j)
         return out
 
-    def layers(self) -> dict:
-        """Conv, transposed conv and linear layers: layer name -> (node index, weight, bias names).
+    @property
+    def inputs(self) -> tuple:
+        """Indices of the nodes that are model inputs, in order."""
+        return tuple(i for i, node in enumerate(self.nodes) if node.rule == "input")
 
-        A layer is named after its weight parameter without the ``.weight`` suffix, which is the
-        module path for ``nn.Conv2d``/``nn.Linear`` and stays meaningful for functional calls.
+    def layers(self) -> dict:
+        """Conv/linear-like layers with a parameter weight: layer name -> :class:`Layer`.
+
+        A layer is a node whose rule is ``affine`` (conv, transposed conv, linear, ``x @ W``) and
+        whose ``weight`` role is a parameter. It is named after the weight without the
+        ``.weight`` suffix: the module path for ``nn.Conv2d``/``nn.Linear``, the parameter's name
+        for ``x @ self.W``, meaningful for functional calls too.
         """
         out = {}
+        inputs = self.inputs
         for index, node in enumerate(self.nodes):
-            if node.rule in ("conv", "conv_transpose", "linear") and \
-                    isinstance(node.roles["weight"], Param):
-                weight = node.roles["weight"].name
-                bias = node.roles["bias"]
-                name = weight[:-len(".weight")] if weight.endswith(".weight") else weight
-                out[name] = (index, weight, bias.name if isinstance(bias, Param) else None)
+            if index in inputs or not fact(node, "affine", "whether it is a conv/linear-like layer") \
+                    or not isinstance(node.roles["weight"], Param):
+                continue
+            weight = node.roles["weight"].name
+            bias = node.roles.get("bias")
+            name = weight[:-len(".weight")] if weight.endswith(".weight") else weight
+            out[name] = Layer(index, weight, bias.name if isinstance(bias, Param) else None)
         return out
 
-    def refuse_matmul_weights(self, what: str):
-        """Raise for parameters used as ``x @ W`` (rule ``matmul``): they are not in
-        :meth:`layers` (their ``(in, out)`` layout has output channels along dim 1, which the
-        per-channel quantizers and channel scores do not handle), so ``what`` would skip them."""
-        found = [(node.rule, node.module, f"the parameter '{node.roles['weight'].name}' is used "
-                  f"as x @ W, which {what} does not handle (its (in, out) layout); use nn.Linear "
-                  "or F.linear with the weight transposed") for node in self.nodes
-                 if node.rule == "matmul" and isinstance(node.roles["weight"], Param)]
-        if found:
-            raise UnsupportedModelError(
-                f"{what}: {found[0][2]} (in '{found[0][1] or '<model>'}')", found)
+    def output_layers(self) -> set:
+        """Names of the :meth:`layers` whose output is an output of the model."""
+        outputs = {v.node for v in self.outputs}
+        return {name for name, layer in self.layers().items() if layer.node in outputs}
+
+    def batch_norm_after(self) -> dict:
+        """Layer name -> index of the frozen BatchNorm node (a rule with ``channel_affine``) that
+        reads the layer's output directly, for the :meth:`layers` that have one."""
+        users = self.users()
+        out = {}
+        for name, layer in self.layers().items():
+            for j in users[layer.node]:
+                node = self.nodes[j]
+                if fact(node, "channel_affine", "whether it is a frozen per-channel affine map") \
+                        and node.roles["x"] == Value(layer.node):
+                    out[name] = j
+        return out
 
     def rule_counts(self) -> dict:
         counts: dict = {}
@@ -192,6 +209,55 @@ class Graph:
             if node.rule != "input":
                 counts[node.rule] = counts.get(node.rule, 0) + 1
         return counts
+
+
+class Layer(NamedTuple):
+    """A conv/linear-like layer of a :class:`Graph` (:meth:`Graph.layers`): the index of its
+    node, the name of its weight parameter and of its bias parameter (None if it has none)."""
+    node: int
+    weight: str
+    bias: str | None
+
+
+def channel_view(node: Node, role: str, tensor: torch.Tensor, side: str = "out") -> torch.Tensor:
+    """``tensor``, the value of parameter role ``role`` of ``node``, as a view ``(G, R, P, rest)``
+    in which channel ``c`` is ``view[c // P, :, c % P, :]``: an output channel (``side="out"``)
+    or, for the weight, an input channel (``side="in"``).
+
+    The rule's ``channel_params[role]`` is the dim ``d`` of ``tensor`` holding output channels;
+    a weight's input channels are along ``1 - d``. PyTorch keeps whole channels along dim 0
+    (``G = R = 1``) and, with ``groups``, the ``P`` channels of each group along dim 1
+    (``G = groups``, ``R = size(0) / groups``): conv and linear weights are ``(out, in / groups,
+    ...)``, transposed convs ``(in, out / groups, ...)``, ``x @ W`` takes ``W`` as ``(in, out)``.
+    """
+    dims = fact(node, "channel_params", "which parameter slices belong to an output channel")
+    if role not in dims or tensor.dim() <= (dims[role] if side == "out" else 1 - dims[role]):
+        why = (f"its '{role}' of shape {tuple(tensor.shape)} has no {side}put channels "
+               f"(channel_params {dims})")
+        raise UnsupportedModelError(f"{node.rule} in '{node.module or '<model>'}': {why}",
+                                    [(node.rule, node.module, why)])
+    dim = dims[role] if side == "out" else 1 - dims[role]
+    if dim == 0:
+        return tensor.view(1, 1, tensor.shape[0], -1)
+    groups = node.roles.get("groups", 1)
+    return tensor.view(groups, tensor.shape[0] // groups, tensor.shape[1], -1)
+
+
+def channel_sums(node: Node, role: str, tensor: torch.Tensor, side: str = "out") -> torch.Tensor:
+    """The sum of ``tensor`` over each channel of :func:`channel_view` (a 1-D tensor)."""
+    return channel_view(node, role, tensor, side).sum(dim=(1, 3)).reshape(-1)
+
+
+def fact(node: Node, name: str, what: str):
+    """The fact ``name`` of ``node``'s rule (see ``rules.Rule``), described by ``what`` for the
+    error; an UnsupportedModelError naming the op when the rule does not state it."""
+    value = getattr(node.facts, name, None)
+    if value is None:
+        why = f"the rule of {node.rule} does not state {what} ({name}), which this analysis needs"
+        raise UnsupportedModelError(
+            f"{node.rule} in '{node.module or '<model>'}': {why}; add it to the rule "
+            "(pathmetric/core/rules)", [(node.rule, node.module, why)])
+    return value
 
 
 def references(args, kwargs) -> tuple:

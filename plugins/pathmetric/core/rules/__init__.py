@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
 from ...errors import UnsupportedModelError
-from ..ir import Buffer, Param, Value
+from ..ir import Buffer, Param, Value, fact
 from ..scaled import Scaled
 
 Tensor = torch.Tensor
@@ -42,14 +42,16 @@ Tensor = torch.Tensor
 #: how an op maps channels (dim 1 of its input to dim 1 of its output), for channel scores,
 #: coupled groups, pruning and symmetry counts: "preserve" (output channel c reads input channel
 #: c only), "mix" (every output channel reads every input channel of its group: conv, linear),
-#: "reindex" (entries move across channels or positions: reshapes, concatenation, reductions)
-CHANNEL_MAPS = ("preserve", "mix", "reindex")
+#: "reduce" (a sum or mean over the dims of its ``dim`` role: channels kept unless dim 1 is one),
+#: "join" (a concatenation of its inputs along its ``dim`` role), "reindex" (other ops that move
+#: entries across channels or positions: reshapes, permutations, padding)
+CHANNEL_MAPS = ("preserve", "mix", "reduce", "join", "reindex")
 
 
 @dataclass
 class Rule:
     """Every fact about one op (DESIGN.md section 2). ``None`` means "not stated": an analysis that
-    needs the fact refuses a model using the op (:func:`fact`), it never assumes a default.
+    needs the fact refuses a model using the op (:func:`~pathmetric.core.ir.fact`), it never assumes a default.
 
     - ``lift(ev, *args, **kwargs)``: the op's image in the lifted network (the only required fact);
     - ``check(*args, **kwargs)``: reason for refusing a call at capture time, or None;
@@ -62,9 +64,24 @@ class Rule:
     - ``homogeneous``: positively homogeneous and channel-preserving, so a rescaled channel may
       cross it (random rescaling);
     - ``channels``: how it maps channels, one of :data:`CHANNEL_MAPS`;
-    - ``transforms_through``: a joint permutation or positive rescaling of its input channels
-      comes out as the same transform of its output channels, with nothing to absorb it (the
-      symmetry counts let a channel group cross it);
+    - ``transforms_through``: a joint permutation or positive rescaling of the channels of all
+      its inputs comes out as the same transform of its output channels, with nothing to absorb
+      it (the symmetry counts let a channel group cross it; a residual ``add`` ties the groups
+      of its inputs);
+    - ``channel_params``: the parameter roles whose slices belong to one output channel, role ->
+      the dim of that parameter indexing output channels (``{}``: none): conv and linear
+      ``{"weight": 0, "bias": 0}``, a transposed conv's weight (in, out / groups, ...) and the
+      ``W`` of ``x @ W`` (in, out) ``1``, frozen BatchNorm's ``weight`` and ``bias``, PReLU's
+      slopes. Pruning channel ``c`` removes these slices; for a ``weighted`` op, multiplying
+      them by ``lambda > 0`` multiplies output channel ``c`` by ``lambda`` (random rescaling);
+      a layer's input channels are along ``1 - dim`` of its weight
+      (:func:`~pathmetric.core.ir.channel_view`);
+    - ``channel_dim``: the dim of its output holding channels: ``1`` for ``(N, C, ...)`` tensors
+      (convolutions and channel-wise ops), ``-1`` for features last (linear, ``x @ W``);
+    - ``channel_affine``: a frozen per-channel affine map ``s * x + t`` along dim 1 (BatchNorm,
+      instance norm with running statistics), ``s`` and ``t`` computed from its roles
+      ``running_mean``, ``running_var``, ``weight``, ``bias`` and ``eps`` by
+      :func:`batch_norm_scale` and :func:`batch_norm_shift` (folded into the layer before it);
     - ``param_views``: roles that may hold a parameter rearranged in forward
       (:class:`~pathmetric.core.ir.ParamView`, ``gamma.view(1, -1, 1, 1)``); capture refuses one
       in any other role.
@@ -80,6 +97,9 @@ class Rule:
     homogeneous: bool | None = None
     channels: str | None = None
     transforms_through: bool | None = None
+    channel_params: dict | None = None
+    channel_dim: int | None = None
+    channel_affine: bool | None = None
     param_views: tuple = ()
     _signature: object = field(default=None, init=False, repr=False, compare=False)
 
@@ -117,17 +137,6 @@ def rule(name, *funcs, check=None, **facts):
             _BY_FUNC[f] = entry
         return lift
     return register
-
-
-def fact(node, name: str, what: str):
-    """The fact ``name`` of ``node``'s rule; UnsupportedModelError naming the op if not stated."""
-    value = getattr(RULES[node.rule], name)
-    if value is None:
-        why = f"the rule of {node.rule} does not state {what} ({name}), which this analysis needs"
-        raise UnsupportedModelError(
-            f"{node.rule} in '{node.module or '<model>'}': {why}; add it to the rule "
-            "(pathmetric/core/rules)", [(node.rule, node.module, why)])
-    return value
 
 
 def unregister(name):

@@ -20,7 +20,8 @@ HEAD_NOTE = ("the analysed function is the logits before the final {head} (DESIG
 @rule("softmax_head", F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax,
       Tensor.log_softmax,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="mix", transforms_through=False)
+      homogeneous=False, channels="mix", transforms_through=False,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def softmax_head(ev, x, *args, func=None, **kwargs):
     """A final softmax or log-softmax over the class dimension of every output is set aside at
     capture (:func:`set_aside_head`): the logits are the analysed outputs and this node's value is

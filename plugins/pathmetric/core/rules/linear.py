@@ -33,7 +33,8 @@ def _check_param(name):
 @rule("conv", F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
       check=_check_param("convolution"),
       layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False)
+      homogeneous=False, channels="mix", transforms_through=False,
+      channel_params={"weight": 0, "bias": 0}, channel_dim=1, channel_affine=False)
 def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, func):
     """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
     w = ev.param(None, weight)
@@ -46,7 +47,8 @@ def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
 @rule("conv_transpose", F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
       check=_check_param("transposed convolution"),
       layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False)
+      homogeneous=False, channels="mix", transforms_through=False,
+      channel_params={"weight": 1, "bias": 0}, channel_dim=1, channel_affine=False)
 def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                    dilation=1, *, func):
     """Transposed convolution with ``|W|^q`` and ``|b|^q``."""
@@ -59,7 +61,8 @@ def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding
 
 @rule("linear", F.linear, check=_check_param("linear"),
       layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False)
+      homogeneous=False, channels="mix", transforms_through=False,
+      channel_params={"weight": 0, "bias": 0}, channel_dim=-1, channel_affine=False)
 def linear(ev, x, weight, bias=None, *, func):
     """``y = W x + b`` with ``|W|^q`` and ``|b|^q``."""
     w = ev.param(None, weight)
@@ -93,7 +96,8 @@ def batch_norm_shift(mean, var, gamma=None, beta=None, eps=1e-5):
 
 @rule("batch_norm", F.batch_norm, F.instance_norm, check=_check_batch_norm,
       layers=1, max_pool=0, affine=False, weighted=True,
-      homogeneous=False, channels="preserve", transforms_through=False)
+      homogeneous=False, channels="preserve", transforms_through=False,
+      channel_params={"weight": 0, "bias": 0}, channel_dim=1, channel_affine=True)
 def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, use_input_stats=False, func=None):
     """Frozen BatchNorm (and InstanceNorm with running statistics in eval mode, the same map):
@@ -122,7 +126,8 @@ def _check_matmul(x, other, *args, **kwargs):
 
 @rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, check=_check_matmul,
       layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False)
+      homogeneous=False, channels="mix", transforms_through=False,
+      channel_params={"weight": 1}, channel_dim=-1, channel_affine=False)
 def matmul(ev, x, weight, *, func=None):
     """``x @ W`` with a parameter ``W`` (in, out): a linear layer, ``|W|^q``."""
     w = ev.param(None, weight)

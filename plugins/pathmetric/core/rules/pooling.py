@@ -67,7 +67,8 @@ def _adaptive_kernel(graph, node) -> int:
 @rule("max_pool", F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d,
       torch.max_pool3d, check=_check_max_pool,
       layers=1, max_pool=_max_pool_kernel, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True)
+      homogeneous=True, channels="preserve", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def max_pool(ev, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
              return_indices=False, *, func=None):
     """Max-pooling neurons become sum-pooling (not average) over the same windows."""
@@ -94,7 +95,8 @@ def _window_counts(in_shape, out_shape, dtype, device):
 @rule("adaptive_max_pool", F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
       check=_check_adaptive_max_pool,
       layers=1, max_pool=_adaptive_kernel, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True)
+      homogeneous=True, channels="preserve", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
     """Adaptive max-pooling becomes the sum over each adaptive window."""
     out = spatial_dims(ev.out_shape())
@@ -107,7 +109,8 @@ def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
 
 @rule("avg_pool", F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True)
+      homogeneous=True, channels="preserve", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
              count_include_pad=True, divisor_override=None, *, func):
     """Average pooling: fixed coefficients ``1/div`` per window, lifted to ``div^-q``.
@@ -134,7 +137,8 @@ def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
 @rule("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
       torch.adaptive_avg_pool1d,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True)
+      homogeneous=True, channels="preserve", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def adaptive_avg_pool(ev, x, output_size, *, func):
     """Adaptive average pooling: coefficients ``1/count`` per window, lifted to ``count^-q``."""
     out = spatial_dims(ev.out_shape())
@@ -146,7 +150,8 @@ def adaptive_avg_pool(ev, x, output_size, *, func):
 
 @rule("mean", torch.mean, Tensor.mean,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False)
+      homogeneous=False, channels="reduce", transforms_through=False,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Mean over ``n`` entries: coefficients ``1/n``, lifted to ``mean * n^(1-q)``."""
     n = reduced_count(ev.shape(x), dim)
@@ -156,7 +161,8 @@ def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
 
 @rule("sum", torch.sum, Tensor.sum,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False)
+      homogeneous=False, channels="reduce", transforms_through=False,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Sum over entries: coefficients one."""
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}

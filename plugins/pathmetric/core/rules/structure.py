@@ -24,7 +24,8 @@ def _blocks(ev, tensors):
 
 @rule("cat", torch.cat, torch.concat, torch.concatenate,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False)
+      homogeneous=False, channels="join", transforms_through=False,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def cat(ev, tensors, dim=0, *, func=None):
     """Concatenation of lifted tensors and constant blocks (exponents aligned)."""
     return ev.join(_blocks(ev, tensors), lambda ms: torch.cat(ms, dim))
@@ -32,7 +33,8 @@ def cat(ev, tensors, dim=0, *, func=None):
 
 @rule("stack", torch.stack,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False)
+      homogeneous=False, channels="join", transforms_through=False,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def stack(ev, tensors, dim=0, *, func=None):
     """Stacking of lifted tensors and constant blocks (exponents aligned)."""
     return ev.join(_blocks(ev, tensors), lambda ms: torch.stack(ms, dim))
@@ -40,7 +42,8 @@ def stack(ev, tensors, dim=0, *, func=None):
 
 @rule("hstack", torch.hstack, torch.vstack, torch.dstack, torch.column_stack,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False)
+      homogeneous=False, channels="reindex", transforms_through=False,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def hstack(ev, tensors, *, func):
     """Concatenations along a fixed axis (exponents aligned)."""
     return ev.join(list(tensors), func)
@@ -66,7 +69,8 @@ _REARRANGE = (
 
 @rule("rearrange", *_REARRANGE,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=True)
+      homogeneous=False, channels="reindex", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def rearrange(ev, x, *args, func, **kwargs):
     """Ops that copy or move entries (coefficients one): applied to the lifted tensor as is."""
     return ev.fixed(x, lambda m: func(m, *args, **kwargs), terms=0)
@@ -75,7 +79,8 @@ def rearrange(ev, x, *args, func, **kwargs):
 @rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
       Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True)
+      homogeneous=True, channels="preserve", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def cast(ev, x, *args, func=None, **kwargs):
     """Dtype and device changes: the lifted network keeps its own precision."""
     return x
@@ -89,7 +94,8 @@ def _check_pad(x, pad, mode="constant", value=None):
 
 @rule("pad", F.pad, check=_check_pad,
       layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=True)
+      homogeneous=False, channels="reindex", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def pad(ev, x, pad, mode="constant", value=None, *, func):
     """Zero, reflect, replicate and circular padding copy entries (coefficients one). A padded
     constant ``c`` is a bias on the padded entries (``|c|^q``); a ``-inf`` entry never wins the
@@ -130,7 +136,8 @@ def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device,
 
 @rule("interpolate", F.interpolate, check=_check_interpolate,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True)
+      homogeneous=True, channels="preserve", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None, antialias=False, *, func):
     """Nearest, (bi/tri)linear, bicubic, antialiased and area resampling: fixed coefficients
@@ -162,7 +169,8 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
 
 @rule("upsample_linear", F.upsample_bilinear, F.upsample_nearest, F.upsample,
       layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True)
+      homogeneous=False, channels="preserve", transforms_through=True,
+      channel_params={}, channel_dim=1, channel_affine=False)
 def upsample(ev, x, size=None, scale_factor=None, *args, func, **kwargs):
     """Deprecated upsampling functions, mapped onto ``interpolate``."""
     if func is F.upsample_bilinear:
