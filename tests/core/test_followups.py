@@ -306,3 +306,44 @@ def test_step_certificate_is_a_float_that_pickles_with_its_fields():
     step = pickle.loads(pickle.dumps(StepCertificate(2.5, math.log(2.5), "softmax")))
     assert step == 2.5 and isinstance(step, float) and step.head == "softmax"
     assert step.log_certified_bound == math.log(2.5)
+
+
+class TransposedW(nn.Module):
+    """A hand-written linear layer: ``x @ W.t()`` (or ``torch.mm``, ``W.T``) with W laid out
+    (out, in) as nn.Linear keeps it."""
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.W = nn.Parameter(torch.randn(6, 4))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        weight = {"t": lambda: self.W.t(), "T": lambda: self.W.T, "mm": lambda: self.W.t()}[
+            self.how]()
+        hidden = torch.mm(x, weight) if self.how == "mm" else x @ weight
+        return self.head(torch.relu(hidden))
+
+
+@pytest.mark.parametrize("how", ["t", "T", "mm"])
+def test_x_at_a_transposed_parameter_is_refused_pointing_to_f_linear(how):
+    model = TransposedW(how).eval()
+    report = pm.check_support(model, torch.randn(2, 4))
+    assert not report.ok
+    with pytest.raises(pm.UnsupportedModelError, match=r"rearranged in forward.*F\.linear\(x, W\)"):
+        pm.path_norm(model, torch.randn(2, 4))
+
+
+def test_torch_mm_with_a_parameter_is_x_at_w():
+    at_w, linear, x = _at_w_pair()
+
+    class Mm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W, self.head = at_w.W, at_w.head
+
+        def forward(self, x):
+            return self.head(torch.relu(torch.mm(x, self.W)))
+    model = Mm().eval()
+    assert pm.path_norm(model, x) == pytest.approx(pm.path_norm(linear, x), rel=1e-12)
+    for name, score in pm.channel_scores(linear, x).items():
+        torch.testing.assert_close(pm.channel_scores(model, x)[name], score, rtol=1e-10, atol=0)

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..ir import Buffer, Param
+from ..ir import Buffer, Param, ParamView
 from . import rule, is_traced, Tensor
 
 
@@ -119,12 +119,17 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def _check_matmul(x, other, *args, **kwargs):
+    if is_traced(x) and isinstance(other, ParamView):
+        return (f"the weight of x @ W is the parameter '{other.name}' rearranged in forward "
+                f"(W.t(), W.T, ...): write F.linear(x, {other.name.rsplit('.', 1)[-1]}) for "
+                "x @ W.t() (the same map), or keep W laid out (in, out) and pass it as it is")
     if not (is_traced(x) and isinstance(other, (Param, Buffer, Tensor)) and not is_traced(other)):
         return "a product of two activations (or a parameter on the left) is not supported"
     return None
 
 
-@rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, check=_check_matmul,
+@rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.mm, Tensor.mm,
+      check=_check_matmul,
       layers=1, max_pool=0, affine=True, weighted=True,
       homogeneous=False, channels="mix", transforms_through=False,
       channel_params={"weight": 1}, channel_dim=-1, channel_affine=False)
