@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .core.ir import Param, channel_view, fact
+from .core.ir import Param, broadcast_channels, channel_view, fact
 from .core.support import capture
 from .metric import path_metric_with_log
 from .scores import PathMasses
@@ -94,14 +94,14 @@ def _channel_mask(node, role, keep: torch.Tensor, shape) -> torch.Tensor:
     output channels where ``keep`` is true."""
     full = torch.ones(shape, dtype=torch.bool)
     view = channel_view(node, role, full)
-    view &= keep.reshape(view.shape[0], 1, view.shape[2], 1)
+    view &= broadcast_channels(keep, view)
     return full
 
 
 def _kept_channels(node, role, mask: torch.Tensor) -> torch.Tensor:
     """Output channels of which ``mask`` (of parameter ``role`` of ``node``) keeps every entry."""
     view = channel_view(node, role, mask)
-    return view.transpose(1, 2).reshape(view.shape[0] * view.shape[2], -1).all(dim=1)
+    return view.all(dim=3).all(dim=1).reshape(-1)
 
 
 def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=False,

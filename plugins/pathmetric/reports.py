@@ -187,9 +187,8 @@ def _layers(graph, named) -> list:
             consumers.setdefault(i, []).append(j)
     folded, layers = {}, []
     inputs = graph.inputs
-    for j, node in enumerate(graph.nodes):
-        if j in inputs or not fact(node, "channel_affine",
-                                   "whether it is a frozen per-channel affine map"):
+    for j, node in graph.operations():
+        if not fact(node, "channel_affine", "whether it is a frozen per-channel affine map"):
             continue
         bn = node.roles
         var, gamma = _resolve(bn["running_var"], named), _resolve(bn["weight"], named)
@@ -202,8 +201,8 @@ def _layers(graph, named) -> list:
             folded[source] = (s, t)
         else:
             layers.append((s.reshape(-1, 1), t))
-    for i, node in enumerate(graph.nodes):
-        if i in inputs or _weight_dim(node) is None:
+    for i, node in graph.operations():
+        if _weight_dim(node) is None:
             continue
         bound = node.roles
         w = _resolve(bound["weight"], named)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .core.ir import Param, Value, channel_view, fact
+from .core.ir import Param, Value, broadcast_channels, channel_count, channel_view, fact
 from .core.support import cached_graph, capture
 
 def _flatten_factor(graph, node):
@@ -83,9 +83,9 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
     A channel is rescalable when it is produced by a conv/linear layer or a frozen BatchNorm and
     reaches only ungrouped conv/linear layers (through ReLU, pooling, dropout or a flatten). The
     slices of its producer's ``channel_params`` (weights, bias) are multiplied by ``lambda_c``
-    and the consumers' input weights divided by it. Factors are ``2**k`` with integer ``k`` uniform in ``[-max_log2, max_log2]`` (exact in
-    floating point) or, with ``powers_of_two=False``, ``exp(u)`` with ``u`` uniform in
-    ``[-max_log2 ln 2, max_log2 ln 2]``. A conv followed by a BatchNorm is rescaled at the
+    and the consumers' input weights divided by it. Factors are ``2**k`` with integer ``k``
+    uniform in ``[-max_log2, max_log2]`` (exact in floating point) or, with
+    ``powers_of_two=False``, ``exp(u)`` with ``u`` uniform in ``[-max_log2 ln 2, max_log2 ln 2]``. A conv followed by a BatchNorm is rescaled at the
     BatchNorm (the conv's scale would be undone by the normalisation).
 
     ``example_inputs`` may be omitted when the model has been analysed before (its captured graph
@@ -102,20 +102,19 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
                          f"{graph.shared_parameters()[:3]}")
     users = graph.users()
     layers = {layer.node for layer in graph.layers().values()}
-    inputs = graph.inputs
     generator = torch.Generator().manual_seed(seed)
     copy_ = copy.deepcopy(model)
     params = dict(copy_.named_parameters())
     with torch.no_grad():
-        for index, node in enumerate(graph.nodes):
-            producer = [] if index in inputs else _producer_roles(node)
+        for index, node in graph.operations():
+            producer = _producer_roles(node)
             if not producer:
                 continue
             consumers = _consumers(graph, users, layers, index)
             if consumers is None:
                 continue
             views = [channel_view(node, role, params[node.roles[role].name]) for role in producer]
-            channels = views[0].shape[0] * views[0].shape[2]
+            channels = channel_count(views[0])
             if powers_of_two:
                 k = torch.randint(-int(max_log2), int(max_log2) + 1, (channels,), generator=generator)
                 factors = torch.pow(2.0, k.double())
@@ -123,10 +122,10 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
                 u = (torch.rand(channels, generator=generator, dtype=torch.float64) * 2 - 1)
                 factors = torch.exp(u * max_log2 * math.log(2.0))
             for view in views:
-                view.mul_(factors.to(view).reshape(view.shape[0], 1, view.shape[2], 1))
-            for j, per_channel in consumers:
+                view.mul_(broadcast_channels(factors.to(view), view))
+            for j, entries in consumers:
                 consumer = graph.nodes[j]
                 view = channel_view(consumer, "weight", params[consumer.roles["weight"].name], "in")
-                inverse = (1.0 / factors).repeat_interleave(per_channel).to(view)
-                view.mul_(inverse.reshape(1, 1, -1, 1))
+                inverse = (1.0 / factors).repeat_interleave(entries).to(view)
+                view.mul_(broadcast_channels(inverse, view))
     return copy_

@@ -12,7 +12,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .core.ir import Param, Value, channel_sums, channel_view, fact
+from .core.ir import (Param, Value, broadcast_channels, channel_count, channel_sums, channel_view,
+                      fact)
 from .core.support import capture
 from .errors import UnsupportedModelError
 from .core.algebras import NormLifting, PairLifting, total_of
@@ -132,10 +133,8 @@ class PathMasses:
         channel ``c`` (``a * g`` summed over positions) plus the mass of the paths that start
         at that BatchNorm's shift."""
         if not self._channel_maps_known:
-            inputs = self.graph.inputs
-            for index, op in enumerate(self.graph.nodes):
-                if index not in inputs:
-                    fact(op, "channels", "how it maps channels")
+            for _, op in self.graph.operations():
+                fact(op, "channels", "how it maps channels")
             self._channel_maps_known = True
         index, weight, _ = self.layers[layer]
         node = self.graph.nodes[index]
@@ -143,9 +142,9 @@ class PathMasses:
         dim = fact(node, "channel_dim", "the dim of its output holding channels") % neurons.dim()
         per_channel = neurons.transpose(0, dim).reshape(neurons.shape[dim], -1).sum(dim=1)
         view = channel_view(node, "weight", self.gradients[weight])
-        if per_channel.numel() != view.shape[0] * view.shape[2]:
+        if per_channel.numel() != channel_count(view):
             why = (f"its output has {per_channel.numel()} channels along dim {dim}, its weight "
-                   f"{view.shape[0] * view.shape[2]}")
+                   f"{channel_count(view)}")
             raise UnsupportedModelError(f"{node.rule} in '{node.module or '<model>'}': {why}",
                                         [(node.rule, node.module, why)])
         bn = self.batch_norm_after.get(layer)
@@ -180,9 +179,8 @@ class PathMasses:
 def _channel_owner(graph, module: str):
     """The node of ``module`` holding parameter slices of its output channels (a frozen
     BatchNorm, a PReLU), else None."""
-    inputs = graph.inputs
-    for index, node in enumerate(graph.nodes):
-        if node.module == module and index not in inputs and any(
+    for _, node in graph.operations():
+        if node.module == module and any(
                 isinstance(node.roles.get(role), Param)
                 for role in fact(node, "channel_params", "which parameter slices belong to an "
                                  "output channel")):
@@ -244,14 +242,14 @@ def zeroed_members(model, example_inputs, members, roots=None) -> dict:
                 raise KeyError(f"cannot zero channels of '{module}': not a conv/linear layer, an "
                                "affine frozen BatchNorm or a PReLU on the captured graph")
             roles = tuple(node.facts.channel_params)
-        channels = torch.as_tensor(chosen, dtype=torch.long)
         for role in roles:
             ref = node.roles.get(role)
             if isinstance(ref, Param):
                 tensor = out.setdefault(ref.name, named[ref.name].detach().clone())
                 view = channel_view(node, role, tensor, kind)
-                at = channels.to(tensor.device)
-                view[at // view.shape[2], :, at % view.shape[2]] = 0
+                dropped = torch.zeros(channel_count(view), dtype=torch.bool, device=tensor.device)
+                dropped[chosen] = True
+                view.masked_fill_(broadcast_channels(dropped, view), 0)
     return out
 
 

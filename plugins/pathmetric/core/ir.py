@@ -165,6 +165,10 @@ class Graph:
         """Indices of the nodes that are model inputs, in order."""
         return tuple(i for i, node in enumerate(self.nodes) if node.rule == "input")
 
+    def operations(self) -> list:
+        """``(index, node)`` of every node that is an op (all but the model inputs), in order."""
+        return [(i, node) for i, node in enumerate(self.nodes) if node.rule != "input"]
+
     def layers(self) -> dict:
         """Conv/linear-like layers with a parameter weight: layer name -> :class:`Layer`.
 
@@ -174,9 +178,8 @@ class Graph:
         for ``x @ self.W``, meaningful for functional calls too.
         """
         out = {}
-        inputs = self.inputs
-        for index, node in enumerate(self.nodes):
-            if index in inputs or not fact(node, "affine", "whether it is a conv/linear-like layer") \
+        for index, node in self.operations():
+            if not fact(node, "affine", "whether it is a conv/linear-like layer") \
                     or not isinstance(node.roles["weight"], Param):
                 continue
             weight = node.roles["weight"].name
@@ -241,6 +244,17 @@ def channel_view(node: Node, role: str, tensor: torch.Tensor, side: str = "out")
         return tensor.view(1, 1, tensor.shape[0], -1)
     groups = node.roles.get("groups", 1)
     return tensor.view(groups, tensor.shape[0] // groups, tensor.shape[1], -1)
+
+
+def channel_count(view: torch.Tensor) -> int:
+    """The number of channels of a :func:`channel_view`: ``G * P``."""
+    return view.shape[0] * view.shape[2]
+
+
+def broadcast_channels(values: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    """``values``, one per channel of the :func:`channel_view` ``view`` in channel order, shaped
+    ``(G, 1, P, 1)`` to broadcast over it (channel ``c`` at ``[c // P, :, c % P, :]``)."""
+    return values.reshape(view.shape[0], 1, view.shape[2], 1)
 
 
 def channel_sums(node: Node, role: str, tensor: torch.Tensor, side: str = "out") -> torch.Tensor:
