@@ -176,6 +176,20 @@ class Interpreter:
             if floating and not torch.isfinite(torch.cat(floating)).all():
                 raise self._non_finite_parameter()
 
+    def _check_precision(self):
+        """An evaluation precision coarser than a parameter's dtype would round the parameter
+        before any certified sum (a float64 difference of 1e-12 vanishes in float32): refused."""
+        if self.dtype == torch.float64:
+            return
+        for tensors in self.tensors:
+            for name in self.graph.param_names + self.graph.buffer_names():
+                dtype = tensors[name].dtype
+                if dtype.is_floating_point and torch.finfo(dtype).eps < torch.finfo(self.dtype).eps:
+                    raise ValueError(
+                        f"precision={str(self.dtype).replace('torch.', '')!r} is coarser than "
+                        f"'{name}' ({dtype}): its values would be rounded before the certified "
+                        "sums; use precision='float64'")
+
     # -- evaluation
     def inputs(self, shape):
         """The lifted value of an input of ``shape`` (the algebra's)."""
@@ -194,6 +208,7 @@ class Interpreter:
             self.scratch = None
 
     def _run(self, keep):
+        self._check_precision()
         self._check_buffers()
         self.derived_memo = ({}, {})
         values: list = []
