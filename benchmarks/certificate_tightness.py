@@ -21,11 +21,10 @@ import math
 import time
 from pathlib import Path
 
+import evidence_common as ec
 import torch
 
 import pathmetric as pm
-
-import evidence_common as ec
 
 FULL = dict(bits=(2, 3, 4, 5, 6, 7, 8), sparsities=(0.1, 0.3, 0.5, 0.7, 0.9), starts=64, steps=150,
             calib_bits=(4, 6), calib_sparsities=(0.3, 0.7))

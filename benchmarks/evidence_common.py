@@ -316,7 +316,8 @@ def spearman(a, b) -> float:
 
 def markdown_table(header, rows) -> str:
     """A GitHub markdown table; floats printed with 4 significant digits."""
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"

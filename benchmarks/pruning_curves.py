@@ -16,10 +16,10 @@ import argparse
 import time
 from pathlib import Path
 
+import evidence_common as ec
+
 import pathmetric as pm
 from pathmetric.app import digits
-
-import evidence_common as ec
 
 FULL = dict(sparsities=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), rounds=100, epochs=3, more_seeds=(1, 2, 3))
 TINY = dict(sparsities=(0.5, 0.8), rounds=4, epochs=1, more_seeds=(1,))

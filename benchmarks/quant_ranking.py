@@ -20,10 +20,10 @@ import math
 import time
 from pathlib import Path
 
+import evidence_common as ec
+
 import pathmetric as pm
 from pathmetric.app import digits
-
-import evidence_common as ec
 
 BITS = (2, 3, 4, 8)
 GRANULARITIES = ("per_channel", "per_tensor")
