@@ -23,6 +23,7 @@ Everything runs on one CPU thread (the CNN is tiny; more threads only contend).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import math
@@ -321,3 +322,20 @@ def markdown_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def command_line(doc: str, tiny_help: str = "seconds, for tests") -> argparse.Namespace:
+    """The arguments every evidence benchmark takes: ``--tiny`` (a run of seconds, for the
+    tests) and ``--out`` (the results folder)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def save_figure(fig, path, dpi: int) -> None:
+    """Lay ``fig`` out, write it to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
