@@ -150,7 +150,7 @@ class PathMetricImportance(tp.importance.Importance):
         score(c) = (N(theta) - N(theta with the slices of c zeroed)) / N(theta)
 
     where ``N`` is the L1 path-norm ``||Phi(theta)||_1`` for the shape of ``example_inputs``
-    (DESIGN.md section 1). Removing ``c`` is zeroing its slices, so ``score(c) * N(theta)`` is
+    (docs/design.md, "Scores"). Removing ``c`` is zeroing its slices, so ``score(c) * N(theta)`` is
     exactly the certified path-metric of deleting ``c`` alone, and a share of one path-norm is
     comparable across groups: ``global_pruning=True`` and isomorphic scopes rank it directly.
     Scores are unchanged by the rescalings that leave the network's function unchanged.

@@ -16,16 +16,14 @@ the other settings).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
 
+import evidence_common as ec
 import torch
 
 import pathmetric as pm
-
-import evidence_common as ec
 
 FULL = dict(bits=(2, 3, 4, 5, 6, 7, 8), sparsities=(0.1, 0.3, 0.5, 0.7, 0.9), starts=64, steps=150,
             calib_bits=(4, 6), calib_sparsities=(0.3, 0.7))
@@ -183,16 +181,11 @@ def plot(results, path):
         ax.set_xlabel("setting index (bits or sparsities, increasing)")
         ax.legend(fontsize=6, loc="lower right", ncol=2)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ec.save_figure(fig, path, dpi=100)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="seconds, for tests")
-    parser.add_argument("--out", type=Path, default=ec.RESULTS)
-    args = parser.parse_args()
+    args = ec.command_line(__doc__)
     for dataset, rows in run(args.tiny, args.out).items():
         for r in rows:
             print(f"{dataset:14s} {r['family']:22s} {r['setting']:8s} certified {r['certified']:.3e}  "

@@ -71,8 +71,8 @@ def main():
     best = {name: {row: min(r[row] for r in found) for row in found[0]}
             for name, found in runs.items()}
     old, new = best["baseline"], best["this tree"]
-    lines = [f"| what | baseline s | this tree s | this/baseline | baseline ratio | this ratio | "
-             f"recorded ratio | this vs recorded |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| what | baseline s | this tree s | this/baseline | baseline ratio | this ratio | "
+             "recorded ratio | this vs recorded |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in old:
         base, ours = old[row] / old[denominator(row)], new[row] / new[denominator(row)]
         mark = recorded[row] / recorded[denominator(row)] if row in recorded else float("nan")

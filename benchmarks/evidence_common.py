@@ -23,6 +23,7 @@ Everything runs on one CPU thread (the CNN is tiny; more threads only contend).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import math
@@ -316,7 +317,25 @@ def spearman(a, b) -> float:
 
 def markdown_table(header, rows) -> str:
     """A GitHub markdown table; floats printed with 4 significant digits."""
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def command_line(doc: str, tiny_help: str = "seconds, for tests") -> argparse.Namespace:
+    """The arguments every evidence benchmark takes: ``--tiny`` (a run of seconds, for the
+    tests) and ``--out`` (the results folder)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def save_figure(fig, path, dpi: int) -> None:
+    """Lay ``fig`` out, write it to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

@@ -32,8 +32,12 @@ import inc_autotune_digits as ex  # noqa: E402
 from neural_compressor.common.base_tuning import default_sampler  # noqa: E402
 from neural_compressor.torch.export import export  # noqa: E402
 from neural_compressor.torch.quantization import INT8StaticQuantConfig, RTNConfig, quantize  # noqa: E402
+
 from pathmetric.adapters.neural_compressor import (  # noqa: E402
-    path_metric_config_set, path_metric_sampler, quantization_bound)
+    path_metric_config_set,
+    path_metric_sampler,
+    quantization_bound,
+)
 from pathmetric.app.digits import load_digits_tensors  # noqa: E402
 
 FALLBACK_BASES = (RTNConfig(bits=2, group_size=-1), RTNConfig(bits=2, group_size=16))

@@ -21,8 +21,8 @@ import torch
 import torchvision
 
 import pathmetric as pm
-from pathmetric.app import digits
 from pathmetric.adapters.nni import pruner_from_config
+from pathmetric.app import digits
 
 logging.getLogger("nni").setLevel(logging.WARNING)
 torch.set_num_threads(1)  # small tensors: more threads only contend (9x slower here)

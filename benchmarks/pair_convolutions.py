@@ -14,7 +14,6 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from engine_speed import best_time, publish
 
 # (out channels, in channels, kernel, spatial size) of resnet50's convolutions at 224

@@ -12,14 +12,13 @@ Writes ``pruning_curves.md`` and ``pruning_curves.png`` into ``benchmarks/result
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+import evidence_common as ec
+
 import pathmetric as pm
 from pathmetric.app import digits
-
-import evidence_common as ec
 
 FULL = dict(sparsities=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), rounds=100, epochs=3, more_seeds=(1, 2, 3))
 TINY = dict(sparsities=(0.5, 0.8), rounds=4, epochs=1, more_seeds=(1,))
@@ -147,16 +146,11 @@ def plot(rows, base, path):
         ax.set_ylabel("test accuracy")
     axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.suptitle("Digits CNN pruning: solid = trained weights, dashed = after random rescaling")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ec.save_figure(fig, path, dpi=110)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="a few seconds, for tests")
-    parser.add_argument("--out", type=Path, default=ec.RESULTS)
-    args = parser.parse_args()
+    args = ec.command_line(__doc__, "a few seconds, for tests")
     rows = run(args.tiny, args.out)
     for structure in ("unstructured", "channel"):
         for c in CRITERIA:

@@ -15,15 +15,14 @@ cost in forward/backward passes.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
 
+import evidence_common as ec
+
 import pathmetric as pm
 from pathmetric.app import digits
-
-import evidence_common as ec
 
 BITS = (2, 3, 4, 8)
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -182,16 +181,11 @@ def plot(results, path):
         handles += [plt.Line2D([], [], color="k", marker=markers[l], ls="", label=l) for l in layers]
         axes[-1].legend(handles=handles, fontsize=7)
     fig.suptitle("Layer-alone RTN quantization: predictor vs measured gap (filled per-channel, open per-tensor)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ec.save_figure(fig, path, dpi=110)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="seconds, for tests")
-    parser.add_argument("--out", type=Path, default=ec.RESULTS)
-    args = parser.parse_args()
+    args = ec.command_line(__doc__)
     for dataset, (_, corr) in run(args.tiny, args.out).items():
         for p in PREDICTORS:
             print(f"{dataset:14s} {p:14s} " + "  ".join(

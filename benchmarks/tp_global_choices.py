@@ -27,8 +27,8 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from pathmetric.app import digits
 from pathmetric.adapters.torch_pruning import PathMetricImportance
+from pathmetric.app import digits
 
 CHOICES = {
     "magnitude (torch-pruning, normalizer=mean)": lambda x: tp.importance.GroupMagnitudeImportance(),

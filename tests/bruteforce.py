@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # ---------------------------------------------------------------- the DSL and its nn.Module
 
 class Block(nn.Module):

@@ -1,23 +1,47 @@
-"""pathmetric: path-metrics of ReLU networks for pruning and quantization (see DESIGN.md)."""
+"""pathmetric: path-metrics of ReLU networks for pruning and quantization (see docs/design.md)."""
 from .calibration import Calibration, Estimate, adversarial_gap, calibrate, estimate
 from .core.ir import Layer
 from .core.support import check_support
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
-from .metric import (head_factor, head_output_bound, log_output_bound, log_path_metric,
-                     log_quantization_bound, output_bound, path_metric, path_metric_with_log,
-                     quantization_bound)
+from .metric import (
+                     head_factor,
+                     head_output_bound,
+                     log_output_bound,
+                     log_path_metric,
+                     log_quantization_bound,
+                     output_bound,
+                     path_metric,
+                     path_metric_with_log,
+                     quantization_bound,
+)
 from .norms import log_path_norm, path_norm
 from .prune import PruneResult, protect_top, prune
 from .quantize import quantize_weights, quantizer
 from .rescale import random_rescale
-from .scores import (Member, PathMasses, channel_scores, group_mass, layer_input_shapes,
-                     prunable_layers, weight_scores, zeroed_members)
+from .scores import (
+                     Member,
+                     PathMasses,
+                     channel_scores,
+                     group_mass,
+                     layer_input_shapes,
+                     prunable_layers,
+                     weight_scores,
+                     zeroed_members,
+)
 from .sensitivity import Plan, Sensitivity, layer_sensitivity, mixed_precision_plan
 
-__all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError",
-           "ModelCaptureError", "SupportReport", "path_metric", "output_bound",
-           "quantization_bound", "log_path_metric", "log_output_bound", "log_quantization_bound",
-           "head_factor", "head_output_bound", "quantize_weights", "quantizer", "weight_scores", "channel_scores",
-           "group_mass", "zeroed_members", "Member", "Layer", "PathMasses", "prunable_layers", "layer_input_shapes", "layer_sensitivity", "Sensitivity",
-           "mixed_precision_plan", "Plan", "prune", "PruneResult", "protect_top", "random_rescale", "calibrate",
-           "estimate", "Calibration", "Estimate", "adversarial_gap", "path_metric_with_log"]
+__all__ = [
+    # path-norms and support
+    "path_norm", "log_path_norm", "check_support", "SupportReport", "UnsupportedModelError",
+    "ModelCaptureError", "Layer",
+    # certificates
+    "path_metric", "log_path_metric", "path_metric_with_log", "output_bound", "log_output_bound",
+    "quantization_bound", "log_quantization_bound", "head_factor", "head_output_bound",
+    # quantizers, scores, sensitivity, pruning, rescaling
+    "quantize_weights", "quantizer", "weight_scores", "channel_scores", "group_mass",
+    "zeroed_members", "Member", "PathMasses", "prunable_layers", "layer_input_shapes",
+    "layer_sensitivity", "Sensitivity", "mixed_precision_plan", "Plan", "prune", "PruneResult",
+    "protect_top", "random_rescale",
+    # calibrated estimates (not bounds)
+    "calibrate", "estimate", "Calibration", "Estimate", "adversarial_gap",
+]

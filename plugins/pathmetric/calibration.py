@@ -11,10 +11,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
-from .metric import path_metric
+from .core.ir import Inputs, Other
+from .metric import path_metric, sup_norms
 
 TARGETS = {"data": "largest gap on inputs like the calibration ones",
            "worst-case": "largest gap found by gradient ascent in the calibration inputs' "
@@ -29,7 +31,9 @@ def output_gap(model, other, x) -> torch.Tensor:
     return (a - b).abs().flatten(1).sum(1)
 
 
-def adversarial_gap(model, other, x_data, radius=None, starts=64, steps=150, seed=0, box=None):
+def adversarial_gap(model: torch.nn.Module, other: torch.nn.Module, x_data: torch.Tensor,
+                    radius: float | None = None, starts: int = 64, steps: int = 150, seed: int = 0,
+                    box: tuple[float, float] | None = None) -> tuple[float, torch.Tensor]:
     """Largest ``||R(x) - R'(x)||_1`` found by projected sign-gradient ascent on ``x``.
 
     Search set: the sup-norm ball ``||x||_inf <= radius`` (default: the largest sup-norm of
@@ -82,7 +86,8 @@ class Estimate:
     label: str
 
 
-def calibrate(model, others, inputs, target="worst-case", steps=150, seed=0) -> Calibration:
+def calibrate(model: torch.nn.Module, others: Iterable[torch.nn.Module], inputs: torch.Tensor,
+              target: str = "worst-case", steps: int = 150, seed: int = 0) -> Calibration:
     """Fit ``certified / observed`` on a few compressed models ``others`` of one kind.
 
     ``observed`` is ``max_x ||R(x) - R'(x)||_1 / max(||x||_inf, 1)`` over ``inputs`` (a handful,
@@ -96,7 +101,7 @@ def calibrate(model, others, inputs, target="worst-case", steps=150, seed=0) -> 
     others = list(others)
     if not others:
         raise ValueError("calibrate needs at least one compressed model")
-    scale = inputs.flatten(1).abs().amax(1).clamp(min=1.0).double()
+    scale = sup_norms((inputs,)).clamp(min=1.0)
     logs = []
     for other in others:
         certified = path_metric(model, other, inputs[:1])
@@ -112,7 +117,8 @@ def calibrate(model, others, inputs, target="worst-case", steps=150, seed=0) -> 
     return Calibration(math.exp(sum(logs) / len(logs)), len(inputs), len(others), target)
 
 
-def estimate(model, other, example_inputs, calibration: Calibration) -> Estimate:
+def estimate(model: torch.nn.Module, other: Other, example_inputs: Inputs,
+             calibration: Calibration) -> Estimate:
     """The certificate and, beside it, ``certificate / calibration.ratio`` (labelled)."""
     certified = path_metric(model, other, example_inputs)
     return Estimate(certified, certified / calibration.ratio, calibration.ratio,

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 
 class UnsupportedModelError(ValueError):
-    """The model uses an operation outside the path-lifting model (DESIGN.md section 1).
+    """The model uses an operation outside the path-lifting model (docs/design.md, "The model class").
 
     ``unsupported`` lists every offending ``(op, module path)`` pair found in the model.
     """

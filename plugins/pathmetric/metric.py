@@ -6,13 +6,13 @@ import math
 import torch
 from torch import nn
 
-from .core.capture import as_tuple
-from .core.ir import fact
-from .core.support import capture
 from .core.algebras import PairLifting, total_of
+from .core.capture import as_tuple
 from .core.interpreter import named_tensors, precision_dtype
-from .quantize import quantize_weights
+from .core.ir import fact
 from .core.scaled import scaled_sum, to_float
+from .core.support import capture
+from .quantize import quantize_weights
 
 
 def round_up(value: float, relative_error: float) -> float:
@@ -83,7 +83,8 @@ def path_metric(model: nn.Module, other, example_inputs, precision="float64") ->
     ``other`` is a model of the same architecture or a dict ``{parameter or buffer name: tensor}``
     of replacements. Exact (up to the outward rounding) when every lifted parameter keeps its sign
     and does not grow in magnitude (pruning, shrinking, rounding toward zero); otherwise the
-    ``N(max) - N(min)`` bound, through theta'' where signs conflict (DESIGN.md section 1).
+    ``N(max) - N(min)`` bound, through theta'' where signs conflict (docs/design.md,
+    "The path-metric certificate").
     """
     return _to_float(*_distance_parts(model, other, example_inputs, precision))
 
@@ -112,7 +113,8 @@ def path_metric_with_log(model: nn.Module, other, example_inputs,
     return _to_float(parts, error), log_round_up(parts, error)
 
 
-def _sup_norms(inputs) -> torch.Tensor:
+def sup_norms(inputs) -> torch.Tensor:
+    """``||x||_inf`` per sample over every input tensor of the tuple ``inputs`` (float64)."""
     return torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double()
                         for t in inputs]).amax(dim=0)
 
@@ -122,13 +124,13 @@ def log_output_bound(model: nn.Module, other, x) -> torch.Tensor:
     log_path_metric`` (rounded up), finite at any depth."""
     inputs = as_tuple(x)
     log_metric = log_path_metric(model, other, inputs)
-    bound = torch.log(torch.clamp(_sup_norms(inputs), min=1.0)) + log_metric
+    bound = torch.log(torch.clamp(sup_norms(inputs), min=1.0)) + log_metric
     return torch.nextafter(bound, torch.full_like(bound, math.inf))
 
 
 def head_factor(model: nn.Module, example_inputs) -> float:
     """Factor that carries a bound on the logits to the model's outputs when a softmax head was
-    set aside (DESIGN.md, output heads): 1 for ``softmax`` (``||softmax(a) - softmax(b)||_1 <=
+    set aside (docs/design.md, "Output heads"): 1 for ``softmax`` (``||softmax(a) - softmax(b)||_1 <=
     ||a - b||_1``), ``n + 1`` for ``log_softmax`` with ``n`` classes, 1 without a head."""
     graph = capture(model, example_inputs)
     if not graph.head or "log_softmax" not in graph.head:
@@ -153,9 +155,7 @@ def output_bound(model: nn.Module, other, x) -> torch.Tensor:
     metric = path_metric(model, other, inputs)
     if inputs[0].shape[0] == 0:  # an empty batch: no sample, no bound
         return torch.empty(0, dtype=torch.float64, device=inputs[0].device)
-    sup = torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double()
-                       for t in inputs]).amax(dim=0)
-    bound = torch.clamp(sup, min=1.0) * metric
+    bound = torch.clamp(sup_norms(inputs), min=1.0) * metric
     return torch.nextafter(bound, torch.full_like(bound, math.inf))
 
 

@@ -5,9 +5,10 @@ import math
 
 import torch
 
-from .core.support import capture
 from .core.algebras import NormLifting, total_of
 from .core.interpreter import precision_dtype
+from .core.ir import Inputs
+from .core.support import capture
 
 
 def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=None):
@@ -25,17 +26,19 @@ def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=Non
     return total_of(outputs)
 
 
-def log_path_norm(model, example_inputs, q=1.0, precision="float64") -> float:
+def log_path_norm(model: torch.nn.Module, example_inputs: Inputs, q: float = 1.0,
+                  precision: str = "float64") -> float:
     """Natural log of ``||Phi(theta)||_q = (sum of the lifted outputs)^(1/q)``; finite for any depth.
 
     The lifted network replaces every parameter ``w`` by ``|w|^q`` and every fixed coefficient
     ``c`` by ``|c|^q``, keeps ReLUs as identities, turns max-pooling into sum-pooling and is fed
-    with ones (DESIGN.md section 1). Outputs of a tuple, list or dict are all summed.
+    with ones (docs/design.md, "Path-lifting"). Outputs of a tuple, list or dict are all summed.
     """
     return lifted_mass(model, example_inputs, q, precision).log() / q
 
 
-def path_norm(model, example_inputs, q=1.0, precision="float64") -> float:
+def path_norm(model: torch.nn.Module, example_inputs: Inputs, q: float = 1.0,
+              precision: str = "float64") -> float:
     """``||Phi(theta)||_q``; ``math.inf`` only when the value exceeds float64's range."""
     total = lifted_mass(model, example_inputs, q, precision)
     mantissa = float(total.m)

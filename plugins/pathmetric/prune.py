@@ -4,10 +4,11 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from .core.ir import Param, broadcast_channels, channel_view, fact
+from .core.ir import Inputs, Param, broadcast_channels, channel_view, fact
 from .core.support import capture
 from .metric import path_metric_with_log
 from .scores import PathMasses
@@ -104,9 +105,10 @@ def _kept_channels(node, role, mask: torch.Tensor) -> torch.Tensor:
     return view.all(dim=3).all(dim=1).reshape(-1)
 
 
-def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=False,
-          scope="global", max_layer_sparsity=0.95, rounds=1, layers=None, inplace=False,
-          precision="float64") -> PruneResult:
+def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
+          structured: bool = False, scope: str = "global", max_layer_sparsity: float = 0.95,
+          rounds: int = 1, layers: Sequence[str] | None = None, inplace: bool = False,
+          precision: str = "float64") -> PruneResult:
     """Path-magnitude pruning: remove the weights (or channels) carrying the least path mass.
 
     - unstructured: scores are ``pm.weight_scores`` of conv/linear weights;
@@ -127,7 +129,7 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs, structured=Fa
     table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
     params = dict(pruned.named_parameters())
-    masks = {}
+    masks: dict = {}
     for r in range(1, rounds + 1):
         target = 1.0 - (1.0 - sparsity) ** (r / rounds)
         masses = PathMasses(pruned, example_inputs, precision)

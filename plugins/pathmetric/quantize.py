@@ -3,9 +3,11 @@
 Both grids contain zero exactly, and rounding to nearest never changes a sign: ``round(w/s)`` has
 the sign of ``w``, the asymmetric range is widened to contain 0 and the zero point is an integer.
 Certificates never rely on this: a quantizer that flips signs is handled by the path-metric's
-sign rule (DESIGN.md), at the price of a larger bound.
+sign rule (docs/design.md, "The path-metric certificate"), at the price of a larger bound.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -45,7 +47,7 @@ def quantize_weights(tensor: torch.Tensor, bits: int, scheme: str = "symmetric",
 
 
 def quantizer(tensor: torch.Tensor, scheme: str = "symmetric", granularity: str = "per_channel",
-              group_size: int | None = None, dim: int = 0):
+              group_size: int | None = None, dim: int = 0) -> Callable[[int], torch.Tensor]:
     """``bits -> quantize_weights(tensor, bits, scheme, granularity, group_size, dim)``,
     computing the per-row minima and maxima once for all bit-widths."""
     if scheme not in SCHEMES:

@@ -12,7 +12,7 @@ layer before it; reshapes, concatenation, padding and constant scales only re-in
 carry a fixed edge coefficient. LeakyReLU/PReLU/RReLU, ``max(x, a*x)``, is an identity neuron
 ``a*x`` followed by a max-pooling neuron over two inputs (two layers). Clipped activations (ReLU6,
 hardtanh, clamp, hardsigmoid) and ``abs`` are a layer of ReLU neurons with biases followed by an
-identity neuron (two layers, DESIGN.md section 1); ``maximum`` and a max reduction are one layer of
+identity neuron (two layers, docs/design.md, "The model class"); ``maximum`` and a max reduction are one layer of
 max-pooling neurons, ``minimum`` and a min reduction (``-max(-x)``) add an identity layer after it;
 ``x @ W`` is a linear layer; a constant added to an activation is a bias of the adding neuron. This
 is a valid DAG-ReLU description of the model; the bounds hold for it.
@@ -23,16 +23,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils import _pytree as pytree
 
-from .core.capture import as_tuple
-from .core.ir import Buffer, Param, Value, fact
+from .core.ir import Buffer, Param, fact, values_read
 from .core.rules import batch_norm_scale, batch_norm_shift
 from .core.support import capture
-
-def _value_inputs(node) -> list:
-    return [v.node for v in pytree.tree_leaves((node.args, node.kwargs)) if isinstance(v, Value)]
-
 
 # --------------------------------------------------------------------------- graph facts
 
@@ -60,11 +54,13 @@ class GraphFacts:
 def graph_facts(model, example_inputs) -> GraphFacts:
     """Read D, P, K, M, d_in, d_out (and affine depth, width) off the captured graph."""
     graph = capture(model, example_inputs)
-    depth, pools, affine = [], [], []
+    depth: list = []
+    pools: list = []
+    affine: list = []
     kernel, kinds, width = 1, set(), 0
     inputs = graph.inputs
     for index, node in enumerate(graph.nodes):
-        ins = _value_inputs(node)
+        ins = [v.node for v in values_read(node)]
         before = lambda values: max((values[i] for i in ins), default=0)  # noqa: E731
         if index in inputs:
             layers, pooling, is_affine, weighted = 0, 0, False, True
@@ -77,7 +73,7 @@ def graph_facts(model, example_inputs) -> GraphFacts:
         pools.append(before(pools) + (pooling > 0))
         affine.append(before(affine) + is_affine)
         if pooling:
-            kinds.add(1)  # every supported max-pooling op is a 1-max-pooling (k = 1)
+            kinds.add(fact(node, "max_pool_rank", "the k of its k-max-pooling neurons"))
             kernel = max(kernel, pooling)
         if is_affine or weighted:
             width = max(width, math.prod(node.shape[1:]))
@@ -115,7 +111,7 @@ def generalization_bound(model, example_inputs, n, input_bound=1.0, lipschitz=1.
     bias see the input 1) and ``L_loss`` the Lipschitz constant of the loss in the output.
     Returned as natural logs (``log_bound``, ``log_bound_sharp``) and as floats (``inf`` only
     past float64), with the constants and the L1 path-norm's log; ``head`` names a final softmax
-    set aside (the bound is then for a loss of the logits, DESIGN.md "Output heads").
+    set aside (the bound is then for a loss of the logits, docs/design.md, "Output heads").
     """
     from .norms import log_path_norm
 
@@ -150,7 +146,7 @@ def _named(model, other=None) -> dict:
     if other is None:
         return named
     if isinstance(other, torch.nn.Module):
-        replaced = dict(other.named_parameters())
+        replaced: dict = dict(other.named_parameters())
         replaced.update(other.named_buffers())
     else:
         replaced = dict(other)
@@ -183,7 +179,7 @@ def _layers(graph, named) -> list:
     ``W`` has its output channels first."""
     consumers: dict = {}
     for j, node in enumerate(graph.nodes):
-        for i in _value_inputs(node):
+        for i in (v.node for v in values_read(node)):
             consumers.setdefault(i, []).append(j)
     folded, layers = {}, []
     inputs = graph.inputs
@@ -295,7 +291,11 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
             a = parent[a]
         return a
 
-    space, channels, parametrised, children, bad = {}, {}, {}, {}, set()
+    space: dict = {}
+    channels: dict = {}
+    parametrised: dict = {}
+    children: dict = {}
+    bad: set = set()
 
     def new(i, count, param):
         parent[i], channels[i], parametrised[i] = i, count, param
@@ -303,7 +303,7 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
 
     inputs = graph.inputs
     for i, node in enumerate(graph.nodes):
-        ins = [space[j] for j in _value_inputs(node)]
+        ins = [space[v.node] for v in values_read(node)]
         if i in inputs:
             new(i, None, False)
             continue
@@ -384,6 +384,3 @@ def symmetries(model, example_inputs) -> dict:
             "permutation_log10_order": sum(math.lgamma(n + 1) for n in perm_groups) / math.log(10)}
 
 
-def input_sup_norm(example_inputs) -> float:
-    """``max ||x||_inf`` over the given tensors (e.g. a data set), used as ``B``."""
-    return max(float(x.abs().max()) for x in as_tuple(example_inputs))

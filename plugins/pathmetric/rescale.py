@@ -11,8 +11,9 @@ import math
 
 import torch
 
-from .core.ir import Param, Value, broadcast_channels, channel_count, channel_view, fact
+from .core.ir import Inputs, Param, Value, broadcast_channels, channel_count, channel_view, fact
 from .core.support import cached_graph, capture
+
 
 def _flatten_factor(graph, node):
     """Entries per channel when ``node`` flattens a (1, C, ...) tensor to (1, C * ...) (an op
@@ -76,8 +77,8 @@ def _producer_roles(node) -> list:
     return [role for role in roles if isinstance(node.roles.get(role), Param)]
 
 
-def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_of_two=True,
-                   max_log2=3.0) -> torch.nn.Module:
+def random_rescale(model: torch.nn.Module, example_inputs: Inputs | None = None, seed: int = 0,
+                   powers_of_two: bool = True, max_log2: float = 3.0) -> torch.nn.Module:
     """A deep copy of ``model`` with every rescalable neuron channel scaled by a random factor.
 
     A channel is rescalable when it is produced by a conv/linear layer or a frozen BatchNorm and
@@ -85,8 +86,8 @@ def random_rescale(model: torch.nn.Module, example_inputs=None, seed=0, powers_o
     slices of its producer's ``channel_params`` (weights, bias) are multiplied by ``lambda_c``
     and the consumers' input weights divided by it. Factors are ``2**k`` with integer ``k``
     uniform in ``[-max_log2, max_log2]`` (exact in floating point) or, with
-    ``powers_of_two=False``, ``exp(u)`` with ``u`` uniform in ``[-max_log2 ln 2, max_log2 ln 2]``. A conv followed by a BatchNorm is rescaled at the
-    BatchNorm (the conv's scale would be undone by the normalisation).
+    ``powers_of_two=False``, ``exp(u)`` with ``u`` uniform in ``[-max_log2 ln 2, max_log2 ln 2]``.
+    A conv followed by a BatchNorm is rescaled at the BatchNorm (the conv's scale would be undone by the normalisation).
 
     ``example_inputs`` may be omitted when the model has been analysed before (its captured graph
     is reused).

@@ -1,4 +1,4 @@
-"""Path masses: pruning scores for weights, channels and coupled groups (DESIGN.md "Scores").
+"""Path masses: pruning scores for weights, channels and coupled groups (docs/design.md, "Scores").
 
 ``N`` (the L1 path-norm) is affine in each ``|theta_i|`` when every parameter sits on a path at
 most once, so ``|theta_i| * dN/d|theta_i|`` is the mass of the paths through ``theta_i``, which
@@ -8,17 +8,27 @@ paths through ``v``.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
 
-from .core.ir import (Param, Value, broadcast_channels, channel_count, channel_sums, channel_view,
-                      fact)
-from .core.support import capture
-from .errors import UnsupportedModelError
 from .core.algebras import NormLifting, PairLifting, total_of
 from .core.interpreter import named_tensors, precision_dtype
+from .core.ir import (
+    Computed,
+    Inputs,
+    Param,
+    Part,
+    Value,
+    broadcast_channels,
+    channel_count,
+    channel_sums,
+    channel_view,
+    fact,
+)
 from .core.scaled import times_pow2, to_float
+from .core.support import capture
+from .errors import UnsupportedModelError
 
 
 def _check_unshared(graph):
@@ -48,11 +58,12 @@ class Member(NamedTuple):
 class PathMasses:
     """Masses of the paths through every lifted parameter of a model, from one forward+backward.
 
-    ``share(key)`` is ``|theta| * dN/d|theta| / N`` for a parameter name, or for a folded
-    BatchNorm ``'<module>.scale'`` / ``'<module>.shift'``; ``mass(key)`` is the same in absolute
-    units (``inf`` past float64). ``log_total`` is ``log N``. ``layers``, ``output_layers`` and
-    ``batch_norm_after`` (layer -> BatchNorm module) are those of the captured graph
-    (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once.
+    ``share(key)`` is ``|theta| * dN/d|theta| / N`` for a parameter name, or for a parameter a
+    rule computes, by its :class:`~pathmetric.core.ir.Computed` key (a folded BatchNorm's
+    ``Computed(module, Part.SCALE)`` / ``Part.SHIFT``, PReLU's ``Part.SLOPE``); ``absolute``
+    turns shares into absolute units (``inf`` past float64). ``log_total`` is ``log N``.
+    ``layers``, ``output_layers`` and ``batch_norm_after`` (layer -> BatchNorm module) are those
+    of the captured graph (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once.
     """
 
     def __init__(self, model, example_inputs, precision="float64", overrides=None):
@@ -88,9 +99,9 @@ class PathMasses:
         out = torch.zeros(num_channels, dtype=torch.float64)
         for module, kind, idxs, root_idxs in (Member(*m) for m in members):
             share = self.member_share(module, kind).detach().double().cpu()
-            idxs = torch.as_tensor(list(idxs), dtype=torch.long)
+            rows = torch.as_tensor(list(idxs), dtype=torch.long)
             roots = torch.as_tensor(list(root_idxs), dtype=torch.long)
-            out.index_add_(0, roots, share[idxs])
+            out.index_add_(0, roots, share[rows])
         return out if relative else self.absolute(out)
 
     def share(self, key) -> torch.Tensor:
@@ -102,14 +113,10 @@ class PathMasses:
         """Shares of N in absolute units (``inf`` past the precision's range)."""
         return times_pow2(share * self._total.to(share.dtype), self.exponent, inplace=True)
 
-    def mass(self, key) -> torch.Tensor:
-        """``|theta| * dN/d|theta|`` in absolute units (``inf`` past the precision's range)."""
-        return times_pow2(torch.mul(self._leaves[key], self.gradients[key]), self.exponent,
-                          inplace=True)
-
     def release(self, key, relative=False) -> torch.Tensor:
-        """``share(key)`` (``relative``) or ``mass(key)``, formed in the memory of the lifted
-        parameter, which this object then drops: for a caller that needs each key once."""
+        """``share(key)`` (``relative``) or ``|theta| * dN/d|theta|`` in absolute units, formed in
+        the memory of the lifted parameter, which this object then drops: for a caller that needs
+        each key once."""
         self._shares.pop(key, None)
         product = self._leaves.pop(key).mul_(self.gradients[key])
         if relative:
@@ -149,7 +156,7 @@ class PathMasses:
                                         [(node.rule, node.module, why)])
         bn = self.batch_norm_after.get(layer)
         if bn is not None:
-            per_channel = per_channel + self.share(f"{bn}.shift")
+            per_channel = per_channel + self.share(Computed(bn, Part.SHIFT))
         return per_channel
 
     def member_share(self, module: str, kind: str) -> torch.Tensor:
@@ -163,11 +170,12 @@ class PathMasses:
             if kind == "out":
                 return channel_sums(node, "weight", w) + (self.share(bias) if bias else 0)
             return channel_sums(node, "weight", w, "in")
-        if f"{module}.scale" in self._leaves:
+        if Computed(module, Part.SCALE) in self._leaves:
             if kind != "out":
                 raise ValueError(f"BatchNorm '{module}' has one side: use kind 'out'")
-            return self.share(f"{module}.scale") + self.share(f"{module}.shift")
-        slopes = f"{module}.slope"    # the lifted slopes of rules.prelu, keyed by module
+            return (self.share(Computed(module, Part.SCALE))
+                    + self.share(Computed(module, Part.SHIFT)))
+        slopes = Computed(module, Part.SLOPE)    # the lifted slopes of the prelu rule
         if slopes in self._leaves and self._leaves[slopes].numel() > 1:
             if kind != "out":
                 raise ValueError(f"PReLU '{module}' has one side: use kind 'out'")
@@ -188,7 +196,8 @@ def _channel_owner(graph, module: str):
     return None
 
 
-def weight_scores(model, example_inputs, relative=False, precision="float64") -> dict:
+def weight_scores(model: torch.nn.Module, example_inputs: Inputs, relative: bool = False,
+                  precision: str = "float64") -> dict[str, torch.Tensor]:
     """``{parameter name: |theta_i| * dN/d|theta_i|}`` for every conv/linear weight and bias,
     and every parameter used directly, in its own shape: ``W`` of ``x @ W``, a learnt scale
     ``x * gamma`` (LayerScale's ``gamma.view(1, -1, 1, 1)`` too), a bias ``x + b``.
@@ -207,7 +216,8 @@ def weight_scores(model, example_inputs, relative=False, precision="float64") ->
     return out
 
 
-def channel_scores(model, example_inputs, relative=False, precision="float64") -> dict:
+def channel_scores(model: torch.nn.Module, example_inputs: Inputs, relative: bool = False,
+                   precision: str = "float64") -> dict[str, torch.Tensor]:
     """``{layer name: per-output-channel mass}``: the mass removed by deleting an output channel
     of a conv/linear layer together with the BatchNorm channel that directly follows it."""
     masses = PathMasses(model, example_inputs, precision)
@@ -215,7 +225,8 @@ def channel_scores(model, example_inputs, relative=False, precision="float64") -
     return {name: get(name) for name in masses.layers}
 
 
-def zeroed_members(model, example_inputs, members, roots=None) -> dict:
+def zeroed_members(model: torch.nn.Module, example_inputs: Inputs, members: Sequence,
+                   roots: Iterable[int] | None = None) -> dict[str, torch.Tensor]:
     """Replacement tensors with the member slices zeroed (all of them, or those of ``roots``).
 
     ``members`` as in :func:`group_mass`. A conv/linear ``'out'`` member zeroes the weights and
@@ -228,7 +239,7 @@ def zeroed_members(model, example_inputs, members, roots=None) -> dict:
     graph = capture(model, example_inputs)
     named = named_tensors(model)
     layers = graph.layers()
-    out = {}
+    out: dict = {}
     for module, kind, idxs, root_idxs in (Member(*m) for m in members):
         chosen = [i for i, r in zip(idxs, root_idxs) if roots is None or r in roots]
         if not chosen:
@@ -253,8 +264,9 @@ def zeroed_members(model, example_inputs, members, roots=None) -> dict:
     return out
 
 
-def group_mass(model, example_inputs, members, num_channels, exact=False, relative=True,
-               masses: PathMasses | None = None, precision="float64") -> torch.Tensor:
+def group_mass(model: torch.nn.Module, example_inputs: Inputs, members: Sequence,
+               num_channels: int, exact: bool = False, relative: bool = True,
+               masses: PathMasses | None = None, precision: str = "float64") -> torch.Tensor:
     """Per root channel, the path mass removed by zeroing the channel in every group member.
 
     ``members`` lists :class:`Member` ``(module name, kind, idxs, root_idxs)`` (or plain
@@ -290,12 +302,12 @@ def group_mass(model, example_inputs, members, num_channels, exact=False, relati
     return masses.group_mass(members, num_channels, relative)
 
 
-def prunable_layers(model, example_inputs) -> list:
+def prunable_layers(model: torch.nn.Module, example_inputs: Inputs) -> list[str]:
     """Names of the conv/linear layers on the captured graph, in execution order."""
     return list(capture(model, example_inputs).layers())
 
 
-def layer_input_shapes(model, example_inputs) -> dict:
+def layer_input_shapes(model: torch.nn.Module, example_inputs: Inputs) -> dict:
     """Layer name (as :func:`prunable_layers`) -> shape of the activation it reads (batch as in
     ``example_inputs``), for the layers that read an activation."""
     graph = capture(model, example_inputs)

@@ -1,4 +1,4 @@
-"""Data-free quantization sensitivity and certified mixed precision (DESIGN.md section 1).
+"""Data-free quantization sensitivity and certified mixed precision (docs/design.md, "Quantization").
 
 Changing only layer ``l`` from ``theta`` to ``theta'`` moves the path-lifting by exactly
 ``sum_{i in l} |theta_i - theta'_i| * dN/d|theta_i|`` (gradient at theta): a path crosses a layer
@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from .core.ir import Inputs
+from .core.scaled import to_float
 from .metric import layer_weights, path_metric, round_up
 from .quantize import quantizer
-from .core.scaled import to_float
 from .scores import PathMasses
 
 
@@ -42,20 +44,22 @@ class Sensitivity(dict):
         return "\n".join(lines)
 
     def plot(self, path):
-        """Per-layer sensitivity (log scale), one line per bit-width, written to ``path``."""
+        """Certified path-metric of quantizing each layer alone (log scale), one line per
+        bit-width, written to ``path`` (matplotlib, Agg backend); returns ``path``."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         layers = self.layers()
         fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(layers)), 4))
         for b in self.bits():
-            ax.semilogy(range(len(layers)), [max(self[l, b], 1e-300) for l in layers], "o-",
-                        label=f"{b} bits")
+            ax.semilogy(range(len(layers)), [max(self[layer, b], 1e-300) for layer in layers],
+                        "o-", ms=3, label=f"{b} bits")
         ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
         ax.set_ylabel("certified path-metric")
-        ax.legend()
+        ax.set_title("per-layer quantization sensitivity")
+        ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
 
@@ -92,12 +96,14 @@ def _moved_mass_error(w, dtype) -> float:
         rows * torch.finfo(torch.float64).eps
 
 
-def layer_sensitivity(model, example_inputs, bits=(2, 3, 4, 8), scheme="symmetric",
-                      granularity="per_channel", group_size=None, layers=None,
-                      precision="float64") -> Sensitivity:
+def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
+                      bits: Sequence[int] = (2, 3, 4, 8), scheme: str = "symmetric",
+                      granularity: str = "per_channel", group_size: int | None = None,
+                      layers: Sequence[str] | None = None,
+                      precision: str = "float64") -> Sensitivity:
     """Certified path-metric of quantizing each layer's weights alone at each bit-width.
 
-    Entry ``(layer, b)`` is ``sum_i |theta_i - q_b(theta_i)| * dN/d|theta_i|`` (exact, DESIGN.md),
+    Entry ``(layer, b)`` is ``sum_i |theta_i - q_b(theta_i)| * dN/d|theta_i|`` (exact, docs/design.md),
     rounded up; ``q_b`` is :func:`pathmetric.quantize_weights` with the given scheme. One forward
     and one backward for the whole table.
     """
@@ -180,9 +186,11 @@ def _knapsack(costs, sizes, budget, resolution=100_000):
     return picks[::-1]
 
 
-def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, size_bits=None,
-                         scheme="symmetric", granularity="per_channel", group_size=None,
-                         layers=None, precision="float64") -> Plan:
+def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
+                         bits: Sequence[int] = (2, 4, 8), avg_bits: float = 4.0,
+                         size_bits: float | None = None, scheme: str = "symmetric",
+                         granularity: str = "per_channel", group_size: int | None = None,
+                         layers: Sequence[str] | None = None, precision: str = "float64") -> Plan:
     """Per-layer bit-widths minimising the certified additive bound under a size budget.
 
     Budget: ``sum_l n_l * b_l <= avg_bits * sum_l n_l`` (or ``<= size_bits``), ``n_l`` the
@@ -218,7 +226,7 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
     candidates = {"knapsack": {l: bits[k] for l, k in zip(names, picks)}}
     if size_bits is None and int(avg_bits) == avg_bits and int(avg_bits) in bits:
         candidates["uniform"] = {l: int(avg_bits) for l in names}
-    best = None
+    best: Plan | None = None
     for plan in candidates.values():
         certified = path_metric(model, {weights[l][0]: quantized[l, b] for l, b in plan.items()},
                                 example_inputs, precision)
@@ -227,5 +235,6 @@ def mixed_precision_plan(model, example_inputs, bits=(2, 4, 8), avg_bits=4.0, si
         if best is None or certified < best.certified_bound:
             average = sum(n * plan[l] for l, n in zip(names, counts)) / sum(counts)
             best = Plan(plan, certified, additive, average)
+    assert best is not None  # candidates holds the knapsack's plan at least
     best.candidates = candidates
     return best

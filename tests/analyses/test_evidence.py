@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import evidence_common as ec  # noqa: E402
 
 
-
 def _mlp(seed=0, bias=False):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(5, 7, bias=bias), nn.ReLU(), nn.Linear(7, 6, bias=bias), nn.ReLU(),

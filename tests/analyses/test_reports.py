@@ -11,7 +11,6 @@ from pathmetric import reports
 from pathmetric.app.digits import DigitsCNN
 
 
-
 class Residual(nn.Module):
     """conv a -> relu -> h; h + conv b(h) -> relu -> adaptive max-pool 6x6 -> 2x2 (windows 3x3)
     -> flatten -> linear(8 -> 3) -> leaky relu."""

@@ -131,6 +131,7 @@ def _independent_rescale(model):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "densenet121"])
 def test_scores_and_masks_are_rescaling_invariant_while_magnitude_is_not(name):
     model = zoo(name)

@@ -1,5 +1,4 @@
 """The code samples of the adapter and CLI docs run as written (each ```python block, alone)."""
-import os
 import re
 from pathlib import Path
 

@@ -1,7 +1,11 @@
 """Architecture: facts live on rules (an unstated fact is refused by name) and the package is
 layered (core imports nothing above it; no import cycles), read off the modules' imports."""
 import ast
+import dataclasses
+import dis
+import inspect
 import pathlib
+import re
 
 import pytest
 import torch
@@ -175,4 +179,192 @@ def test_no_private_name_is_imported_across_modules():
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
                     node.value.id in ("pm", "pathmetric") and node.attr.startswith("_"):
                 found.append(f"{path.name}: pm.{node.attr}")
+    assert not found, found
+
+
+# ---------------------------------------------------------------- one op, one rule, one file
+
+def _custom_op(name, compute):
+    """A torch-function-aware Python function ``name(x)`` computing ``compute(x)``: capture sees
+    it as one op (like any torch function), so only a rule registered for it can lift it."""
+    def op(x):
+        if torch.overrides.has_torch_function((x,)):
+            return torch.overrides.handle_torch_function(op, (x,), x)
+        return compute(x)
+    op.__name__ = op.__qualname__ = name
+    return op
+
+
+def _pairwise_max(x):
+    return x.unflatten(-1, (-1, 2)).amax(-1)
+
+
+pair_max = _custom_op("pair_max", _pairwise_max)
+plain_relu = _custom_op("plain_relu", torch.relu)
+
+
+@pytest.fixture
+def throwaway_family_rules():
+    """A max-pooling-like op and an activation, each one rule stating only what its family
+    preset does not: that is all it takes to add them."""
+    @rules.rule("throwaway_pair_max", pair_max, family=rules.POOLING, max_pool=2,
+                skips_missing=True)
+    def lift_pair_max(ev, x, *, func=None):
+        """Max neurons over pairs of entries: lifted, the sum of each pair (two terms, + 2 as
+        every rule budgets for its coefficients, docs/design.md "Rounding")."""
+        return ev.fixed(x, lambda m: m.unflatten(-1, (-1, 2)).sum(-1), terms=2 + 2)
+
+    @rules.rule("throwaway_relu", plain_relu, family=rules.ACTIVATION)
+    def lift_relu(ev, x, *, func=None):
+        """ReLU neurons: identity neurons in the lifted network."""
+        return x
+    yield
+    rules.unregister("throwaway_pair_max")
+    rules.unregister("throwaway_relu")
+
+
+class _PoolNet(nn.Module):
+    """conv -> activation -> -inf padding -> max over pairs along the width -> linear; with
+    ``custom``, the activation and the pooling are the throwaway ops, else ReLU and max_pool2d."""
+
+    def __init__(self, custom):
+        super().__init__()
+        torch.manual_seed(0)
+        self.custom = custom
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 8 * 5, 3)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        y = plain_relu(y) if self.custom else torch.relu(y)
+        y = torch.nn.functional.pad(y, (1, 1), value=-float("inf"))
+        y = pair_max(y) if self.custom else torch.nn.functional.max_pool2d(y, (1, 2))
+        return self.head(y.flatten(1))
+
+
+def test_a_pooling_op_and_an_activation_added_as_one_rule_each_run_every_analysis(
+        throwaway_family_rules):
+    """Every analysis gives the same numbers on a model using the two throwaway rules as on the
+    same model written with ReLU and max_pool2d (a -inf padding read by the new pooling too)."""
+    from pathmetric import reports
+    custom, builtin = _PoolNet(True).eval(), _PoolNet(False).eval()
+    builtin.load_state_dict(custom.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(custom(x), builtin(x))
+    other = {"conv.weight": custom.conv.weight.detach() * 0.9}
+    assert pm.check_support(custom, x).ok
+    analyses = {
+        "path_norm": lambda m: pm.path_norm(m, x, q=2),
+        "path_metric": lambda m: pm.path_metric(m, other, x),
+        "output_bound": lambda m: pm.output_bound(m, other, x).tolist(),
+        "quantization_bound": lambda m: pm.quantization_bound(m, x, bits=4),
+        "weight_scores": lambda m: {k: v.tolist() for k, v in pm.weight_scores(m, x).items()},
+        "channel_scores": lambda m: {k: v.tolist() for k, v in pm.channel_scores(m, x).items()},
+        "layer_sensitivity": lambda m: dict(pm.layer_sensitivity(m, x, bits=(2, 4))),
+        "prune": lambda m: {k: v.tolist() for k, v in pm.prune(m, 0.5, x).masks.items()},
+        "graph_facts": lambda m: reports.graph_facts(m, x),
+        "generalization_bound": lambda m: reports.generalization_bound(m, x, n=1000),
+        "symmetries": lambda m: reports.symmetries(m, x),
+        "classical_bound": lambda m: reports.classical_bound(m, other, x),
+        "random_rescale": lambda m: pm.random_rescale(m, x, seed=0).conv.weight.tolist(),
+    }
+    for name, analysis in analyses.items():
+        assert analysis(custom) == analysis(builtin), name
+    assert reports.graph_facts(custom, x).pool_types == 1
+
+
+def _delegations() -> list:
+    """``(rule, rule it delegates to)``: a rule whose lift calls another rule's lift."""
+    by_lift = {r.lift: name for name, r in rules.RULES.items()}
+
+    def global_names(code) -> set:   # names the function and the functions inside it load
+        names = {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"}
+        for const in code.co_consts:
+            if inspect.iscode(const):
+                names |= global_names(const)
+        return names
+    found = []
+    for name, r in rules.RULES.items():
+        called = [r.lift.__globals__.get(g) for g in global_names(r.lift.__code__)]
+        found += [(name, by_lift[f]) for f in called if f in by_lift and by_lift[f] != name]
+    return sorted(set(found))
+
+
+#: facts a delegating rule states differently from the rule it calls, and why
+DIFFERS = {
+    ("minimum", "maximum"): {"layers"},   # min = -max(-x, -y): an identity layer after the max
+    # a max/min reduction calls the elementwise maximum only when its ``dim`` is an activation;
+    # otherwise it reduces entries (channels reindexed, a max neuron over the reduced entries)
+    ("max", "maximum"): {"max_pool", "channels", "index_outputs", "skips_missing"},
+    ("min", "maximum"): {"layers", "max_pool", "channels", "index_outputs"},
+}
+
+
+def test_a_rule_and_the_rule_it_delegates_to_agree():
+    facts = [f.name for f in dataclasses.fields(rules.Rule)
+             if f.name not in ("name", "funcs", "lift", "check", "param_views", "_signature")]
+    pairs = _delegations()
+    assert ("upsample_linear", "interpolate") in pairs and ("rrelu", "leaky_relu") in pairs
+    disagree = {(a, b): {f for f in facts if getattr(rules.RULES[a], f) != getattr(rules.RULES[b], f)}
+                - DIFFERS.get((a, b), set()) for a, b in pairs}
+    assert not any(disagree.values()), disagree
+
+
+def test_family_presets_are_copied_into_each_rule():
+    assert rules.RULES["conv"].channel_params == {"weight": 0, "bias": 0}
+    assert rules.RULES["conv"].channel_params is not rules.RULES["linear"].channel_params
+    assert rules.WEIGHTED_LAYER["channel_params"] is not rules.RULES["conv"].channel_params
+
+
+def test_families_import_the_registry_not_the_package():
+    """The family modules import :mod:`pathmetric.core.rules.registry`; only the package's
+    ``__init__`` imports the families (no import cycle by design)."""
+    for path in (PACKAGE / "core" / "rules").glob("*.py"):
+        if path.name in ("__init__.py", "registry.py"):
+            continue
+        assert "pathmetric.core.rules" not in _imports(path), path.name
+        assert "pathmetric.core.rules.registry" in _imports(path), path.name
+
+
+REPOSITORY = PACKAGE.parents[1]
+_LINK = re.compile(r"\]\(([^)#\s]+)")
+
+
+def _repository_text_files() -> list:
+    """The repository's source, documentation and configuration files (no virtual environment,
+    caches or recorded results)."""
+    skip = {"__pycache__", "results", "node_modules"}
+    files = []
+    for p in REPOSITORY.rglob("*"):
+        parts = p.relative_to(REPOSITORY).parts
+        if not p.is_file() or skip & set(parts) or parts[0].endswith(".egg-info") or any(
+                part.startswith(".") and part != ".ci" for part in parts[:-1]):
+            continue
+        if p.suffix in (".py", ".md", ".toml", ".sh", ".txt", ".cfg", ".yaml", ".yml") or \
+                parts[0] == ".ci":
+            files.append(p)
+    return files
+
+
+def test_no_file_in_the_repository_refers_to_a_path_outside_it():
+    """No ``../shared``-style or absolute machine path, and every relative Markdown link
+    resolves inside the repository (the design document is docs/design.md)."""
+    files = _repository_text_files()
+    assert any(p.name == "README.md" for p in files) and (REPOSITORY / "docs" / "design.md").exists()
+    found = []
+    for path in files:
+        text = path.read_text(errors="replace")
+        if path == pathlib.Path(__file__):
+            continue
+        found += [f"{path.name}: {hit}" for hit in re.findall(r"\.\./shared|/work/\w+", text)]
+        for target in _LINK.findall(text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            resolved = (path.parent / target).resolve()
+            if REPOSITORY.resolve() not in resolved.parents and resolved != REPOSITORY.resolve():
+                found.append(f"{path.name}: link {target}")
     assert not found, found

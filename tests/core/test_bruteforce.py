@@ -3,12 +3,12 @@ import copy
 import math
 
 import torch
+from bruteforce import build, l1_distance, lq_norm_q, paths, to_dag
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import pathmetric as pm
-from bruteforce import build, l1_distance, lq_norm_q, paths, to_dag
 
 CHANNELS, MAX_PATHS = 2, 60_000
 NORMS = (nn.BatchNorm1d, nn.InstanceNorm1d)
@@ -213,7 +213,7 @@ def _lifted_params(model):
 
 
 def _two_pass_brute(model, other, shape):
-    """Brute-force ``N(U) - N(L)`` through theta'' (DESIGN.md), from enumerated paths."""
+    """Brute-force ``N(U) - N(L)`` through theta'' (docs/design.md), from enumerated paths."""
     a, b = _lifted_params(model), _lifted_params(other)
     mid = {k: torch.where(a[k] * b[k] < 0, torch.zeros_like(a[k]), a[k]) for k in a}
 
@@ -285,8 +285,8 @@ def _output_gap_never_exceeds_output_bound(net, scale):
 
 
 # ------------------------------------------------------------------ the ops of issue 15
-# Clipped activations, max/min neurons and constants as the explicit neurons of DESIGN.md
-# section 1 (built by tests/bruteforce.py, not by the engine's rules).
+# Clipped activations, max/min neurons and constants as the explicit neurons of
+# docs/design.md, "The model class" (built by tests/bruteforce.py, not by the engine's rules).
 
 @settings(max_examples=60, deadline=None)
 @given(tiny_networks(wider=True), st.sampled_from([1.0, 2.0, 4.0]))

@@ -6,10 +6,10 @@ import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_bruteforce import _changed, tiny_networks
 from torch import nn
 
 import pathmetric as pm
-from test_bruteforce import _changed, tiny_networks
 
 
 def test_counterexample_across_orthants_gets_a_bound_of_at_least_one():
@@ -108,6 +108,7 @@ def _zoo(name):
     return getattr(torchvision.models, name)(weights=None).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "unet"])
 def test_zoo_output_gaps_never_exceed_the_bound(name):
     model = _zoo(name)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import model_state, same_state
 from torch import nn
 
 import pathmetric as pm
@@ -13,7 +14,6 @@ from pathmetric.core import rules
 from pathmetric.core import support as capture_module
 from pathmetric.core.algebras import NormLifting, PairLifting
 from pathmetric.core.interpreter import Scratch, named_tensors
-from conftest import model_state, same_state
 
 X64 = torch.zeros(1, 3, 64, 64)
 
@@ -28,6 +28,7 @@ def unet():
     return smp.Unet("resnet18", encoder_weights=None, classes=2).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg11_bn", "densenet121", "alexnet",
                                   "squeezenet1_1", "googlenet"])
 def test_zoo_models_have_finite_path_norms(name):
@@ -48,6 +49,7 @@ def test_unet_and_dict_outputs():
     assert pm.path_norm(seg, X64) < both
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,op", [("mobilenet_v3_small", "F.hardswish"), ("efficientnet_b0", "F.silu"),
                                      ("convnext_tiny", "F.layer_norm")])
 def test_unsupported_zoo_models_name_the_op(name, op):
@@ -260,7 +262,7 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
     def work():
         try:
             results.append([pm.path_norm(model, x), pm.path_metric(model, other, x)])
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001 - any failure in a thread is reported below
             errors.append(exc)
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:

@@ -13,7 +13,6 @@ from torch import nn
 
 import pathmetric as pm
 
-
 # ------------------------------------------------------------------ item 1: depthwise convolutions
 
 class Depthwise(nn.Module):
@@ -67,6 +66,7 @@ def test_prune_results_carry_a_finite_log_bound_past_float64():
 
 def test_inc_sampler_ranks_by_log_bounds_past_float64():
     from neural_compressor.torch.quantization import RTNConfig
+
     from pathmetric.adapters import neural_compressor as pinc
     model, x = deep_mlp(), torch.randn(1, 4)
     configs = [RTNConfig(bits=2, group_size=-1), RTNConfig(bits=8, group_size=-1),
@@ -82,6 +82,7 @@ def test_inc_sampler_ranks_by_log_bounds_past_float64():
 
 def test_nni_and_torch_pruning_results_carry_a_finite_log_bound_past_float64():
     import torch_pruning as tp
+
     from pathmetric.adapters import nni as pnni
     from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
     model, x = deep_mlp(depth=300), torch.randn(1, 4)
@@ -147,12 +148,13 @@ def test_cli_json_gives_the_head_and_the_log_probability_certificate(quickstart,
 
 
 def test_adapter_results_give_the_head():
+    import torch_pruning as tp
     from neural_compressor.torch.quantization import quantize
+    from test_reach import QuickstartNet
+
     from pathmetric.adapters import neural_compressor as pinc
     from pathmetric.adapters import nni as pnni
     from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
-    import torch_pruning as tp
-    from test_reach import QuickstartNet
     x = torch.randn(1, 1, 28, 28)
     torch.manual_seed(0)
     result = pnni.prune_from_config(QuickstartNet().eval(), {"pruner": "path_metric",
@@ -302,6 +304,7 @@ def _with(model, **tensors):
 
 def test_step_certificate_is_a_float_that_pickles_with_its_fields():
     import pickle
+
     from pathmetric.adapters.torch_pruning import StepCertificate
     step = pickle.loads(pickle.dumps(StepCertificate(2.5, math.log(2.5), "softmax")))
     assert step == 2.5 and isinstance(step, float) and step.head == "softmax"

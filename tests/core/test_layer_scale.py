@@ -2,13 +2,13 @@
 ``x + b[:, None]``) are parameter coordinates: identity neurons with a weight (or a bias)."""
 import copy
 
+import bruteforce as bf
 import pytest
 import torch
+from bruteforce import l1_distance, lq_norm_q, paths, to_dag
 from torch import nn
 
 import pathmetric as pm
-import bruteforce as bf
-from bruteforce import l1_distance, lq_norm_q, paths, to_dag
 
 SPECS = [("conv", 3, 3, 1, 1, 1, 1, True), ("relu",),
          ("res", [("conv", 3, 3, 1, 1, 1, 1, True), ("relu",), ("scale",)]), ("vbias",),

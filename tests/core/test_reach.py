@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 import torchvision
+from bruteforce import lq_norm_q, paths, to_dag
 from torch import nn
 
 import pathmetric as pm
 from pathmetric import reports
 from pathmetric.core.ir import Param
 from pathmetric.core.support import capture
-from bruteforce import lq_norm_q, paths, to_dag
 
 X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -189,6 +189,7 @@ def test_nni_prunes_mobilenet_v2_and_the_quickstart_model(tmp_path):
 @pytest.mark.slow
 def test_neural_compressor_certifies_mobilenet_v2():
     from neural_compressor.torch.quantization import RTNConfig
+
     from pathmetric.adapters import neural_compressor as pinc
     model = mobilenet_v2()
     bound = pinc.quantization_bound(model, X32, RTNConfig(bits=4))

@@ -6,9 +6,11 @@ Everything is deterministic given ``seed`` and runs in seconds on a CPU.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def load_digits_tensors(seed: int = 0, test_fraction: float = 0.25):
@@ -79,7 +81,10 @@ def _run_epochs(model, data, epochs, seed, lr, masks):
     return model
 
 
-def train(model: nn.Module, data, epochs: int = 30, seed: int = 0, lr: float = 3e-3) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def train(model: M, data, epochs: int = 30, seed: int = 0, lr: float = 3e-3) -> M:
     """Train ``model`` in place with Adam (batch 64, cross-entropy) on ``data[:2]``; eval mode after."""
     torch.manual_seed(seed)
     return _epochs(model, data, epochs, seed, lr)
@@ -190,8 +195,9 @@ def run_demo(sparsities=(0.5, 0.7, 0.8, 0.9), epochs: int = 2, seed: int = 0, pl
 
 
 def _demo(sparsities, epochs, seed, plot, quiet, avg_bits) -> dict:
-    import pathmetric as pm
     from tqdm import tqdm
+
+    import pathmetric as pm
 
     say = (lambda *a: None) if quiet else print
     data = load_digits_tensors(0)

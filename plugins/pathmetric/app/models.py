@@ -65,6 +65,8 @@ def _from_file(file: Path, factory: str) -> nn.Module:
     if not file.is_file():
         raise FileNotFoundError(f"model file {file} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"_pathmetric_user_{file.stem}", file)
+    if module_spec is None or module_spec.loader is None:
+        raise ImportError(f"{file} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not callable(getattr(module, factory, None)):

@@ -1,5 +1,6 @@
-"""Plots written to files (matplotlib, Agg backend): per-layer sensitivity, accuracy against
-sparsity, certificate against measured output change. Each function returns the file path."""
+"""The demo's figure (matplotlib, Agg backend): accuracy against sparsity beside certificate
+against measured output change. The per-layer sensitivity plot is
+:meth:`pathmetric.Sensitivity.plot`."""
 from __future__ import annotations
 
 
@@ -15,19 +16,6 @@ def _save(fig, path):
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)
     return path
-
-
-def draw_sensitivity(ax, sensitivity):
-    """Certified path-metric of quantizing each layer alone (log scale), one line per bit-width;
-    ``sensitivity`` is a :class:`pathmetric.Sensitivity` (``{(layer, bits): value}``)."""
-    layers = list(dict.fromkeys(layer for layer, _ in sensitivity))
-    for b in sorted({b for _, b in sensitivity}):
-        ax.semilogy(range(len(layers)), [max(sensitivity[l, b], 1e-300) for l in layers], "o-",
-                    ms=3, label=f"{b} bits")
-    ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
-    ax.set_ylabel("certified path-metric")
-    ax.set_title("per-layer quantization sensitivity")
-    ax.legend(fontsize=7)
 
 
 def draw_accuracy(ax, sparsities, curves: dict, chance=None):
@@ -56,24 +44,6 @@ def draw_certificates(ax, points):
     ax.set_ylabel("measured max output change (L1)")
     ax.set_title("certificate vs measured change")
     ax.legend(fontsize=6)
-
-
-def sensitivity_plot(sensitivity, path):
-    fig, ax = _pyplot().subplots(figsize=(max(6, 0.25 * len(sensitivity)), 4))
-    draw_sensitivity(ax, sensitivity)
-    return _save(fig, path)
-
-
-def accuracy_plot(sparsities, curves, path, chance=None):
-    fig, ax = _pyplot().subplots(figsize=(5, 4))
-    draw_accuracy(ax, sparsities, curves, chance)
-    return _save(fig, path)
-
-
-def certificate_plot(points, path):
-    fig, ax = _pyplot().subplots(figsize=(5, 4))
-    draw_certificates(ax, points)
-    return _save(fig, path)
 
 
 def demo_plot(sparsities, curves, points, path, chance=None):

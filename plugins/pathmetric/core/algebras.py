@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from .interpreter import Interpreter, named_tensors
-from .ir import Buffer, Param, ParamView
+from .ir import Buffer, Computed, Param, ParamView
 from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
                      scaled_total)
 
@@ -67,7 +67,7 @@ class NormLifting(Lifting):
     ``overrides`` replaces named parameters or buffers by other signed tensors (a quantised copy,
     say) without building a model; ``track`` makes each lifted parameter of a named tensor an
     autograd leaf, collected in ``self.leaves`` by name (derived ones, such as a folded BatchNorm
-    scale, under ``module path + '.scale'`` / ``'.shift'``).
+    scale, under :class:`~pathmetric.core.ir.Computed` keys ``(module path, part)``).
     """
 
     def __init__(self, graph, model, q=1.0, dtype=torch.float64, overrides=None, track=False):
@@ -81,7 +81,7 @@ class NormLifting(Lifting):
     def inputs(self, shape):
         return (Scaled(torch.ones(shape, dtype=self.dtype, device=self.device), 0),)
 
-    def param(self, fn, *refs) -> Scaled:
+    def param(self, fn, *refs, part=None) -> Scaled:
         """``|fn(*refs)|^q`` as a scaled tensor (``|w|^q`` can leave float64's range for large
         ``q`` even where ``|w|`` does not). A parameter view is the parameter lifted in its own
         shape, then viewed (so a tracked leaf is the parameter's own lifted image)."""
@@ -91,7 +91,8 @@ class NormLifting(Lifting):
         value = scaled_power(self.magnitude(fn, refs), self.q)
         if self.leaves is not None and isinstance(refs[0], (Param, Buffer)):
             value.m = value.m.detach().requires_grad_()
-            self.leaves[_leaf_key(fn, refs, self.node)] = value.m
+            key = refs[0].name if fn is None else Computed(self.node.module, part)
+            self.leaves[key] = value.m
         return value
 
     def linear(self, x, fn, p, *, terms, stack_dim=None):
@@ -140,16 +141,10 @@ def scaled_power(value: torch.Tensor, q: float) -> Scaled:
     return Scaled(mantissa, exponent)
 
 
-def _leaf_key(fn, refs, node):
-    if fn is None:
-        return refs[0].name
-    return f"{node.module}.{fn.__name__}" if node.module else fn.__name__
-
-
 class PairLifting(Lifting):
     """Lifted (A, D) pair for ``N(U) - N(L)`` between two parameter sets of one graph.
 
-    ``stage`` selects the pair of DESIGN.md's sign rule: ``'direct'`` compares theta with theta'
+    ``stage`` selects the pair of the sign rule (docs/design.md): ``'direct'`` compares theta with theta'
     and records in ``self.conflicts`` whether a coordinate changes sign; ``'to_mid'`` compares
     theta with theta'' (theta with the sign-conflicting coordinates zeroed) and ``'from_mid'``
     theta'' with theta'. ``d(theta, theta') <= d(theta, theta'') + d(theta'', theta')``, each of
@@ -167,7 +162,7 @@ class PairLifting(Lifting):
         ones = torch.ones(shape, dtype=self.dtype, device=self.device)
         return (Scaled(ones, 0), Scaled(torch.zeros_like(ones), ZERO_EXPONENT))
 
-    def param(self, fn, *refs) -> "PairParam":
+    def param(self, fn, *refs, part=None) -> "PairParam":
         """``U``, ``U - L`` and ``L`` of the lifted parameter (``U - L`` None where both models
         agree); ``U`` and ``U - L`` are the two halves of one tensor stacked along dim 0."""
         if all(self.raw(r, 0) is self.raw(r, 1) or torch.equal(self.raw(r, 0), self.raw(r, 1))

@@ -8,6 +8,7 @@ rule (``x``, ``weight``, ``bias``, ``groups``, ...), so no analysis reads argume
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -15,6 +16,12 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import UnsupportedModelError
+
+#: a model's example inputs: a tensor or a tuple of tensors (only their shapes matter)
+Inputs = torch.Tensor | tuple
+#: what a model is compared with: a model of the same architecture, or replacement tensors
+#: ``{parameter or buffer name: tensor}``
+Other = torch.nn.Module | dict
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,22 @@ class Buffer:
 class Derived(Buffer):
     """A tensor computed in forward from buffers (and constants) only, e.g. ``s.view(1, -1, 1, 1)``:
     ``Graph.derived[name]`` says how; it is recomputed from the buffers of the model evaluated."""
+
+
+class Part(enum.Enum):
+    """What a lifted parameter that a rule computes from a module's tensors is (``part=`` of
+    ``ev.param``): the key the score functions find it by (:class:`Computed`)."""
+    SCALE = "scale"    # a frozen BatchNorm's s = gamma / sqrt(var + eps)
+    SHIFT = "shift"    # its t = beta - mean * s
+    SLOPE = "slope"    # PReLU's slopes, checked in [0, 1]
+
+
+@dataclass(frozen=True)
+class Computed:
+    """Key of the lifted parameter ``part`` computed by the rule of the node in ``module``
+    (``part`` None: a computed parameter that no analysis reads by name)."""
+    module: str
+    part: Part | None
 
 
 # ---------------------------------------------------------------- parameters rearranged in forward
@@ -182,8 +205,8 @@ class Graph:
         """Node index -> indices of the nodes that read its output."""
         out: dict = {i: [] for i in range(len(self.nodes))}
         for j, node in enumerate(self.nodes):
-            for ref in pytree.tree_leaves((node.args, node.kwargs)):
-                if isinstance(ref, Value) and j not in out[ref.node]:
+            for ref in values_read(node):
+                if j not in out[ref.node]:
                     out[ref.node].append(j)
         return out
 
@@ -299,6 +322,11 @@ def fact(node: Node, name: str, what: str):
             f"{node.rule} in '{node.module or '<model>'}': {why}; add it to the rule "
             "(pathmetric/core/rules)", [(node.rule, node.module, why)])
     return value
+
+
+def values_read(node: Node) -> list:
+    """The :class:`Value` references among ``node``'s arguments (nested too): what it reads."""
+    return [x for x in pytree.tree_leaves((node.args, node.kwargs)) if isinstance(x, Value)]
 
 
 def references(args, kwargs) -> tuple:

@@ -9,26 +9,30 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..ir import Value
-from . import rule, is_traced, is_lifted_value, offset, reduced_count, Tensor
-
+from ..ir import Part, Value
+from .registry import (
+    ACTIVATION,
+    CLIPPED,
+    MAX_NEURONS,
+    Tensor,
+    is_lifted_value,
+    is_traced,
+    offset,
+    reduced_count,
+    rule,
+)
 
 # ---------------------------------------------------------------- inputs and outputs of neurons
 
 @rule("relu", F.relu, torch.relu, Tensor.relu, F.relu_, torch.relu_, Tensor.relu_,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      family=ACTIVATION)
 def relu(ev, x, *args, **kwargs):
     """ReLU neurons are identity neurons in the lifted network."""
     return x
 
 
 @rule("dropout", F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-      F.feature_alpha_dropout,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      F.feature_alpha_dropout, family=ACTIVATION)
 def dropout(ev, x, *args, func=None, **kwargs):
     """Dropout is the identity in eval mode, which is the function analysed; a call with
     ``training=True`` (the default of ``F.dropout``) and ``p > 0`` zeroes random entries (all of
@@ -48,9 +52,7 @@ def _check_slope(x, negative_slope=0.01, *args, **kwargs):
 
 
 @rule("leaky_relu", F.leaky_relu, F.leaky_relu_, check=_check_slope,
-      layers=2, max_pool=2, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      family=ACTIVATION, layers=2, max_pool=2)
 def leaky_relu(ev, x, negative_slope=0.01, inplace=False, *, func=None):
     """``max(x, a x)``: a max neuron over ``x`` and the identity neuron ``a x``; lifted
     ``x + |a|^q x``."""
@@ -59,9 +61,7 @@ def leaky_relu(ev, x, negative_slope=0.01, inplace=False, *, func=None):
 
 
 @rule("prelu", F.prelu,
-      layers=2, max_pool=2, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True,
-      channel_params={"weight": 0}, channel_dim=1, channel_affine=False)
+      family=ACTIVATION, layers=2, max_pool=2, homogeneous=False, channel_params={"weight": 0})
 def prelu(ev, x, weight, *, func=None):
     """PReLU with learnt slopes ``a`` in [0, 1]: lifted ``x + |a|^q x`` (slopes are parameters)."""
     def slope(a):
@@ -69,7 +69,7 @@ def prelu(ev, x, weight, *, func=None):
             raise ev.unsupported("PReLU slope outside [0, 1]: max(x, a*x) needs 0 <= a <= 1")
         return a
     shape = (-1,) + (1,) * (len(ev.shape(x)) - 2) if len(ev.shape(x)) > 1 else (-1,)
-    a = ev.param(slope, weight)
+    a = ev.param(slope, weight, part=Part.SLOPE)
     return ev.add([x, ev.linear(x, lambda m, p: m * p.reshape(shape), a, terms=1)])
 
 
@@ -79,10 +79,7 @@ def _check_rrelu(x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False)
     return _check_slope(x, (lower + upper) / 2)
 
 
-@rule("rrelu", F.rrelu, F.rrelu_, check=_check_rrelu,
-      layers=2, max_pool=2, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("rrelu", F.rrelu, F.rrelu_, check=_check_rrelu, family=ACTIVATION, layers=2, max_pool=2)
 def rrelu(ev, x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False, *, func=None):
     """RReLU in eval mode is LeakyReLU with slope ``(lower + upper) / 2``."""
     return leaky_relu(ev, x, (lower + upper) / 2)
@@ -95,11 +92,8 @@ def _check_threshold(x, threshold, value, inplace=False):
     return None
 
 
-@rule("threshold", F.threshold, F.threshold_, torch.threshold, torch.threshold_,
-      check=_check_threshold,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("threshold", F.threshold, F.threshold_, torch.threshold, torch.threshold_,  # type: ignore[attr-defined]
+      check=_check_threshold, family=ACTIVATION)
 def threshold(ev, x, *args, func=None, **kwargs):
     """``threshold(x, 0, 0)`` is ReLU: an identity neuron in the lifted network."""
     return x
@@ -107,7 +101,7 @@ def threshold(ev, x, *args, func=None, **kwargs):
 
 # ---------------------------------------------------------------- clipped activations
 #
-# DESIGN.md section 1: with ``v`` the identity neuron holding the pre-activation,
+# docs/design.md, "The model class": with ``v`` the identity neuron holding the pre-activation,
 # ``clamp(v, a, b) = a + relu(v - a) - relu(v - b)``, ``clamp(v, min=a) = a + relu(v - a)`` and
 # ``clamp(v, max=b) = v - relu(v - b)``: ReLU copies read ``v`` through edges of coefficient one,
 # and the constants are biases that both models share. Each form is an identity output neuron
@@ -144,20 +138,14 @@ def _check_hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
     return _check_bounds(min_val, max_val)
 
 
-@rule("hardtanh", F.hardtanh, F.hardtanh_, check=_check_hardtanh,
-      layers=2, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("hardtanh", F.hardtanh, F.hardtanh_, check=_check_hardtanh, family=CLIPPED)
 def hardtanh(ev, x, min_val=-1.0, max_val=1.0, inplace=False, *, func=None):
     """``clamp(v, a, b) = a + relu(v - a) - relu(v - b)``: lifted ``2 v + 2 |a|^q + |b|^q``
     (``nn.ReLU6`` is ``hardtanh(v, 0, 6)``: ``2 v + 6^q``)."""
     return clip(ev, x, min_val, max_val)
 
 
-@rule("relu6", F.relu6,
-      layers=2, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("relu6", F.relu6, family=CLIPPED)
 def relu6(ev, x, inplace=False, *, func=None):
     """``relu6(v) = relu(v) - relu(v - 6)``: lifted ``2 v + 6^q``."""
     return clip(ev, x, 0.0, 6.0)
@@ -170,10 +158,7 @@ def _check_clamp(x, min=None, max=None, *, out=None):
 
 
 @rule("clamp", torch.clamp, Tensor.clamp, Tensor.clamp_, torch.clip, Tensor.clip, Tensor.clip_,
-      torch.clamp_, check=_check_clamp,
-      layers=2, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      torch.clamp_, check=_check_clamp, family=CLIPPED)
 def clamp(ev, x, min=None, max=None, *, func=None):
     """``clamp(v, a, b)``, ``clamp(v, min=a) = a + relu(v - a)`` (lifted ``v + 2 |a|^q``),
     ``clamp(v, max=b) = v - relu(v - b)`` (lifted ``2 v + |b|^q``)."""
@@ -181,29 +166,20 @@ def clamp(ev, x, min=None, max=None, *, func=None):
 
 
 @rule("clamp_min", torch.clamp_min, Tensor.clamp_min, Tensor.clamp_min_, torch.clamp_min_,
-      check=lambda x, min: _check_bounds(min, None),
-      layers=2, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      check=lambda x, min: _check_bounds(min, None), family=CLIPPED)
 def clamp_min(ev, x, min, *, func=None):
     """``clamp(v, min=a) = a + relu(v - a)``: lifted ``v + 2 |a|^q``."""
     return clip(ev, x, min, None)
 
 
 @rule("clamp_max", torch.clamp_max, Tensor.clamp_max, Tensor.clamp_max_, torch.clamp_max_,
-      check=lambda x, max: _check_bounds(None, max),
-      layers=2, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      check=lambda x, max: _check_bounds(None, max), family=CLIPPED)
 def clamp_max(ev, x, max, *, func=None):
     """``clamp(v, max=b) = v - relu(v - b)``: lifted ``2 v + |b|^q``."""
     return clip(ev, x, None, max)
 
 
-@rule("hardsigmoid", F.hardsigmoid,
-      layers=2, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("hardsigmoid", F.hardsigmoid, family=CLIPPED)
 def hardsigmoid(ev, x, inplace=False, *, func=None):
     """``hardsigmoid(v) = (relu(v + 3) - relu(v - 3)) / 6``: ReLU biases 3 and -3 on edges of
     coefficient +-1/6 (paths worth +-1/2), lifted ``2 v / 6^q + 2 (1/2)^q``."""
@@ -212,9 +188,7 @@ def hardsigmoid(ev, x, inplace=False, *, func=None):
 
 
 @rule("abs", torch.abs, Tensor.abs, Tensor.abs_, Tensor.__abs__, torch.absolute, Tensor.absolute,
-      layers=2, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      family=ACTIVATION, layers=2)
 def absolute(ev, x, *, func=None):
     """``|v| = relu(v) + relu(-v)``: lifted ``2 v``."""
     return ev.fixed(x, lambda m: m * 2.0, terms=2)
@@ -230,9 +204,7 @@ def _check_elementwise(x, other, *args, **kwargs):
 
 
 @rule("maximum", torch.maximum, Tensor.maximum, torch.fmax, Tensor.fmax, check=_check_elementwise,
-      layers=1, max_pool=2, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      family=MAX_NEURONS, max_pool=2)
 def maximum(ev, x, other, *, func=None):
     """``max(x, y)``: a 2-max-pooling neuron per entry (broadcasting copies entries); lifted
     ``x + y``."""
@@ -240,9 +212,7 @@ def maximum(ev, x, other, *, func=None):
 
 
 @rule("minimum", torch.minimum, Tensor.minimum, torch.fmin, Tensor.fmin, check=_check_elementwise,
-      layers=2, max_pool=2, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      family=MAX_NEURONS, layers=2, max_pool=2)
 def minimum(ev, x, other, *, func=None):
     """``min(x, y) = -max(-x, -y)``: a max neuron with edges of coefficient -1 and an identity
     neuron after it; lifted ``x + y``."""
@@ -282,10 +252,8 @@ def _reduction_kernel(graph, node) -> int:
 
 
 rule("max", torch.max, Tensor.max, torch.amax, Tensor.amax, check=_check_reduction,
-      layers=1, max_pool=_reduction_kernel, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)(_reduce_max)
+      family=MAX_NEURONS, max_pool=_reduction_kernel, channels="reindex", index_outputs=(1,),
+      skips_missing=True)(_reduce_max)
 rule("min", torch.min, Tensor.min, torch.amin, Tensor.amin, check=_check_reduction,
-      layers=2, max_pool=_reduction_kernel, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)(_reduce_max)
+      family=MAX_NEURONS, layers=2, max_pool=_reduction_kernel, channels="reindex",
+      index_outputs=(1,))(_reduce_max)

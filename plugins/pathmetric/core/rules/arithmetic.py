@@ -7,8 +7,16 @@ import math
 import torch
 
 from ..ir import Buffer, Param, ParamView
-from . import rule, is_constant, is_traced, is_lifted_value, abs_pow, offset, Tensor
-
+from .registry import (
+    ARITHMETIC,
+    Tensor,
+    abs_pow,
+    is_constant,
+    is_lifted_value,
+    is_traced,
+    offset,
+    rule,
+)
 
 # ---------------------------------------------------------------- sums of activations
 
@@ -21,10 +29,7 @@ def _check_add(x, y=None, *args, alpha=1, **kwargs):
 
 
 @rule("add", torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__radd__,
-      Tensor.__iadd__, check=_check_add,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True, param_views=("x", "y"),
-      channel_params={}, channel_dim=1, channel_affine=False)
+      Tensor.__iadd__, check=_check_add, param_views=("x", "y"), family=ARITHMETIC)
 def add(ev, x, y, *, alpha=1, func=None):
     """Residual addition: coefficients one (``|alpha|^q`` on the second operand). An operand
     that is a constant ``c`` or a parameter is a bias (paths starting there, ``|c|^q``; a
@@ -47,19 +52,13 @@ def add(ev, x, y, *, alpha=1, func=None):
 
 
 @rule("sub", torch.sub, Tensor.sub, Tensor.sub_, Tensor.__sub__, Tensor.__rsub__,
-      Tensor.__isub__, check=_check_add,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True, param_views=("x", "y"),
-      channel_params={}, channel_dim=1, channel_affine=False)
+      Tensor.__isub__, check=_check_add, param_views=("x", "y"), family=ARITHMETIC)
 def sub(ev, x, y, *, alpha=1, func=None):
     """Subtraction: coefficients one and minus one, both lifted to one."""
     return add(ev, x, y, alpha=alpha)
 
 
-@rule("neg", torch.neg, Tensor.neg, Tensor.__neg__,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("neg", torch.neg, Tensor.neg, Tensor.__neg__, family=ARITHMETIC, layers=0)
 def neg(ev, x, *, func=None):
     """Negation: coefficient minus one, lifted to one."""
     return x
@@ -78,10 +77,7 @@ def _check_div(x, y, *args, **kwargs):
 
 
 @rule("mul", torch.mul, Tensor.mul, Tensor.mul_, Tensor.__mul__, Tensor.__rmul__,
-      Tensor.__imul__, check=_check_scale,
-      layers=1, max_pool=0, affine=False, weighted=True,
-      homogeneous=False, channels="preserve", transforms_through=True, param_views=("x", "y"),
-      channel_params={}, channel_dim=1, channel_affine=False)
+      Tensor.__imul__, check=_check_scale, param_views=("x", "y"), family=ARITHMETIC, weighted=True)
 def mul(ev, x, y, *, func=None):
     """Multiplication by a parameter ``p`` (a learnt scale such as LayerScale's
     ``gamma.view(1, -1, 1, 1)``, coefficients ``|p|^q``) or by a constant ``c`` (number or
@@ -98,10 +94,7 @@ def mul(ev, x, y, *, func=None):
 
 
 @rule("div", torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__, Tensor.__itruediv__,
-      check=_check_div,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      check=_check_div, family=ARITHMETIC, layers=0)
 def div(ev, x, y, *, rounding_mode=None, func=None):
     """Division by a constant ``c``: coefficients ``|1/c|^q``."""
     if rounding_mode is not None:

@@ -1,28 +1,24 @@
-"""Rules of the the final softmax/log_softmax head, set aside at capture.
+"""Rules of the final softmax/log_softmax head, set aside at capture.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils import _pytree as pytree
 
-from ..ir import Value
-from . import rule, is_traced, Tensor
-
+from ..ir import Value, values_read
+from .registry import PARAMETER_FREE, Tensor, rule
 
 # ---------------------------------------------------------------- output heads and graph checks
 
-HEAD_NOTE = ("the analysed function is the logits before the final {head} (DESIGN.md, output "
-             "heads): every certificate bounds the logits; it bounds the probabilities with "
+HEAD_NOTE = ("the analysed function is the logits before the final {head} (docs/heads.md): "
+             "every certificate bounds the logits; it bounds the probabilities with "
              "factor 1 (softmax) and the log-probabilities with factor n + 1 (n classes)")
 
 
 @rule("softmax_head", F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax,
       Tensor.log_softmax,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="mix", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
-def softmax_head(ev, x, *args, func=None, **kwargs):
+      family=PARAMETER_FREE, layers=0, homogeneous=False, channels="mix", transforms_through=False)
+def softmax_head(ev, x, dim=None, *args, func=None, **kwargs):
     """A final softmax or log-softmax over the class dimension of every output is set aside at
     capture (:func:`set_aside_head`): the logits are the analysed outputs and this node's value is
     never read; any other softmax is refused there."""
@@ -34,17 +30,16 @@ def head_kind(node) -> str:
 
 
 def _head_dim(node):
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dim = node.roles.get("dim")
     return dim if isinstance(dim, int) else None
 
 
 def set_aside_head(nodes, outputs):
-    """DESIGN.md "Output heads": when every output is a ``softmax``/``log_softmax`` over the class
+    """docs/design.md, "Output heads": when every output is a ``softmax``/``log_softmax`` over the class
     dimension (dim 1) read by nothing else, return ``(logits, kind, [])``: the analysed outputs,
     and 'softmax', 'log_softmax' or both joined by '+'. Otherwise ``(outputs, None, refused)``
     with the refused softmax nodes as ``[(index, reason)]``."""
-    read = {ref.node for node in nodes for ref in pytree.tree_leaves((node.args, node.kwargs))
-            if is_traced(ref)}
+    read = {ref.node for node in nodes for ref in values_read(node)}
     heads = [v for v in outputs if nodes[v.node].rule == "softmax_head"]
     refused = []
     for index, node in enumerate(nodes):
@@ -62,4 +57,4 @@ def set_aside_head(nodes, outputs):
     if refused or not heads:
         return outputs, None, refused
     kinds = sorted({head_kind(nodes[v.node]) for v in heads})
-    return [nodes[v.node].args[0] for v in heads], "+".join(kinds), []
+    return [nodes[v.node].roles["x"] for v in heads], "+".join(kinds), []

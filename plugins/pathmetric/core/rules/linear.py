@@ -8,9 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..ir import Buffer, Param, ParamView
-from . import rule, is_traced, Tensor
-
+from ..ir import Buffer, Param, ParamView, Part
+from .registry import WEIGHTED_LAYER, Tensor, is_traced, rule
 
 # ---------------------------------------------------------------- parametrised linear maps
 
@@ -31,10 +30,7 @@ def _check_param(name):
 
 
 @rule("conv", F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
-      check=_check_param("convolution"),
-      layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False,
-      channel_params={"weight": 0, "bias": 0}, channel_dim=1, channel_affine=False)
+      check=_check_param("convolution"), family=WEIGHTED_LAYER)
 def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, func):
     """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
     w = ev.param(None, weight)
@@ -46,9 +42,7 @@ def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
 
 @rule("conv_transpose", F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
       check=_check_param("transposed convolution"),
-      layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False,
-      channel_params={"weight": 1, "bias": 0}, channel_dim=1, channel_affine=False)
+      family=WEIGHTED_LAYER, channel_params={"weight": 1, "bias": 0})
 def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                    dilation=1, *, func):
     """Transposed convolution with ``|W|^q`` and ``|b|^q``."""
@@ -59,10 +53,7 @@ def conv_transpose(ev, x, weight, bias=None, stride=1, padding=0, output_padding
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
 
 
-@rule("linear", F.linear, check=_check_param("linear"),
-      layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False,
-      channel_params={"weight": 0, "bias": 0}, channel_dim=-1, channel_affine=False)
+@rule("linear", F.linear, check=_check_param("linear"), family=WEIGHTED_LAYER, channel_dim=-1)
 def linear(ev, x, weight, bias=None, *, func):
     """``y = W x + b`` with ``|W|^q`` and ``|b|^q``."""
     w = ev.param(None, weight)
@@ -95,9 +86,7 @@ def batch_norm_shift(mean, var, gamma=None, beta=None, eps=1e-5):
 
 
 @rule("batch_norm", F.batch_norm, F.instance_norm, check=_check_batch_norm,
-      layers=1, max_pool=0, affine=False, weighted=True,
-      homogeneous=False, channels="preserve", transforms_through=False,
-      channel_params={"weight": 0, "bias": 0}, channel_dim=1, channel_affine=True)
+      family=WEIGHTED_LAYER, affine=False, channels="preserve", channel_affine=True)
 def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, use_input_stats=False, func=None):
     """Frozen BatchNorm (and InstanceNorm with running statistics in eval mode, the same map):
@@ -109,11 +98,11 @@ def batch_norm(ev, x, running_mean, running_var, weight=None, bias=None, trainin
     def shift(mean, var, gamma=None, beta=None):
         return batch_norm_shift(mean, var, gamma, beta, eps)
 
-    s = ev.param(scale, running_var, *([weight] if weight is not None else []))
+    s = ev.param(scale, running_var, *([weight] if weight is not None else []), part=Part.SCALE)
     refs = [running_mean, running_var] + [r for r in (weight, bias) if r is not None]
     if weight is None and bias is not None:
         raise ev.unsupported("BatchNorm with a bias but no weight")
-    t = ev.param(shift, *refs)
+    t = ev.param(shift, *refs, part=Part.SHIFT)
     return ev.affine(x, s, t)
 
 
@@ -129,10 +118,7 @@ def _check_matmul(x, other, *args, **kwargs):
 
 
 @rule("matmul", torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.mm, Tensor.mm,
-      check=_check_matmul,
-      layers=1, max_pool=0, affine=True, weighted=True,
-      homogeneous=False, channels="mix", transforms_through=False,
-      channel_params={"weight": 1}, channel_dim=-1, channel_affine=False)
+      check=_check_matmul, family=WEIGHTED_LAYER, channel_params={"weight": 1}, channel_dim=-1)
 def matmul(ev, x, weight, *, func=None):
     """``x @ W`` with a parameter ``W`` (in, out): a linear layer, ``|W|^q``."""
     w = ev.param(None, weight)

@@ -7,8 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import rule, spatial_dims, ntuple, reduced_count, Tensor
-
+from .registry import POOLING, REDUCTION, Tensor, ntuple, reduced_count, rule, spatial_dims
 
 # ---------------------------------------------------------------- pooling
 
@@ -65,10 +64,8 @@ def _adaptive_kernel(graph, node) -> int:
 
 
 @rule("max_pool", F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d,
-      torch.max_pool3d, check=_check_max_pool,
-      layers=1, max_pool=_max_pool_kernel, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      torch.max_pool3d, check=_check_max_pool, family=POOLING, max_pool=_max_pool_kernel,
+      skips_missing=True)
 def max_pool(ev, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
              return_indices=False, *, func=None):
     """Max-pooling neurons become sum-pooling (not average) over the same windows."""
@@ -93,10 +90,8 @@ def _window_counts(in_shape, out_shape, dtype, device):
 
 
 @rule("adaptive_max_pool", F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-      check=_check_adaptive_max_pool,
-      layers=1, max_pool=_adaptive_kernel, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      check=_check_adaptive_max_pool, family=POOLING, max_pool=_adaptive_kernel,
+      skips_missing=True)
 def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
     """Adaptive max-pooling becomes the sum over each adaptive window."""
     out = spatial_dims(ev.out_shape())
@@ -107,10 +102,7 @@ def adaptive_max_pool(ev, x, output_size, return_indices=False, *, func=None):
                     terms=n)
 
 
-@rule("avg_pool", F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("avg_pool", F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d, family=POOLING)
 def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
              count_include_pad=True, divisor_override=None, *, func):
     """Average pooling: fixed coefficients ``1/div`` per window, lifted to ``div^-q``.
@@ -135,10 +127,7 @@ def avg_pool(ev, x, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 
 @rule("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-      torch.adaptive_avg_pool1d,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      torch.adaptive_avg_pool1d, family=POOLING)
 def adaptive_avg_pool(ev, x, output_size, *, func):
     """Adaptive average pooling: coefficients ``1/count`` per window, lifted to ``count^-q``."""
     out = spatial_dims(ev.out_shape())
@@ -148,10 +137,7 @@ def adaptive_avg_pool(ev, x, output_size, *, func):
                     ** (1.0 - ev.q), terms=n)
 
 
-@rule("mean", torch.mean, Tensor.mean,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reduce", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("mean", torch.mean, Tensor.mean, family=REDUCTION)
 def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Mean over ``n`` entries: coefficients ``1/n``, lifted to ``mean * n^(1-q)``."""
     n = reduced_count(ev.shape(x), dim)
@@ -159,10 +145,7 @@ def mean(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     return ev.fixed(x, lambda m: torch.mean(m, **kwargs) * float(n) ** (1.0 - ev.q), terms=n + 2)
 
 
-@rule("sum", torch.sum, Tensor.sum,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reduce", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("sum", torch.sum, Tensor.sum, family=REDUCTION)
 def total(ev, x, dim=None, keepdim=False, *, dtype=None, func):
     """Sum over entries: coefficients one."""
     kwargs = {} if dim is None else {"dim": dim, "keepdim": keepdim}

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import Buffer
-from . import rule, spatial_dims, offset, ntuple, Tensor
 from .pooling import adaptive_avg_pool
-
+from .registry import ACTIVATION, POOLING, STRUCTURE, Tensor, ntuple, offset, rule, spatial_dims
 
 # ---------------------------------------------------------------- concatenation
 
@@ -23,27 +22,20 @@ def _blocks(ev, tensors):
 
 
 @rule("cat", torch.cat, torch.concat, torch.concatenate,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="join", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      family=STRUCTURE, channels="join", transforms_through=False)
 def cat(ev, tensors, dim=0, *, func=None):
     """Concatenation of lifted tensors and constant blocks (exponents aligned)."""
     return ev.join(_blocks(ev, tensors), lambda ms: torch.cat(ms, dim))
 
 
-@rule("stack", torch.stack,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="join", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("stack", torch.stack, family=STRUCTURE, channels="join", transforms_through=False)
 def stack(ev, tensors, dim=0, *, func=None):
     """Stacking of lifted tensors and constant blocks (exponents aligned)."""
     return ev.join(_blocks(ev, tensors), lambda ms: torch.stack(ms, dim))
 
 
 @rule("hstack", torch.hstack, torch.vstack, torch.dstack, torch.column_stack,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=False,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      family=STRUCTURE, transforms_through=False)
 def hstack(ev, tensors, *, func):
     """Concatenations along a fixed axis (exponents aligned)."""
     return ev.join(list(tensors), func)
@@ -62,25 +54,20 @@ _REARRANGE = (
     Tensor.view_as, Tensor.reshape_as, Tensor.flip, torch.flip, Tensor.roll, torch.roll,
     torch.tile, Tensor.tile, Tensor.repeat_interleave, torch.repeat_interleave,
     Tensor.ravel, torch.ravel, Tensor.swapaxes, torch.swapaxes, Tensor.swapdims, torch.swapdims,
-    Tensor.moveaxis, torch.moveaxis, Tensor.T.__get__, Tensor.mT.__get__, Tensor.unsqueeze_,
+    Tensor.moveaxis, torch.moveaxis, Tensor.T.__get__, Tensor.mT.__get__,  # type: ignore[attr-defined]
+    Tensor.unsqueeze_,
     Tensor.squeeze_, Tensor.index_select, torch.index_select,
 )
 
 
-@rule("rearrange", *_REARRANGE,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("rearrange", *_REARRANGE, family=STRUCTURE)
 def rearrange(ev, x, *args, func, **kwargs):
     """Ops that copy or move entries (coefficients one): applied to the lifted tensor as is."""
     return ev.fixed(x, lambda m: func(m, *args, **kwargs), terms=0)
 
 
 @rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
-      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type, family=ACTIVATION)
 def cast(ev, x, *args, func=None, **kwargs):
     """Device changes and value-preserving dtype changes (the same dtype, a wider floating
     dtype: float16 -> float32 -> float64): the identity, as the lifted network keeps its own
@@ -112,10 +99,12 @@ def _check_pad(x, pad, mode="constant", value=None):
     return None
 
 
-@rule("pad", F.pad, check=_check_pad,
-      layers=0, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="reindex", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+def _pads_minus_infinity(node) -> bool:
+    """Whether a padding node fills with ``-inf``: missing entries, for the max-pooling after it."""
+    return node.roles.get("value") == -math.inf
+
+
+@rule("pad", F.pad, check=_check_pad, family=STRUCTURE, missing_entries=_pads_minus_infinity)
 def pad(ev, x, pad, mode="constant", value=None, *, func):
     """Zero, reflect, replicate and circular padding copy entries (coefficients one). A padded
     constant ``c`` is a bias on the padded entries (``|c|^q``); a ``-inf`` entry never wins the
@@ -154,10 +143,7 @@ def interpolation_matrix(n_in, n_out, mode, align_corners, scale, dtype, device,
     return F.interpolate(eye, mode=mode_1d, **kwargs)[:, 0, :].T
 
 
-@rule("interpolate", F.interpolate, check=_check_interpolate,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=True, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("interpolate", F.interpolate, check=_check_interpolate, family=POOLING)
 def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None, antialias=False, *, func):
     """Nearest, (bi/tri)linear, bicubic, antialiased and area resampling: fixed coefficients
@@ -187,10 +173,7 @@ def interpolate(ev, x, size=None, scale_factor=None, mode="nearest", align_corne
     return ev.fixed(x, lifted, terms=n)
 
 
-@rule("upsample_linear", F.upsample_bilinear, F.upsample_nearest, F.upsample,
-      layers=1, max_pool=0, affine=False, weighted=False,
-      homogeneous=False, channels="preserve", transforms_through=True,
-      channel_params={}, channel_dim=1, channel_affine=False)
+@rule("upsample_linear", F.upsample_bilinear, F.upsample_nearest, F.upsample, family=POOLING)
 def upsample(ev, x, size=None, scale_factor=None, *args, func, **kwargs):
     """Deprecated upsampling functions, mapped onto ``interpolate``."""
     if func is F.upsample_bilinear:
