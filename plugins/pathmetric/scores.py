@@ -52,16 +52,19 @@ class PathMasses:
     BatchNorm ``'<module>.scale'`` / ``'<module>.shift'``; ``mass(key)`` is the same in absolute
     units (``inf`` past float64). ``log_total`` is ``log N``. ``layers``, ``output_layers`` and
     ``batch_norm_after`` (layer -> BatchNorm module) are those of the captured graph
-    (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once.
+    (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once. ``gradients_only`` keeps only
+    ``gradient(key)`` (layer sensitivity, plans): neither the lifted parameters nor the neuron
+    values that shares, masses and channel shares read.
     """
 
-    def __init__(self, model, example_inputs, precision="float64", overrides=None):
+    def __init__(self, model, example_inputs, precision="float64", overrides=None,
+                 gradients_only=False):
         self.graph = capture(model, example_inputs)
         _check_unshared(self.graph)
         ev = NormLifting(self.graph, model, q=1.0, dtype=precision_dtype(precision),
                          overrides=overrides, track=True)
         self.layers = self.graph.layers()
-        keep = {layer.node for layer in self.layers.values()}
+        keep = set() if gradients_only else {layer.node for layer in self.layers.values()}
         with torch.inference_mode(False), torch.enable_grad():  # also under inference_mode
             outputs, kept = ev.run(keep)
             for value in kept.values():
@@ -72,9 +75,10 @@ class PathMasses:
         self.exponent = total.e
         self._total = total.m.detach()
         self.log_total = total.log()
-        self._leaves = {key: leaf.detach() for key, leaf in ev.leaves.items()}
         self.gradients = {key: leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                           for key, leaf in ev.leaves.items()}
+        self._leaves = {} if gradients_only else {key: leaf.detach()
+                                                  for key, leaf in ev.leaves.items()}
         self._shares = {}
         self._kept = {index: value[0].m for index, value in kept.items()}
         self.output_layers = self.graph.output_layers()

@@ -14,7 +14,9 @@ import torchvision
 from torch import nn
 
 import pathmetric as pm
+from pathmetric import sensitivity
 from pathmetric.core.algebras import PairLifting
+from pathmetric.prune import _kth_smallest
 
 torch.set_num_threads(1)
 RELATIVE = 1e-12
@@ -108,9 +110,9 @@ def _pruned(model):
     return out
 
 
-def values(pair_pass_only=False, names=("resnet18", "vgg", "unet")) -> dict:
+def values(blocked_only=False, names=("resnet18", "vgg", "unet")) -> dict:
     """Every public analysis on the models ``names``, flattened to ``{key: float}`` (only those
-    that run the pair pass with ``pair_pass_only``)."""
+    that work by blocks of rows with ``blocked_only``: the pair pass, layer sensitivity)."""
     out = {}
     for key, (model, shape) in models().items():
         if key not in names:
@@ -147,7 +149,12 @@ def values(pair_pass_only=False, names=("resnet18", "vgg", "unet")) -> dict:
         members = [(first, "out", [0, 1, 2, 3], [0, 1, 2, 3])]
         for k, v in enumerate(pm.group_mass(model, x, members, 4, exact=True).tolist()):
             out[f"{key}.group_mass_exact.{k}"] = v
-        if pair_pass_only:
+        for (layer, b), v in pm.layer_sensitivity(model, x, bits=(2, 4, 8)).items():
+            out[f"{key}.sensitivity.{layer}.{b}"] = v
+        for (layer, b), v in pm.layer_sensitivity(model, x, bits=(3,), scheme="asymmetric",
+                                                  precision="float32").items():
+            out[f"{key}.sensitivity_asym_f32.{layer}.{b}"] = v
+        if blocked_only:
             continue
         out[f"{key}.path_norm"] = pm.path_norm(model, x)
         out[f"{key}.path_norm_q2"] = pm.path_norm(model, x, q=2)
@@ -159,11 +166,6 @@ def values(pair_pass_only=False, names=("resnet18", "vgg", "unet")) -> dict:
             _digest(f"{key}.weight_shares_f32.{name}", score, out)
         for name, score in pm.channel_scores(model, x).items():
             _digest(f"{key}.channel_scores.{name}", score, out)
-        for (layer, b), v in pm.layer_sensitivity(model, x, bits=(2, 4, 8)).items():
-            out[f"{key}.sensitivity.{layer}.{b}"] = v
-        for (layer, b), v in pm.layer_sensitivity(model, x, bits=(3,), scheme="asymmetric",
-                                                  precision="float32").items():
-            out[f"{key}.sensitivity_asym_f32.{layer}.{b}"] = v
         for k, v in enumerate(pm.group_mass(model, x, members, 4, relative=False).tolist()):
             out[f"{key}.group_mass.{k}"] = v
     return out
@@ -186,17 +188,28 @@ def test_every_certificate_and_score_equals_the_pinned_value():
     assert not moved, f"{len(moved)} values moved, e.g. {list(moved.items())[:5]}"
 
 
-def test_pair_pass_by_blocks_of_output_channels_equals_the_pinned_value(monkeypatch):
+def test_analyses_by_blocks_of_output_channels_equal_the_pinned_value(monkeypatch):
     """Blocks of at most 1000 entries: every conv and linear layer of the VGG and the U-Net but
-    the first is applied by blocks of output channels (as a 25088 x 4096 classifier is by
-    blocks of 2**22 entries). Float64 results are the pinned ones to 1e-12; float32 ones move
+    the first is applied by blocks of output channels in the pair pass, and its moved masses
+    summed by blocks of rows (as a 25088 x 4096 classifier is by blocks of 2**22). Float64 results are the pinned ones to 1e-12; float32 ones move
     within float32's rounding (a convolution by blocks of channels sums in another order),
     which the certificate's a priori error bound covers for any order."""
     monkeypatch.setattr(PairLifting, "BLOCK_ENTRIES", 1000)
-    found = values(pair_pass_only=True, names=("vgg", "unet"))
+    monkeypatch.setattr(sensitivity, "BLOCK_ENTRIES", 1000)
+    found = values(blocked_only=True, names=("vgg", "unet"))
     moved = {k: v for k, v in _moved(found).items()
              if "f32" not in k or abs(v[0] - v[1]) > 1e-5 * abs(v[1])}
     assert not moved, f"{len(moved)} values moved, e.g. {list(moved.items())[:5]}"
+
+
+def test_kth_smallest_of_a_large_vector_is_torch_kthvalue():
+    """Ties, infinities and ranks near both ends (the bracket of the sample and its fallback)."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 50_000, (5_000_000,), generator=generator).double()
+    values[::97] = -math.inf
+    values[::89] = math.inf
+    for k in (1, 2, 51_547, 1_000_003, 2_500_000, 4_999_999, 5_000_000):
+        assert _kth_smallest(values, k) == torch.kthvalue(values, k).values
 
 
 PINNED = {
