@@ -97,10 +97,15 @@ class PathMasses:
             out.index_add_(0, roots, share[idxs])
         return out if relative else self.absolute(out)
 
-    def share(self, key) -> torch.Tensor:
-        if key not in self._shares:
-            self._shares[key] = torch.mul(self._leaves[key], self.gradients[key]).div_(self._total)
-        return self._shares[key]
+    def share(self, key, keep=True) -> torch.Tensor:
+        """``|theta| * dN/d|theta| / N`` of ``key``, kept for the next call unless ``keep`` is
+        false (a weight's shares, as large as the weight, for a caller that reduces them)."""
+        if key in self._shares:
+            return self._shares[key]
+        share = torch.mul(self._leaves[key], self.gradients[key]).div_(self._total)
+        if keep:
+            self._shares[key] = share
+        return share
 
     def absolute(self, share: torch.Tensor) -> torch.Tensor:
         """Shares of N in absolute units (``inf`` past the precision's range)."""
@@ -163,7 +168,7 @@ class PathMasses:
         weights it feeds)."""
         if module in self.layers:
             index, weight, bias = self.layers[module]
-            node, w = self.graph.nodes[index], self.share(weight)
+            node, w = self.graph.nodes[index], self.share(weight, keep=False)
             if kind == "out":
                 return channel_sums(node, "weight", w) + (self.share(bias) if bias else 0)
             return channel_sums(node, "weight", w, "in")
