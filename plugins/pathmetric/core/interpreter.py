@@ -50,6 +50,7 @@ class Scratch:
     def __init__(self):
         self.buffer = torch.empty(0, dtype=torch.uint8)
         self.used = 0
+        self.grown = 0   # how many times the buffer was replaced
         self.lock = threading.Lock()
 
     def acquire(self) -> "Scratch":
@@ -64,6 +65,16 @@ class Scratch:
     def reset(self):
         self.used = 0
 
+    def mark(self):
+        """Where the next view starts; :meth:`rewind` hands the memory after it out again."""
+        return self.grown, self.used
+
+    def rewind(self, mark):
+        """Forget the views handed out since ``mark`` (they must be dead): a loop over blocks of
+        one op reuses one block's memory. A buffer replaced since then holds only such views."""
+        grown, used = mark
+        self.used = used if grown == self.grown else 0
+
     def empty(self, shape, dtype, device) -> torch.Tensor:
         shape = tuple(shape)
         size = math.prod(shape) * dtype.itemsize
@@ -76,6 +87,7 @@ class Scratch:
             grown = 2 * self.buffer.numel()
             self.buffer = torch.empty(max(grown if grown <= self.KEEP_BYTES else 0, size),
                                       dtype=torch.uint8, device=device)
+            self.grown += 1
             start = 0
         self.used = start + size
         return self.buffer[start:start + size].view(dtype).view(shape)
