@@ -354,7 +354,8 @@ def _eval_mode_with_paths(model: nn.Module, paths: list):
         handles.append(module.register_forward_hook(
             lambda _m, _a, _o: paths.pop() and None, always_call=True))
     try:
-        model.train(False)
+        for module in flags:  # the flag, not .train(): an exported GraphModule refuses train()
+            module.training = False
         yield
     finally:
         for handle in handles:

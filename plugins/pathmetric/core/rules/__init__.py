@@ -227,6 +227,7 @@ def reduced_count(shape, dim):
 
 # The op families; importing them registers their rules.
 from . import activations, linear, pooling, arithmetic, structure, heads  # noqa: E402,F401
+from . import quantization, aten  # noqa: E402,F401  (deployed models, exported programs)
 from .heads import HEAD_NOTE, set_aside_head  # noqa: E402,F401
 from .linear import batch_norm_scale, batch_norm_shift  # noqa: E402,F401
 from .activations import prelu  # noqa: E402,F401
