@@ -1,10 +1,9 @@
 """Deployed integer models (issue 22): exported programs, quantization points, the activation
 term and the certificate of a model whose activations are quantized."""
+import pathmetric as pm
 import pytest
 import torch
 import torchvision
-
-import pathmetric as pm
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

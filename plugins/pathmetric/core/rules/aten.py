@@ -14,7 +14,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from . import Rule, lookup, rule, Tensor
+from . import Rule, Tensor, lookup, rule
 from .linear import batch_norm
 
 aten = torch.ops.aten

@@ -16,15 +16,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
+import torch.ao.quantization.fx._decomposed  # registers the torch.ops.quantized_decomposed ops
 
 from . import rule
 
 _OPS = torch.ops.quantized_decomposed
 
-_FACTS = dict(layers=0, max_pool=0, affine=False, weighted=False,
-              homogeneous=False, channels="preserve", transforms_through=False,
-              channel_params={}, channel_dim=1, channel_affine=False)
+_FACTS = {"layers": 0, "max_pool": 0, "affine": False, "weighted": False,
+          "homogeneous": False, "channels": "preserve", "transforms_through": False,
+          "channel_params": {}, "channel_dim": 1, "channel_affine": False}
 
 
 class Grid(NamedTuple):
