@@ -42,30 +42,33 @@ class Grid(NamedTuple):
 def fake_quantize(ev, x, scale, zero_point, quant_min, quant_max, *, func=None):
     """``Q(z)`` on a per-tensor grid (``scale``, ``zero_point``): the identity in the lifted
     network; the rounding error ``|Q(z) - z| <= scale / 2`` (unsaturated) is the deployed
-    analysis's."""
-    return x
+    analysis's. The point's lifted value is a copy of ``x``, so the gradient there is the mass
+    downstream of the point alone (not of the other readers of ``x``)."""
+    return ev.fixed(x, torch.clone, terms=0)
 
 
 @rule("fake_quantize_per_channel", torch.fake_quantize_per_channel_affine, **_FACTS)
 def fake_quantize_per_channel(ev, x, scale, zero_point, axis, quant_min, quant_max, *,
                               func=None):
-    """``Q(z)`` on a grid per channel along ``axis``: the identity in the lifted network."""
-    return x
+    """``Q(z)`` on a grid per channel along ``axis``: the identity (a copy) in the lifted
+    network."""
+    return ev.fixed(x, torch.clone, terms=0)
 
 
 @rule("quantize", _OPS.quantize_per_tensor.default, _OPS.quantize_per_tensor.tensor,
       _OPS.quantize_per_tensor.tensor2, **_FACTS)
 def quantize(ev, x, scale, zero_point, quant_min, quant_max, dtype, *, func=None):
     """The integers ``clamp(round(z / s) + zp, qmin, qmax)`` of a PT2E point, lifted as the
-    identity (the dequantize after it maps them back: together they are ``Q(z)``)."""
-    return x
+    identity, a copy (the dequantize after it maps them back: together they are ``Q(z)``)."""
+    return ev.fixed(x, torch.clone, terms=0)
 
 
 @rule("quantize_per_channel", _OPS.quantize_per_channel.default, **_FACTS)
 def quantize_per_channel(ev, x, scales, zero_points, axis, quant_min, quant_max, dtype, *,
                          func=None):
-    """The integers of a PT2E point with a grid per channel along ``axis``: the identity."""
-    return x
+    """The integers of a PT2E point with a grid per channel along ``axis``: the identity (a
+    copy)."""
+    return ev.fixed(x, torch.clone, terms=0)
 
 
 @rule("dequantize", _OPS.dequantize_per_tensor.default, _OPS.dequantize_per_tensor.tensor,
