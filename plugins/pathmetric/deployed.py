@@ -17,7 +17,10 @@ is not in it), which every result states.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +31,7 @@ from .core.algebras import NormLifting, total_of
 from .core.capture import as_tuple
 from .core.interpreter import named_tensors
 from .core.ir import Buffer, Derived, Graph, Node, Param, ParamView, Value, fact
-from .core.rules import aten, batch_norm_scale, batch_norm_shift, quantization
+from .core.rules import aten, batch_norm_scale, batch_norm_shift, lookup, quantization
 from .core.scaled import Scaled, scaled_sum, times_pow2, to_float
 from .core.support import capture
 from .errors import UnsupportedModelError
@@ -153,10 +156,48 @@ def downstream_masses(model: nn.Module, example_inputs) -> dict:
     PT2E quantize ops in its forward), the downstream path mass ``G(v) = sum over paths p from v
     to an output of prod_{e in p} |w_e|`` of each of its neurons (shape of the point without the
     batch dimension), from one forward and one backward of the L1 lifted network."""
+    model = _frozen(model)
     graph = capture(model, example_inputs)
     points = _points(graph, model)
     masses, _ = _downstream(graph, model, points)
     return {key: times_pow2(m[0], e) for key, (m, e) in masses.items()}
+
+
+# ---------------------------------------------------------------- weights quantized in forward
+
+_FROZEN: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _frozen(quantized: nn.Module) -> nn.Module:
+    """``quantized``, or, for a ``GraphModule`` that quantizes a constant (a weight) at every
+    call (Intel Neural Compressor's converted graphs: ``quantize_per_channel(weight)`` then
+    ``dequantize_per_channel``), a copy whose quantize of each constant is computed once into an
+    integer buffer, as ``convert_pt2e(fold_quantize=True)`` does: the dequantize of that buffer is
+    the weight ``theta'`` the model uses. The copy is kept while the parameters are unchanged."""
+    if not isinstance(quantized, torch.fx.GraphModule):
+        return quantized
+    constant = [n for n in quantized.graph.nodes if n.op == "call_function"
+                and getattr(lookup(n.target), "name", None) in quantization.POINTS
+                and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"]
+    if not constant:
+        return quantized
+    versions = tuple((id(t), t._version) for t in named_tensors(quantized).values())
+    if quantized in _FROZEN and _FROZEN[quantized][0] == versions:
+        return _FROZEN[quantized][1]
+    frozen = copy.deepcopy(quantized)
+    for k, node in enumerate(n for n in frozen.graph.nodes if n.op == "call_function"
+                             and n.name in {c.name for c in constant}):
+        args = torch.fx.node.map_arg(node.args, lambda a: functools.reduce(
+            getattr, a.target.split("."), frozen) if a.op == "get_attr" else a)
+        name = f"_pathmetric_frozen_weight_{k}"
+        with torch.no_grad():
+            frozen.register_buffer(name, node.target(*args, **node.kwargs))
+        with frozen.graph.inserting_before(node):
+            node.replace_all_uses_with(frozen.graph.get_attr(name))
+        frozen.graph.erase_node(node)
+    frozen.recompile()
+    _FROZEN[quantized] = (versions, frozen)
+    return frozen
 
 
 # ---------------------------------------------------------------- the float model, as deployed
@@ -361,7 +402,7 @@ class DeploymentReport:
 
 def has_quantization_points(model: nn.Module, example_inputs) -> bool:
     """Whether the captured graph of ``model`` has a quantization point (a deployed model)."""
-    graph = capture(model, example_inputs)
+    graph = capture(_frozen(model), example_inputs)
     return any(node.rule in quantization.POINTS for _, node in graph.operations())
 
 
@@ -373,6 +414,7 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     inputs = as_tuple(x)
     if any(t.dim() == 0 for t in inputs):
         raise ValueError("deployment_report needs inputs with a batch dimension")
+    quantized = _frozen(quantized)
     graph, paired, theta, theta_q = _deployed_pair(model, quantized, inputs)
     points = _points(graph, quantized)
     parts, error = certified_distance(paired, theta, theta_q)
