@@ -89,7 +89,31 @@ def quantization_bound_with_log(model, example_inputs, config):
         prune, quant = config.config_list
         pruned = _prune(model, prune, example_inputs, inplace=False).model
         return _combined_bound(model, pruned, simulate_weights(pruned, quant), example_inputs)
+    if isinstance(config, INT8StaticQuantConfig):
+        model = _batch_norm_folded(model, example_inputs)
     return pm.path_metric_with_log(model, simulate_weights(model, config), example_inputs)
+
+
+def _batch_norm_folded(model, example_inputs):
+    """``model``, or a copy of it with every frozen BatchNorm that directly follows a conv or
+    linear layer folded into that layer (``W s``, ``b s + t``) and replaced by ``nn.Identity``,
+    as PT2E's ``prepare`` folds it before quantizing the weight: the same function, with the
+    parameters the backend quantizes. The weight side of the deployed model; the activations
+    need the converted model (``pm.deployment_report``)."""
+    pairs = pm.PathMasses(model, example_inputs).batch_norm_after
+    if not pairs:
+        return model
+    folded = copy.deepcopy(model)
+    for layer, norm in pairs.items():
+        module, bn = folded.get_submodule(layer), folded.get_submodule(norm)
+        fuse = (torch.nn.utils.fusion.fuse_linear_bn_weights if isinstance(module, nn.Linear)
+                else torch.nn.utils.fusion.fuse_conv_bn_weights)
+        weight, bias = fuse(module.weight, module.bias, bn.running_mean, bn.running_var,
+                            bn.eps, bn.weight, bn.bias)
+        module.weight, module.bias = weight, bias
+        parent, _, name = norm.rpartition(".")
+        setattr(folded.get_submodule(parent) if parent else folded, name, nn.Identity())
+    return folded
 
 
 def _combined_bound(model, pruned, quantized, example_inputs):
@@ -120,7 +144,7 @@ def storage_bits(model, config):
         mapping = copy.deepcopy(config).to_config_mapping(model_info=config.get_model_info(model))
         local = {name: c for (name, _), c in mapping.items() if c.name == RTN}
     else:
-        local = {name.rsplit(".", 1)[0]: None for name in simulate_weights(model, config)}
+        local = dict.fromkeys(_pt2e_layer_configs(model, config))
     total = bits = 0
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -134,10 +158,17 @@ def storage_bits(model, config):
             bits += 8 * count + 32 * (rows if per_channel else 1)
         else:
             c = local[name]
-            b = c.bits if c.dtype == "int" else int(c.dtype[3:])
+            b = _dtype_bits(c)
             groups = 1 if c.group_size == -1 else -(-(count // rows) // c.group_size)
             bits += count * b + rows * groups * (16 + (0 if c.use_sym else b))
     return bits / total
+
+
+def _dtype_bits(c):
+    """Bits per weight of an RTN layer config: ``bits`` for ``dtype="int"``, else the width its
+    dtype names (``"int4"``, ``"nf4"``, ``"fp4"``: 4)."""
+    width = re.search(r"\d+$", c.dtype)
+    return c.bits if c.dtype == "int" or width is None else int(width.group())
 
 
 def _rtn_weights(model, config):
@@ -187,9 +218,7 @@ def _rtn_mapping_weights(model, mapping):
 def _pt2e_weights(model, config):
     """Weights of PT2E static/dynamic int8 as ``prepare`` + ``convert`` produce them.
 
-    Per conv2d/linear module, the effective INC config is resolved like X86InductorQuantizer:
-    module-name override (the module or an ancestor), then module-type override, then global; a
-    config whose weight and activation dtypes are both float leaves the module in fp32. The weight
+    Per conv2d/linear module, the effective INC config (:func:`_pt2e_layer_configs`); the weight
     goes through the observer INC builds (``create_quant_spec_from_config``), then
     ``quantized_decomposed.quantize_*`` / ``dequantize_*`` with the observer's qparams.
     """
@@ -197,7 +226,18 @@ def _pt2e_weights(model, config):
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError("simulate_weights: PT2E static quantization folds BatchNorm into the preceding "
                          "conv before quantizing its weight, which a per-parameter dict cannot express; "
-                         "fold it first (torch.nn.utils.fusion.fuse_conv_bn_eval) and pass that model")
+                         "quantization_bound folds it as PT2E does (or fold it first: "
+                         "torch.nn.utils.fusion.fuse_conv_bn_eval) and pass that model")
+    modules = dict(model.named_modules())
+    return {f"{name}.weight": _observe_quantize_dequantize(modules[name].weight.detach(), c)
+            for name, c in _pt2e_layer_configs(model, config).items()}
+
+
+def _pt2e_layer_configs(model, config):
+    """``{module name: its INC config}`` of the conv2d/linear modules PT2E quantizes: resolved
+    like X86InductorQuantizer, module-name override (the module or an ancestor), then module-type
+    override, then global; a config whose weight and activation dtypes are both float leaves the
+    module in fp32 (absent here)."""
     by_type, by_name = config._get_op_name_op_type_config()
     out = {}
     for name, m in model.named_modules():
@@ -205,9 +245,8 @@ def _pt2e_weights(model, config):
             continue
         owners = [n for n in by_name if n == name or name.startswith(n + ".")]
         c = by_name[owners[0]] if owners else by_type.get(type(m).__name__, config)
-        if c.w_dtype in _FLOAT_DTYPES and c.act_dtype in _FLOAT_DTYPES:
-            continue
-        out[f"{name}.weight"] = _observe_quantize_dequantize(m.weight.detach(), c)
+        if not (c.w_dtype in _FLOAT_DTYPES and c.act_dtype in _FLOAT_DTYPES):
+            out[name] = c
     return out
 
 
@@ -244,7 +283,13 @@ SAMPLER_ORDERS = ("bound", "size", "bound_per_saved_bit")
 
 
 def _certified(config):
-    return isinstance(config, (RTNConfig, INT8StaticQuantConfig, DynamicQuantConfig,
+    """Whether the adapter simulates ``config`` exactly (RTN: integer or fp32 dtypes only, in the
+    global config and every ``set_local`` one; nf4/fp4 RTN is not certified)."""
+    if isinstance(config, RTNConfig):
+        local = getattr(config, "local_config", {}) or {}
+        return all(re.fullmatch(r"int\d*|fp32", c.dtype) for c in [config, *local.values()]
+                   if isinstance(c, RTNConfig))
+    return isinstance(config, (INT8StaticQuantConfig, DynamicQuantConfig,
                                PathMetricConfig, PrunedThenQuantizedConfig))
 
 
