@@ -46,13 +46,18 @@ _SKIPPED = ("dropout", "aten.dropout.default")  # the identity in eval mode, on 
 class Point:
     """One quantization point of a captured graph: its ``key`` (``'<k>:<what it reads>'``), the
     index of its node, and its grid with ``scale`` and ``zero_point`` as float64 tensors
-    broadcast to the point's shape (batch dimension 1)."""
+    broadcast to the point's shape (batch dimension 1), or None for a dynamic point (scale and
+    zero point computed from the activation, per sample: :func:`_grids`)."""
     key: str
     node: int
-    scale: torch.Tensor
-    zero_point: torch.Tensor
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
     quant_min: int
     quant_max: int
+
+    @property
+    def dynamic(self) -> bool:
+        return self.scale is None
 
 
 def _resolver(graph: Graph, tensors: dict):
@@ -79,28 +84,36 @@ def _points(graph: Graph, model: nn.Module) -> list:
         if node.rule not in quantization.POINTS:
             continue
         grid = quantization.grid(node)
-        if any(isinstance(v, Value) for v in (grid.scale, grid.zero_point)):
-            why = ("a dynamic quantization point (scale computed from the activation itself) "
-                   "is not certified yet; use a static (calibrated) scale")
-            raise _refusal(node, why)
         shape = graph.nodes[index].shape
-        scale, zero = (torch.as_tensor(resolve(v), dtype=torch.float64).detach().cpu()
-                       for v in (grid.scale, grid.zero_point))
-        if grid.axis is not None:
-            view = [1] * len(shape)
-            view[grid.axis] = -1
-            scale, zero = scale.reshape(view), zero.reshape(view)
-        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
-            raise _refusal(node, f"its scale {scale.flatten()[:4].tolist()} is not positive "
-                                 "and finite")
+        if any(isinstance(v, Value) for v in (grid.scale, grid.zero_point)):
+            if grid.axis is not None:
+                raise _refusal(node, "a dynamic point with a scale per channel is not "
+                                     "certified; use a per-tensor dynamic scale")
+            scale = zero = None
+        else:
+            scale, zero = _grid_tensors(node, grid, shape, resolve(grid.scale),
+                                        resolve(grid.zero_point))
         source = node.roles["x"]
         if not isinstance(source, Value) or source.node in graph.inputs:
             what = "input"
         else:
             what = graph.nodes[source.node].module or graph.nodes[source.node].rule
-        out.append(Point(f"{len(out)}:{what}", index, scale.expand(shape),
-                         zero.expand(shape), grid.quant_min, grid.quant_max))
+        out.append(Point(f"{len(out)}:{what}", index, scale, zero, grid.quant_min,
+                         grid.quant_max))
     return out
+
+
+def _grid_tensors(node, grid, shape, scale, zero):
+    """The scale and zero point of a point as float64 tensors broadcast to ``shape``."""
+    scale, zero = (torch.as_tensor(v, dtype=torch.float64).detach().cpu() for v in (scale, zero))
+    if grid.axis is not None:
+        view = [1] * len(shape)
+        view[grid.axis] = -1
+        scale, zero = scale.reshape(view), zero.reshape(view)
+    if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+        raise _refusal(node, f"its scale {scale.flatten()[:4].tolist()} is not positive and "
+                             "finite")
+    return scale.expand(shape), zero.expand(shape)
 
 
 def _refusal(node: Node, why: str):
@@ -144,7 +157,10 @@ def _activation_terms(points, masses, error) -> tuple[dict, float]:
     count = 0
     for p in points:
         grad, exponent = masses[p.key]
-        terms[p.key] = Scaled((p.scale / 2 * grad.cpu()).sum(), exponent)
+        if p.dynamic:   # (s / 2) * sum_v G(v), s per sample: the sum of G, times s / 2 later
+            terms[p.key] = Scaled(grad.cpu().sum() / 2, exponent)
+        else:
+            terms[p.key] = Scaled((p.scale / 2 * grad.cpu()).sum(), exponent)
         count += grad.numel()
     u = torch.finfo(torch.float64).eps / 2
     n = count + len(points) + 4
@@ -236,7 +252,7 @@ def _matched(float_graph: Graph, graph: Graph) -> list:
     """Pairs ``(float node index, quantized node index, folded BatchNorm index or None)`` of the
     operations of the two graphs, quantization points and dropouts aside; a BatchNorm right
     after a float layer is folded into it when the quantized graph has no BatchNorm there."""
-    skip = _SKIPPED + quantization.POINTS + quantization.DEQUANTIZE
+    skip = _SKIPPED + quantization.POINTS + quantization.DEQUANTIZE + quantization.QPARAMS
     mine = _operations(float_graph, _SKIPPED)
     theirs = _operations(graph, skip)
     after = float_graph.batch_norm_after()
@@ -328,8 +344,9 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
 # ---------------------------------------------------------------- per-sample saturation
 
 def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
-    """``{point key: z}``: the value each point quantizes when the captured graph of the
-    quantized model runs on ``inputs`` (upstream points quantized, as deployed)."""
+    """``{point key: (z, scale, zero point)}``: the value each point quantizes, and its grid, when
+    the captured graph of the quantized model runs on ``inputs`` (upstream points quantized, as
+    deployed)."""
     resolve_ref = _resolver(graph, named_tensors(model))
     results: list = []
     wanted = {p.node: p.key for p in points}
@@ -350,17 +367,31 @@ def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
                 continue
             args, kwargs = node.call(resolve)
             if index in wanted:
-                out[wanted[index]] = resolve(node.roles["x"])
+                grid = quantization.grid(node)
+                out[wanted[index]] = (resolve(node.roles["x"]), resolve(grid.scale),
+                                      resolve(grid.zero_point))
             if node.inplace:
                 args = (args[0].clone(),) + tuple(args[1:])
             results.append(node.func(*args, **kwargs))
     return out
 
 
-def _saturated(point: Point, z: torch.Tensor) -> torch.Tensor:
-    """Per sample: whether some element of ``z`` lies outside the grid's range widened by half a
-    step, where ``|Q(z) - z| <= s / 2`` fails (borderline elements count as saturated)."""
-    u = z.detach().double().cpu() / point.scale[0] + point.zero_point[0]
+def _walks(graph: Graph, model: nn.Module, inputs, points):
+    """``(rows, values)`` pairs of :func:`_point_inputs`: one walk of the whole batch, or, when a
+    point is dynamic (its scale computed from the tensor it quantizes), one walk per sample, so
+    that every scale is the one the model computes on that sample alone."""
+    if not any(p.dynamic for p in points):
+        yield slice(None), _point_inputs(graph, model, inputs, points)
+        return
+    for i in range(inputs[0].shape[0]):
+        yield slice(i, i + 1), _point_inputs(graph, model, [t[i:i + 1] for t in inputs], points)
+
+
+def _saturated(point: Point, z: torch.Tensor, scale, zero) -> torch.Tensor:
+    """Per sample: whether some element of ``z`` lies outside the grid (``scale``, ``zero``,
+    broadcast to ``z``) widened by half a step, where ``|Q(z) - z| <= s / 2`` fails (borderline
+    elements count as saturated)."""
+    u = z.detach().double().cpu() / scale + zero
     slack = 1e-9 * (u.abs() + 1)
     outside = (u > point.quant_max + 0.5 - slack) | (u < point.quant_min - 0.5 + slack)
     return outside.reshape(outside.shape[0], -1).any(dim=1)
@@ -376,7 +407,9 @@ class DeploymentReport:
     sample ``i``; ``log_bound`` is its natural log, finite at any depth where the sample is
     certified). ``weight_term`` is ``d(theta, theta')`` (multiplied per sample by
     ``max(||x_i||_inf, 1)``), ``activation_terms`` the per-point ``sum_v (s_v / 2) G(v)`` and
-    ``activation_term`` their sum (rounded up); ``weight_share``/``activation_share`` the shares
+    ``activation_term`` their sum (rounded up), over the static points; ``dynamic_term[i]`` the
+    term of the dynamic points on sample ``i`` (``(s_t(x_i) / 2) sum_v G(v)``, the scale of
+    each computed from sample ``i`` alone: the model run on one sample); ``weight_share``/``activation_share`` the shares
     of the two in the bound of the certified samples (mean); ``saturated`` the per-sample flags
     and ``saturated_points`` how many samples each point saturates on. ``arithmetic`` says which
     arithmetic the bound is for.
@@ -392,6 +425,7 @@ class DeploymentReport:
     saturated_points: dict
     weight_share: float
     activation_share: float
+    dynamic_term: torch.Tensor
     arithmetic: str = ARITHMETIC
     notes: list = field(default_factory=list)
 
@@ -422,38 +456,50 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
                           log_round_up(parts, error))
     masses, g_error = _downstream(paired, quantized, points, overrides=theta_q)
     terms, t_error = _activation_terms(points, masses, g_error)
-    total = list(terms.values())
+    total = [t for p in points if not p.dynamic for t in [terms[p.key]]]
     activation = round_up(to_float(float(scaled_sum(total).m), scaled_sum(total).e),
                           t_error) if total else 0.0
     log_activation = log_round_up(total, t_error) if total else -math.inf
-    values = _point_inputs(graph, quantized, inputs, points)
     n = inputs[0].shape[0]
     saturated = torch.zeros(n, dtype=torch.bool)
-    per_point = {}
-    for p in points:
-        flags = _saturated(p, values[p.key])
-        per_point[p.key] = int(flags.sum())
-        saturated |= flags
+    per_point = dict.fromkeys(terms, 0)
+    dynamic = torch.zeros(n, dtype=torch.float64)   # sum of (s_t(x) / 2) sum_v G(v), per sample
+    for rows, values in _walks(graph, quantized, inputs, points):
+        for p in points:
+            z, scale, zero = values[p.key]
+            if p.dynamic:
+                dynamic[rows] += float(scale) * to_float(float(terms[p.key].m), terms[p.key].e)
+                scale, zero = (torch.as_tensor(v, dtype=torch.float64) for v in (scale, zero))
+            else:
+                scale, zero = p.scale[0], p.zero_point[0]
+            flags = _saturated(p, z, scale, zero)
+            per_point[p.key] += int(flags.sum())
+            saturated[rows] |= flags
+    dynamic = torch.nextafter(dynamic * (1 + t_error), torch.full_like(dynamic, math.inf))
     sup = torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double().cpu()
                        for t in inputs]).amax(dim=0).clamp(min=1.0)
-    bound = sup * weight + activation
+    per_sample = torch.nextafter(activation + dynamic, torch.full_like(dynamic, math.inf))
+    bound = sup * weight + per_sample
     bound = torch.nextafter(bound, torch.full_like(bound, math.inf))
-    log_bound = torch.logaddexp(sup.log() + log_weight, torch.full_like(sup, log_activation))
+    log_bound = torch.logaddexp(sup.log() + log_weight,
+                                torch.logaddexp(torch.full_like(sup, log_activation),
+                                                dynamic.log()))
     log_bound = torch.nextafter(log_bound + 1e-12 * log_bound.abs(), torch.full_like(sup, math.inf))
     bound[saturated] = math.inf
     log_bound[saturated] = math.inf
     certified = ~saturated
     if bool(certified.any()) and math.isfinite(weight) and math.isfinite(activation):
         weight_part = sup[certified] * weight
-        shares = weight_part / (weight_part + activation)
+        shares = weight_part / (weight_part + per_sample[certified])
         weight_share = float(shares.nan_to_num(0.0).mean())
     else:
         weight_share = math.nan
     return DeploymentReport(
         bound=bound, log_bound=log_bound, weight_term=weight, log_weight_term=log_weight,
         activation_term=activation, log_activation_term=log_activation,
-        activation_terms={k: round_up(to_float(float(v.m), v.e), t_error)
-                          for k, v in terms.items()},
+        activation_terms={p.key: round_up(to_float(float(terms[p.key].m), terms[p.key].e),
+                                          t_error) for p in points if not p.dynamic},
+        dynamic_term=dynamic,
         saturated=saturated, saturated_points=per_point, weight_share=weight_share,
         activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan)
 

@@ -91,3 +91,23 @@ def test_weights_quantized_in_forward_are_the_dequantized_weights(float_model):
     assert next(iter(masses.values())).shape == (1, 8, 8)
     after = deployed.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dynamic_quantization_gets_a_per_sample_bound(float_model):
+    """XNNPACK's dynamic int8 computes each activation scale from the tensor itself: the
+    activation term is per sample, and no point saturates."""
+    from torchao.testing.pt2e._xnnpack_quantizer import (XNNPACKQuantizer,
+                                                         get_symmetric_quantization_config)
+    model, x_train, x_test = float_model
+    x = x_test[:100]
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    deployed = _torchao(model, x_train, quantizer)
+    report = pm.deployment_report(model, deployed, x)
+    with torch.no_grad():
+        gap = torch.cat([(model(v) - deployed(v)).abs().sum(dim=1) for v in x.split(1)]).double()
+    assert report.saturated_count == 0 and report.activation_terms == {}
+    assert (report.dynamic_term > 0).all() and report.dynamic_term.unique().numel() > 1
+    assert (gap <= report.bound).all()
+    sup = x.flatten(1).abs().amax(1).double().clamp(min=1.0)
+    assert (report.bound >= sup * report.weight_term + report.dynamic_term).all()

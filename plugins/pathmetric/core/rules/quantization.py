@@ -86,9 +86,19 @@ def dequantize_per_channel(ev, x, scales, zero_points, axis, quant_min, quant_ma
     return x
 
 
+@rule("choose_qparams", _OPS.choose_qparams.tensor, **_FACTS)
+def choose_qparams(ev, x, quant_min, quant_max, eps, dtype, *, func=None):
+    """The scale and zero point of a dynamic point, computed from the activation itself: no
+    value of the network (zero lifted tensors; the quantize that reads them is the point)."""
+    shapes = ev.out_shape()
+    return ev.fixed(x, lambda m: tuple(m.new_zeros(shape) for shape in shapes), terms=0)
+
+
 #: the rules that round (each is one quantization point), and the exact maps back to floats
 POINTS = ("fake_quantize", "fake_quantize_per_channel", "quantize", "quantize_per_channel")
 DEQUANTIZE = ("dequantize", "dequantize_per_channel")
+#: the rules that compute a dynamic point's grid (not values of the network)
+QPARAMS = ("choose_qparams",)
 
 
 def grid(node) -> Grid:
