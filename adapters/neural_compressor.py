@@ -46,6 +46,7 @@ __all__ = ["simulate_weights", "quantization_bound", "quantization_bound_with_lo
 
 PATH_METRIC = "path_metric"
 _FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+_HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Modules whose weights X86InductorQuantizer (INC's PT2E backend) quantizes.
 _PT2E_WEIGHT_MODULES = (nn.Conv2d, nn.Linear)
 
@@ -144,23 +145,25 @@ def storage_bits(model, config):
         mapping = copy.deepcopy(config).to_config_mapping(model_info=config.get_model_info(model))
         local = {name: c for (name, _), c in mapping.items() if c.name == RTN}
     else:
-        local = dict.fromkeys(_pt2e_layer_configs(model, config))
+        local = _pt2e_layer_configs(model, config)
     total = bits = 0
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
         rows, count = m.weight.shape[0], m.weight.numel()
         total += count
-        if name not in local or (local[name] is not None and local[name].dtype == "fp32"):
+        c = local.get(name)
+        if c is None or (isinstance(c, RTNConfig) and c.dtype == "fp32"):
             bits += 32 * count
-        elif local[name] is None:   # PT2E int8
-            per_channel = "channel" in str(getattr(config, "w_granularity", ""))
-            bits += 8 * count + 32 * (rows if per_channel else 1)
-        else:
-            c = local[name]
+        elif isinstance(c, RTNConfig):
             b = _dtype_bits(c)
             groups = 1 if c.group_size == -1 else -(-(count // rows) // c.group_size)
             bits += count * b + rows * groups * (16 + (0 if c.use_sym else b))
+        elif c.w_dtype in _HALF:   # PT2E layer cast to fp16/bf16
+            bits += 16 * count
+        else:   # PT2E int8
+            per_channel = "channel" in str(getattr(config, "w_granularity", ""))
+            bits += 8 * count + 32 * (rows if per_channel else 1)
     return bits / total
 
 
@@ -229,15 +232,23 @@ def _pt2e_weights(model, config):
                          "quantization_bound folds it as PT2E does (or fold it first: "
                          "torch.nn.utils.fusion.fuse_conv_bn_eval) and pass that model")
     modules = dict(model.named_modules())
-    return {f"{name}.weight": _observe_quantize_dequantize(modules[name].weight.detach(), c)
-            for name, c in _pt2e_layer_configs(model, config).items()}
+    out = {}
+    for name, c in _pt2e_layer_configs(model, config).items():
+        m = modules[name]
+        if c.w_dtype in _HALF:   # a layer INC runs in half precision: weight and bias cast
+            out[f"{name}.weight"] = m.weight.detach().to(_HALF[c.w_dtype]).float()
+            if m.bias is not None:
+                out[f"{name}.bias"] = m.bias.detach().to(_HALF[c.w_dtype]).float()
+        else:
+            out[f"{name}.weight"] = _observe_quantize_dequantize(m.weight.detach(), c)
+    return out
 
 
 def _pt2e_layer_configs(model, config):
     """``{module name: its INC config}`` of the conv2d/linear modules PT2E quantizes: resolved
     like X86InductorQuantizer, module-name override (the module or an ancestor), then module-type
-    override, then global; a config whose weight and activation dtypes are both float leaves the
-    module in fp32 (absent here)."""
+    override, then global; a config with fp32 weights and float activations leaves the module in
+    fp32 (absent here); fp16/bf16 weights are a change (a cast), present."""
     by_type, by_name = config._get_op_name_op_type_config()
     out = {}
     for name, m in model.named_modules():
@@ -245,7 +256,7 @@ def _pt2e_layer_configs(model, config):
             continue
         owners = [n for n in by_name if n == name or name.startswith(n + ".")]
         c = by_name[owners[0]] if owners else by_type.get(type(m).__name__, config)
-        if not (c.w_dtype in _FLOAT_DTYPES and c.act_dtype in _FLOAT_DTYPES):
+        if not (c.w_dtype == "fp32" and c.act_dtype in _FLOAT_DTYPES):
             out[name] = c
     return out
 

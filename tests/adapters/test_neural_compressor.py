@@ -385,3 +385,18 @@ def test_sampler_tries_nf4_after_the_certified_configs(model, x):
         sampler = path_metric_sampler(model, x)(configs)
     assert list(sampler)[-len(nf4):] == nf4 and all(sampler.bounds[i] is None for i in nf4)
     assert storage_bits(model, configs[nf4[0]]) < 32
+
+
+def test_half_precision_layers_are_a_change_in_the_bound(model, x):
+    """issue 22 item 4: a layer INC runs in fp16/bf16 has its weight and bias cast; the bound
+    includes that change (bf16's coarser rounding gives a larger one) and the storage counts
+    16 bits for it."""
+
+    def config(dtype):
+        return INT8StaticQuantConfig().set_local(
+            nn.Linear, INT8StaticQuantConfig(w_dtype=dtype, act_dtype=dtype))
+    fp32, fp16, bf16 = (quantization_bound(model, x, config(d)) for d in ("fp32", "fp16", "bf16"))
+    assert fp32 < fp16 < bf16
+    weights = simulate_weights(model, config("bf16"))
+    assert torch.equal(weights["fc1.bias"], model.fc1.bias.detach().bfloat16().float())
+    assert storage_bits(model, config("fp16")) < storage_bits(model, config("fp32"))
