@@ -40,6 +40,7 @@ from .metric import certified_distance, log_round_up, round_up
 ARITHMETIC = ("exact: the bound is for the dequantized network computed exactly; the rounding of "
               "the deployed float/integer kernels is not included")
 _SKIPPED = ("dropout", "aten.dropout.default")  # the identity in eval mode, on either side
+CHUNK = 64   # samples per walk of the quantized graph (saturation checks)
 
 
 @dataclass(frozen=True)
@@ -377,14 +378,14 @@ def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
 
 
 def _walks(graph: Graph, model: nn.Module, inputs, points):
-    """``(rows, values)`` pairs of :func:`_point_inputs`: one walk of the whole batch, or, when a
-    point is dynamic (its scale computed from the tensor it quantizes), one walk per sample, so
-    that every scale is the one the model computes on that sample alone."""
-    if not any(p.dynamic for p in points):
-        yield slice(None), _point_inputs(graph, model, inputs, points)
-        return
-    for i in range(inputs[0].shape[0]):
-        yield slice(i, i + 1), _point_inputs(graph, model, [t[i:i + 1] for t in inputs], points)
+    """``(rows, values)`` pairs of :func:`_point_inputs`: walks of ``CHUNK`` samples at a time
+    (the walk holds every activation of its samples), or, when a point is dynamic (its scale
+    computed from the tensor it quantizes), one walk per sample, so that every scale is the one
+    the model computes on that sample alone."""
+    step = 1 if any(p.dynamic for p in points) else CHUNK
+    for i in range(0, inputs[0].shape[0], step):
+        rows = slice(i, i + step)
+        yield rows, _point_inputs(graph, model, [t[rows] for t in inputs], points)
 
 
 def _saturated(point: Point, z: torch.Tensor, scale, zero) -> torch.Tensor:
