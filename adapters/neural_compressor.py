@@ -16,8 +16,10 @@ Three bridges between INC's tuning loop and the path-metric engine:
   ``PathMetricConfig(...) + RTNConfig(...)`` prunes then quantizes, as one config, with the
   certificate of the combined change.
 
-The bound covers the weights (and the fp16-stored biases of RTN layers) only: activation
-quantization of static/dynamic int8 is not part of it.
+The bound covers the weights (the fp16-stored biases of RTN layers, the fp16/bf16 casts of
+layers a PT2E config runs in half precision, BatchNorm folded as PT2E folds it for static
+configs); the deployed model's activation quantization is certified by ``pm.deployment_report``
+on the converted model (docs/deployed.md).
 """
 import copy
 import dataclasses
