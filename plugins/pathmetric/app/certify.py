@@ -15,23 +15,26 @@ import math
 
 import torch
 
-from .cli import _positive, emit, load, model_args, table
 
-
-def register(subparsers):
-    """Add the ``certify`` subcommand to the ``pathmetric`` parser's ``subparsers``."""
+def register(subparsers, model_args, load, emit, table):
+    """Add the ``certify`` subcommand to the ``pathmetric`` parser's ``subparsers``, with the
+    command line's shared helpers (passed in by :mod:`pathmetric.app.cli`, which this module
+    does not import): ``model_args(parser)``, ``load(args) -> (model, x)``, ``emit(args,
+    result, text)`` and ``table(header, rows)``."""
     p = subparsers.add_parser("certify", help="certificate of a deployed int8 model (weights "
                                               "and activations) against the float model")
     model_args(p)
     p.add_argument("--quantized", required=True,
                    help="the deployed model: a program saved by torch.export.save (.pt2)")
     p.add_argument("--inputs", help="inputs to certify: a tensor saved by torch.save, batch first")
-    p.add_argument("--samples", type=_positive, default=64,
+    p.add_argument("--samples", type=int, default=64,
                    help="without --inputs: this many N(0, 1) inputs of --input-shape (default 64)")
-    p.set_defaults(run=cmd_certify)
+    p.set_defaults(run=lambda args: cmd_certify(args, load, emit, table))
 
 
 def _inputs(args, x) -> torch.Tensor:
+    if args.samples < 1:
+        raise ValueError(f"--samples must be a positive integer, got {args.samples}")
     if args.inputs:
         inputs = torch.load(args.inputs, map_location="cpu", weights_only=True)
         if not isinstance(inputs, torch.Tensor) or tuple(inputs.shape[1:]) != tuple(x.shape[1:]):
@@ -43,7 +46,8 @@ def _inputs(args, x) -> torch.Tensor:
     return torch.randn((args.samples,) + tuple(x.shape[1:]), generator=generator)
 
 
-def cmd_certify(args) -> int:
+def cmd_certify(args, load, emit, table) -> int:
+    """Run ``pathmetric certify`` (see the module docstring)."""
     import pathmetric as pm
 
     model, x = load(args)
