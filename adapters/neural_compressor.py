@@ -16,8 +16,10 @@ Three bridges between INC's tuning loop and the path-metric engine:
   ``PathMetricConfig(...) + RTNConfig(...)`` prunes then quantizes, as one config, with the
   certificate of the combined change.
 
-The bound covers the weights (and the fp16-stored biases of RTN layers) only: activation
-quantization of static/dynamic int8 is not part of it.
+The bound covers the weights (the fp16-stored biases of RTN layers, the fp16/bf16 casts of
+layers a PT2E config runs in half precision, BatchNorm folded as PT2E folds it for static
+configs); the deployed model's activation quantization is certified by ``pm.deployment_report``
+on the converted model (docs/deployed.md).
 """
 import copy
 import dataclasses
@@ -46,6 +48,7 @@ __all__ = ["simulate_weights", "quantization_bound", "quantization_bound_with_lo
 
 PATH_METRIC = "path_metric"
 _FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+_HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Modules whose weights X86InductorQuantizer (INC's PT2E backend) quantizes.
 _PT2E_WEIGHT_MODULES = (nn.Conv2d, nn.Linear)
 
@@ -89,7 +92,31 @@ def quantization_bound_with_log(model, example_inputs, config):
         prune, quant = config.config_list
         pruned = _prune(model, prune, example_inputs, inplace=False).model
         return _combined_bound(model, pruned, simulate_weights(pruned, quant), example_inputs)
+    if isinstance(config, INT8StaticQuantConfig):
+        model = _batch_norm_folded(model, example_inputs)
     return pm.path_metric_with_log(model, simulate_weights(model, config), example_inputs)
+
+
+def _batch_norm_folded(model, example_inputs):
+    """``model``, or a copy of it with every frozen BatchNorm that directly follows a conv or
+    linear layer folded into that layer (``W s``, ``b s + t``) and replaced by ``nn.Identity``,
+    as PT2E's ``prepare`` folds it before quantizing the weight: the same function, with the
+    parameters the backend quantizes. The weight side of the deployed model; the activations
+    need the converted model (``pm.deployment_report``)."""
+    pairs = pm.PathMasses(model, example_inputs).batch_norm_after
+    if not pairs:
+        return model
+    folded = copy.deepcopy(model)
+    for layer, norm in pairs.items():
+        module, bn = folded.get_submodule(layer), folded.get_submodule(norm)
+        fuse = (torch.nn.utils.fusion.fuse_linear_bn_weights if isinstance(module, nn.Linear)
+                else torch.nn.utils.fusion.fuse_conv_bn_weights)
+        weight, bias = fuse(module.weight, module.bias, bn.running_mean, bn.running_var,
+                            bn.eps, bn.weight, bn.bias)
+        module.weight, module.bias = weight, bias
+        parent, _, name = norm.rpartition(".")
+        setattr(folded.get_submodule(parent) if parent else folded, name, nn.Identity())
+    return folded
 
 
 def _combined_bound(model, pruned, quantized, example_inputs):
@@ -120,24 +147,33 @@ def storage_bits(model, config):
         mapping = copy.deepcopy(config).to_config_mapping(model_info=config.get_model_info(model))
         local = {name: c for (name, _), c in mapping.items() if c.name == RTN}
     else:
-        local = {name.rsplit(".", 1)[0]: None for name in simulate_weights(model, config)}
+        local = _pt2e_layer_configs(model, config)
     total = bits = 0
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
         rows, count = m.weight.shape[0], m.weight.numel()
         total += count
-        if name not in local or (local[name] is not None and local[name].dtype == "fp32"):
+        c = local.get(name)
+        if c is None or (isinstance(c, RTNConfig) and c.dtype == "fp32"):
             bits += 32 * count
-        elif local[name] is None:   # PT2E int8
-            per_channel = "channel" in str(getattr(config, "w_granularity", ""))
-            bits += 8 * count + 32 * (rows if per_channel else 1)
-        else:
-            c = local[name]
-            b = c.bits if c.dtype == "int" else int(c.dtype[3:])
+        elif isinstance(c, RTNConfig):
+            b = _dtype_bits(c)
             groups = 1 if c.group_size == -1 else -(-(count // rows) // c.group_size)
             bits += count * b + rows * groups * (16 + (0 if c.use_sym else b))
+        elif c.w_dtype in _HALF:   # PT2E layer cast to fp16/bf16
+            bits += 16 * count
+        else:   # PT2E int8
+            per_channel = "channel" in str(getattr(config, "w_granularity", ""))
+            bits += 8 * count + 32 * (rows if per_channel else 1)
     return bits / total
+
+
+def _dtype_bits(c):
+    """Bits per weight of an RTN layer config: ``bits`` for ``dtype="int"``, else the width its
+    dtype names (``"int4"``, ``"nf4"``, ``"fp4"``: 4)."""
+    width = re.search(r"\d+$", c.dtype)
+    return c.bits if c.dtype == "int" or width is None else int(width.group())
 
 
 def _rtn_weights(model, config):
@@ -187,9 +223,7 @@ def _rtn_mapping_weights(model, mapping):
 def _pt2e_weights(model, config):
     """Weights of PT2E static/dynamic int8 as ``prepare`` + ``convert`` produce them.
 
-    Per conv2d/linear module, the effective INC config is resolved like X86InductorQuantizer:
-    module-name override (the module or an ancestor), then module-type override, then global; a
-    config whose weight and activation dtypes are both float leaves the module in fp32. The weight
+    Per conv2d/linear module, the effective INC config (:func:`_pt2e_layer_configs`); the weight
     goes through the observer INC builds (``create_quant_spec_from_config``), then
     ``quantized_decomposed.quantize_*`` / ``dequantize_*`` with the observer's qparams.
     """
@@ -197,7 +231,26 @@ def _pt2e_weights(model, config):
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError("simulate_weights: PT2E static quantization folds BatchNorm into the preceding "
                          "conv before quantizing its weight, which a per-parameter dict cannot express; "
-                         "fold it first (torch.nn.utils.fusion.fuse_conv_bn_eval) and pass that model")
+                         "quantization_bound folds it as PT2E does (or fold it first: "
+                         "torch.nn.utils.fusion.fuse_conv_bn_eval) and pass that model")
+    modules = dict(model.named_modules())
+    out = {}
+    for name, c in _pt2e_layer_configs(model, config).items():
+        m = modules[name]
+        if c.w_dtype in _HALF:   # a layer INC runs in half precision: weight and bias cast
+            out[f"{name}.weight"] = m.weight.detach().to(_HALF[c.w_dtype]).float()
+            if m.bias is not None:
+                out[f"{name}.bias"] = m.bias.detach().to(_HALF[c.w_dtype]).float()
+        else:
+            out[f"{name}.weight"] = _observe_quantize_dequantize(m.weight.detach(), c)
+    return out
+
+
+def _pt2e_layer_configs(model, config):
+    """``{module name: its INC config}`` of the conv2d/linear modules PT2E quantizes: resolved
+    like X86InductorQuantizer, module-name override (the module or an ancestor), then module-type
+    override, then global; a config with fp32 weights and float activations leaves the module in
+    fp32 (absent here); fp16/bf16 weights are a change (a cast), present."""
     by_type, by_name = config._get_op_name_op_type_config()
     out = {}
     for name, m in model.named_modules():
@@ -205,9 +258,8 @@ def _pt2e_weights(model, config):
             continue
         owners = [n for n in by_name if n == name or name.startswith(n + ".")]
         c = by_name[owners[0]] if owners else by_type.get(type(m).__name__, config)
-        if c.w_dtype in _FLOAT_DTYPES and c.act_dtype in _FLOAT_DTYPES:
-            continue
-        out[f"{name}.weight"] = _observe_quantize_dequantize(m.weight.detach(), c)
+        if not (c.w_dtype == "fp32" and c.act_dtype in _FLOAT_DTYPES):
+            out[name] = c
     return out
 
 
@@ -244,7 +296,13 @@ SAMPLER_ORDERS = ("bound", "size", "bound_per_saved_bit")
 
 
 def _certified(config):
-    return isinstance(config, (RTNConfig, INT8StaticQuantConfig, DynamicQuantConfig,
+    """Whether the adapter simulates ``config`` exactly (RTN: integer or fp32 dtypes only, in the
+    global config and every ``set_local`` one; nf4/fp4 RTN is not certified)."""
+    if isinstance(config, RTNConfig):
+        local = getattr(config, "local_config", {}) or {}
+        return all(re.fullmatch(r"int\d*|fp32", c.dtype) for c in [config, *local.values()]
+                   if isinstance(c, RTNConfig))
+    return isinstance(config, (INT8StaticQuantConfig, DynamicQuantConfig,
                                PathMetricConfig, PrunedThenQuantizedConfig))
 
 

@@ -99,6 +99,7 @@ def child(spec, analysis):
         pm.prune(model, 0.5, x)
     elif analysis == "tp_importance":
         import torch_pruning as tp
+
         from pathmetric.adapters.torch_pruning import PathMetricImportance
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
         importance = PathMetricImportance(x)
@@ -106,6 +107,7 @@ def child(spec, analysis):
             importance(group)
     elif analysis == "inc_sampler":
         from neural_compressor.torch.quantization import RTNConfig
+
         from pathmetric.adapters.neural_compressor import path_metric_sampler
         path_metric_sampler(model, x)([RTNConfig(bits=4), RTNConfig(bits=8)])
     else:

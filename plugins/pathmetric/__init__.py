@@ -2,6 +2,7 @@
 from .calibration import Calibration, Estimate, adversarial_gap, calibrate, estimate
 from .core.ir import Layer
 from .core.support import check_support
+from .deployed import DeploymentReport, deployment_report, downstream_masses
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from .metric import (
                      head_factor,
@@ -37,6 +38,8 @@ __all__ = [
     # certificates
     "path_metric", "log_path_metric", "path_metric_with_log", "output_bound", "log_output_bound",
     "quantization_bound", "log_quantization_bound", "head_factor", "head_output_bound",
+    # deployed (integer) models: weights and activations
+    "deployment_report", "DeploymentReport", "downstream_masses",
     # quantizers, scores, sensitivity, pruning, rescaling
     "quantize_weights", "quantizer", "weight_scores", "channel_scores", "group_mass",
     "zeroed_members", "Member", "PathMasses", "prunable_layers", "layer_input_shapes",

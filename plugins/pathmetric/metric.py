@@ -146,10 +146,21 @@ def head_output_bound(model: nn.Module, other, x) -> torch.Tensor:
     return torch.nextafter(bound, torch.full_like(bound, math.inf))
 
 
+#: ``(is_deployed(model, inputs), bound(model, deployed, inputs))``, set by pathmetric.deployed
+#: (which builds on this module) for :func:`output_bound`
+DEPLOYED: tuple = ()
+
+
 def output_bound(model: nn.Module, other, x) -> torch.Tensor:
     """Per-sample certified bound on ``||R_theta(x) - R_theta'(x)||_1``:
-    ``max(||x||_inf, 1) * path_metric(model, other)`` (sup-norm over every input tensor)."""
+    ``max(||x||_inf, 1) * path_metric(model, other)`` (sup-norm over every input tensor).
+
+    When ``other`` is the deployed model (quantization points in its forward: fake-quant ops,
+    a converted PT2E graph), the bound of :func:`pathmetric.deployed.deployment_report`: the
+    weight term plus the activation term, ``inf`` where a point saturates."""
     inputs = as_tuple(x)
+    if isinstance(other, nn.Module) and DEPLOYED and DEPLOYED[0](other, inputs):
+        return DEPLOYED[1](model, other, inputs)
     if any(t.dim() == 0 for t in inputs):
         raise ValueError("output_bound needs inputs with a batch dimension")
     metric = path_metric(model, other, inputs)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pathmetric as pm
-from pathmetric.app.digits import DigitsCNN, load_digits_tensors, train
+from pathmetric.app.digits import DigitsCNN, load_digits_tensors, pretrained, train
 
 inc = pytest.importorskip("neural_compressor.torch.quantization",
                           reason="the inc extra (neural-compressor-pt) is not installed")
@@ -357,3 +357,46 @@ def test_sampler_orders_that_take_compression_into_account(model, x):
     assert [ratio[i] for i in per_bit] == sorted(ratio)
     with pytest.raises(ValueError, match="max_bound"):
         path_metric_sampler(model, x, order="size")
+
+
+def test_static_bound_of_a_batch_norm_model_is_the_deployed_weight_term(data):
+    """A BatchNorm model needs no manual folding: the static config's bound is the weight term
+    of the certificate of the model INC really converts (BatchNorm folded as PT2E folds it)."""
+    from neural_compressor.torch.quantization import convert, prepare
+    x_train, y_train, x_test, y_test = data
+    model = pretrained(data).eval()
+    config = INT8StaticQuantConfig()
+    bound = quantization_bound(model, x_test[:1], config)
+    prepared = prepare(export(model, (x_train[:1],)), copy.deepcopy(config))
+    for i in range(16):
+        prepared(x_train[i:i + 1])
+    report = pm.deployment_report(model, convert(prepared), x_test[:8])
+    assert bound == pytest.approx(report.weight_term, rel=1e-6)
+    assert storage_bits(model, config) == storage_bits(model, INT8StaticQuantConfig())
+
+
+def test_sampler_tries_nf4_after_the_certified_configs(model, x):
+    """issue 25 item 10: INC's double-quant RTN set has an nf4 entry the adapter cannot simulate."""
+    from neural_compressor.torch.quantization import get_rtn_double_quant_config_set
+    configs = get_rtn_double_quant_config_set()
+    nf4 = [i for i, c in enumerate(configs) if c.dtype == "nf4"]
+    assert nf4
+    with pytest.warns(UserWarning, match="no certificate"):
+        sampler = path_metric_sampler(model, x)(configs)
+    assert list(sampler)[-len(nf4):] == nf4 and all(sampler.bounds[i] is None for i in nf4)
+    assert storage_bits(model, configs[nf4[0]]) < 32
+
+
+def test_half_precision_layers_are_a_change_in_the_bound(model, x):
+    """issue 22 item 4: a layer INC runs in fp16/bf16 has its weight and bias cast; the bound
+    includes that change (bf16's coarser rounding gives a larger one) and the storage counts
+    16 bits for it."""
+
+    def config(dtype):
+        return INT8StaticQuantConfig().set_local(
+            nn.Linear, INT8StaticQuantConfig(w_dtype=dtype, act_dtype=dtype))
+    fp32, fp16, bf16 = (quantization_bound(model, x, config(d)) for d in ("fp32", "fp16", "bf16"))
+    assert fp32 < fp16 < bf16
+    weights = simulate_weights(model, config("bf16"))
+    assert torch.equal(weights["fc1.bias"], model.fc1.bias.detach().bfloat16().float())
+    assert storage_bits(model, config("fp16")) < storage_bits(model, config("fp32"))

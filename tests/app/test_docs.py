@@ -6,7 +6,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ["torch_pruning.md", "nni.md", "neural_compressor.md", "cli.md"]
+DOCS = ["torch_pruning.md", "nni.md", "neural_compressor.md", "cli.md", "deployed.md"]
 BLOCKS = [(doc, i, code) for doc in DOCS
           for i, code in enumerate(re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc)
                                               .read_text(), re.S))]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_state, same_state
 from torch import nn
 
 import pathmetric as pm
 from pathmetric.core.support import forget
-from conftest import model_state, same_state
 
 X = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
 

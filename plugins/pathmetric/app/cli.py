@@ -381,6 +381,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (and nothing else there)")
     p.set_defaults(run=cmd_demo)
+    from . import certify
+    certify.register(sub, model_args, load, emit, table)   # (certify imports nothing of cli)
     for entry in entry_points(group="pathmetric.cli"):
         entry.load()(sub)
     return top

@@ -62,14 +62,23 @@ from .registry import (
 )
 
 # isort: split
-from . import activations, arithmetic, heads, linear, pooling, structure  # registers the rules
+from . import (  # registers the rules  # deployed models, exported programs (aliases of the above)
+    activations,
+    arithmetic,
+    aten,
+    heads,
+    linear,
+    pooling,
+    quantization,
+    structure,
+)
 from .heads import HEAD_NOTE, set_aside_head
 from .linear import batch_norm_scale, batch_norm_shift
 
 __all__ = ["ACTIVATION", "ARITHMETIC", "CHANNEL_MAPS", "CLIPPED", "HEAD_NOTE", "MAX_NEURONS",
            "PARAMETER_FREE", "POOLING", "REDUCTION", "REFUSED", "RULES", "STRUCTURE",
-           "WEIGHTED_LAYER", "Rule", "Tensor", "abs_pow", "activations", "arithmetic",
+           "WEIGHTED_LAYER", "Rule", "Tensor", "abs_pow", "activations", "arithmetic", "aten",
            "batch_norm_scale", "batch_norm_shift", "check_graph", "heads", "is_constant",
            "is_lifted_value", "is_query", "is_traced", "linear", "lookup", "ntuple", "offset",
-           "pooling", "reduced_count", "rule", "set_aside_head", "spatial_dims", "structure",
+           "pooling", "quantization", "reduced_count", "rule", "set_aside_head", "spatial_dims", "structure",
            "unregister"]

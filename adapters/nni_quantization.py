@@ -1,0 +1,180 @@
+"""NNI 3.0 quantization: the certificate of an NNI quantization ``config_list`` (re-exported by
+:mod:`pathmetric.adapters.nni`).
+
+- :func:`quantized_parameters`: the weights (and biases) NNI's quantizers deploy for a config;
+- :func:`quantization_bound_from_config`: the weight path-metric of that change;
+- :func:`deployment_report_from_config`: the deployed model, ``_input_`` / ``_output_``
+  (activation) targets included: each becomes a quantization point with NNI's scale and zero
+  point from calibrated min/max (as NNI's ``PtqQuantizer`` computes them), certified by
+  ``pm.deployment_report``.
+
+NNI's own machinery does the translation: its config parsing and target settings, its
+granularity scalers, ``compute_scale_zp`` and ``ClampRound``. ``model`` is never modified.
+"""
+from __future__ import annotations
+
+import warnings
+from copy import deepcopy
+
+import torch
+from nni.compression.base.apply_method import ClampRound
+from nni.compression.base.compressor import register_scalers
+from nni.compression.base.config import trans_legacy_config_list
+from nni.compression.base.target_space import TargetType
+from nni.compression.base.wrapper import register_wrappers
+from nni.compression.quantization.ptq_quantizer import compute_scale_zp
+from torch import nn
+
+import pathmetric as pm
+
+__all__ = ["quantized_parameters", "quantization_bound_from_config",
+           "deployment_report_from_config"]
+
+
+def _spaces(model: nn.Module, config_list: list) -> dict:
+    """NNI's target spaces of ``config_list`` on ``model``: ``{module: {target: space}}``."""
+    _, spaces = register_wrappers(model, trans_legacy_config_list(deepcopy(config_list)),
+                                  "quantization")
+    return spaces
+
+
+def quantized_parameters(model: nn.Module, config_list: list) -> dict:
+    """``{parameter name: weight as NNI would quantize it}`` for an NNI quantization config.
+
+    NNI's own machinery does it: its config parsing and target settings, its granularity
+    scalers, ``compute_scale_zp`` on the exact min/max of the weight (no calibration is needed
+    for weights) and its ``ClampRound``. Only parameter targets (``weight``, ``bias``) count;
+    ``_input_`` / ``_output_`` (activation) targets are ignored. ``model`` is not modified.
+    """
+    spaces = _spaces(model, config_list)
+    # activation targets are outside the certificate; NNI's scalers reject some of their
+    # granularities (out_channel on _input_), so they are dropped before registering scalers
+    spaces = {module_name: {target_name: space for target_name, space in targets.items()
+                            if space.type is TargetType.PARAMETER and space.target is not None}
+              for module_name, targets in spaces.items()}
+    register_scalers(spaces, lambda space: None)
+    out = {}
+    for module_name, targets in spaces.items():
+        for target_name, space in targets.items():
+            if space.quant_dtype is None:
+                raise ValueError(f"'{module_name}.{target_name}': quant_dtype is not set")
+            weight = space.target.detach()
+            if space._scaler is None:
+                space.tracked_min, space.tracked_max = weight.amin(), weight.amax()
+            else:
+                space.tracked_min = space._scaler.shrink(weight, lambda t: t.amin(dim=-1),
+                                                         keepdim=True)
+                space.tracked_max = space._scaler.shrink(weight, lambda t: t.amax(dim=-1),
+                                                         keepdim=True)
+            space.scale, space.zero_point = compute_scale_zp(space)
+            out[f"{module_name}.{target_name}"] = ClampRound.apply(weight, space)
+    return out
+
+
+def quantization_bound_from_config(model: nn.Module, config_list: list, example_inputs) -> float:
+    """Certified path-metric ``||Phi(theta) - Phi(theta_q)||_1`` of an NNI quantization config.
+
+    ``theta_q`` replaces every parameter target of ``config_list`` (``quant_dtype`` int8, int4,
+    uint8, ...; ``quant_scheme`` symmetric or affine; ``granularity`` default = per tensor,
+    ``out_channel``, or NNI block sizes) by its round-to-nearest quantization with NNI's own
+    scale and zero point (:func:`quantized_parameters`), computed before any calibration. Then
+    ``||R_theta(x) - R_theta_q(x)||_1 <= max(||x||_inf, 1) * bound`` for every input ``x``.
+
+    The weights alone: the ``_input_`` / ``_output_`` (activation) targets of ``config_list``
+    are named in a warning, with a pointer to :func:`deployment_report_from_config`, which
+    certifies the deployed model with them.
+    """
+    activations = _activation_targets(model, config_list)
+    if activations:
+        warnings.warn(f"quantization_bound_from_config: the activation targets "
+                      f"{', '.join(activations[:3])}{', ...' if len(activations) > 3 else ''} "
+                      "are not in this weight bound; deployment_report_from_config(model, "
+                      "config_list, calibration_inputs, x) certifies them", stacklevel=2)
+    replaced = quantized_parameters(model, config_list)
+    if not replaced:
+        raise ValueError("the config list quantizes no parameter (weight or bias) of the model")
+    return pm.path_metric(model, replaced, example_inputs)
+
+
+def _activation_targets(model: nn.Module, config_list: list) -> list:
+    """``'<module>.<target>'`` of the ``_input_`` / ``_output_`` targets of ``config_list``."""
+    return [f"{module}.{target}" for module, targets in _spaces(model, config_list).items()
+            for target, space in targets.items()
+            if space.type in (TargetType.INPUT, TargetType.OUTPUT)]
+
+
+def _calibrated_points(model: nn.Module, config_list: list, calibration_inputs) -> dict:
+    """``{(module, 'input'/'output', index): (scale, zero point, qmin, qmax)}`` of the activation
+    targets: NNI's ``compute_scale_zp`` on the min/max the module's input or output reaches on
+    ``calibration_inputs`` (per tensor, as NNI's PTQ tracks them)."""
+    spaces = _spaces(model, config_list)
+    modules = dict(model.named_modules())
+    ranges: dict = {}
+    handles = []
+
+    def track(key, tensor):
+        low, high = tensor.detach().amin(), tensor.detach().amax()
+        old = ranges.get(key)
+        ranges[key] = (low, high) if old is None else (torch.minimum(old[0], low),
+                                                       torch.maximum(old[1], high))
+    wanted = {}
+    for module_name, targets in spaces.items():
+        for target, space in targets.items():
+            if space.type not in (TargetType.INPUT, TargetType.OUTPUT):
+                continue
+            if space.granularity not in (None, "default"):
+                raise ValueError(f"'{module_name}.{target}': activation granularity "
+                                 f"{space.granularity!r} is not certified (per tensor only)")
+            side = "input" if space.type is TargetType.INPUT else "output"
+            wanted[(module_name, side, int(target.rsplit("_", 1)[-1]))] = space
+    for module_name in {m for m, _, _ in wanted}:
+        module = modules[module_name]
+        handles.append(module.register_forward_pre_hook(
+            lambda _m, args, name=module_name: [track((name, "input", i), a)
+                                                for i, a in enumerate(args)] and None))
+        handles.append(module.register_forward_hook(
+            lambda _m, _a, out, name=module_name: track((name, "output", 0), out) and None))
+    try:
+        with torch.no_grad():
+            model(calibration_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = {}
+    for key, space in wanted.items():
+        space.tracked_min, space.tracked_max = ranges[key]
+        scale, zero_point = compute_scale_zp(space)
+        out[key] = (float(scale), int(zero_point), int(space.qmin), int(space.qmax))
+    return out
+
+
+def _fake_quantized(tensor, grid):
+    scale, zero_point, qmin, qmax = grid
+    return torch.fake_quantize_per_tensor_affine(tensor, scale, zero_point, qmin, qmax)
+
+
+def deployment_report_from_config(model: nn.Module, config_list: list, calibration_inputs, x):
+    """``pm.deployment_report`` of the model NNI's PTQ quantizer deploys for ``config_list``:
+    the parameter targets replaced by :func:`quantized_parameters`, and every ``_input_`` /
+    ``_output_`` target a quantization point (NNI's scale and zero point from the min/max over
+    ``calibration_inputs``, per tensor). On each sample of ``x``:
+    ``max(||x||_inf, 1) d(theta, theta_q) + sum_t sum_v (s_t / 2) G(v)``, ``inf`` where a point
+    saturates. The deployed model is a copy; ``model`` is not modified."""
+    points = _calibrated_points(model, config_list, calibration_inputs)
+    deployed = deepcopy(model)
+    with torch.no_grad():
+        named = dict(deployed.named_parameters())
+        for name, tensor in quantized_parameters(model, config_list).items():
+            named[name].copy_(tensor)
+    modules = dict(deployed.named_modules())
+    for module_name in {m for m, _, _ in points}:
+        inputs = {i: g for (m, side, i), g in points.items() if m == module_name and side == "input"}
+        output = points.get((module_name, "output", 0))
+        if inputs:
+            modules[module_name].register_forward_pre_hook(
+                lambda _m, args, grids=inputs: tuple(
+                    _fake_quantized(a, grids[i]) if i in grids else a for i, a in enumerate(args)))
+        if output is not None:
+            modules[module_name].register_forward_hook(
+                lambda _m, _a, out, grid=output: _fake_quantized(out, grid))
+    return pm.deployment_report(model, deployed, x)

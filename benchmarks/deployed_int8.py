@@ -1,0 +1,179 @@
+"""Certificates of deployed int8 models (issue 22) against the real backends.
+
+For each model (the shipped digits CNN on the 1,797 digits; torchvision resnet18, mobilenet_v2
+(ReLU6) and vgg11_bn at 32x32 with 10 classes, random weights, on N(0, 1) inputs) and each backend
+(torchao PT2E with X86InductorQuantizer and XNNPACKQuantizer per channel; Intel Neural
+Compressor static int8 per channel and per tensor), calibrate on 128 inputs of the distribution,
+convert, and on ``--samples`` further inputs of it compare the measured output gap
+``||R(x) - Rq(x)||_1`` with ``pm.deployment_report``'s bound: the bound, the worst gap/bound of
+the certified samples, the share of samples where a point saturates (bound inf), and the shares
+of the weight and activation terms. The digits CNN also gets W8A8 and W4A8 (XNNPACK, weights in
+[-7, 7]) certificates beside the measured test-set gap and accuracy.
+
+    python benchmarks/deployed_int8.py [--models digits,resnet18] [--samples 1000] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import pathmetric as pm
+from pathmetric.app import digits
+
+
+def _calibrated_convert(prepared, x, convert):
+    with torch.no_grad():
+        for i in range(len(x)):
+            prepared(x[i:i + 1])
+    return convert(prepared)
+
+
+def torchao(quantizer):
+    def deploy(model, x):
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        prepared = prepare_pt2e(torch.export.export(model, (x[:1],)).module(), quantizer())
+        return _calibrated_convert(prepared, x, convert_pt2e)
+    return deploy
+
+
+def inc(granularity):
+    def deploy(model, x):
+        from neural_compressor.torch.export import export
+        from neural_compressor.torch.quantization import StaticQuantConfig, convert, prepare
+        prepared = prepare(export(model, (x[:1],)), StaticQuantConfig(w_granularity=granularity))
+        return _calibrated_convert(prepared, x, convert)
+    return deploy
+
+
+def x86():
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+
+
+def xnnpack(weight_max=127):
+    def make():
+        from torchao.testing.pt2e._xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        config = get_symmetric_quantization_config(is_per_channel=True, weight_qmin=-weight_max,
+                                                   weight_qmax=weight_max)
+        return XNNPACKQuantizer().set_global(config)
+    return make
+
+
+BACKENDS = {"torchao X86 (W8A8, per channel)": torchao(x86),
+            "torchao XNNPACK (W8A8, per channel)": torchao(xnnpack()),
+            "INC static (W8A8, per channel)": inc("per_channel"),
+            "INC static (W8A8, per tensor)": inc("per_tensor")}
+
+
+def models(names, samples):
+    """``name -> (float model, calibration inputs, evaluation inputs, labels or None)``."""
+    out = {}
+    for name in names:
+        if name == "digits":
+            x_train, y_train, x_test, y_test = digits.load_digits_tensors()
+            model = digits.pretrained((x_train, y_train, x_test, y_test)).eval()
+            x_all = torch.cat([x_train, x_test])
+            out[name] = (model, x_train[:128], x_all[:max(samples, 1)], None)
+            continue
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)(num_classes=10).eval()
+        generator = torch.Generator().manual_seed(1)
+        x = torch.randn(128 + samples, 3, 32, 32, generator=generator)
+        out[name] = (model, x[:128], x[128:], None)
+    return out
+
+
+def gaps(model, deployed, x):
+    with torch.no_grad():
+        return torch.cat([(model(x[i:i + 1]) - deployed(x[i:i + 1])).abs().sum(dim=1)
+                          for i in range(len(x))]).double()
+
+
+def row(name, backend, model, deployed, x, seconds):
+    report = pm.deployment_report(model, deployed, x)
+    gap = gaps(model, deployed, x)
+    certified = ~report.saturated
+    worst = float((gap[certified] / report.bound[certified]).max()) if certified.any() \
+        else float("nan")
+    bound = report.bound[certified]
+    return (f"| {name} | {backend} | {len(report.activation_terms)} | "
+            f"{float(bound.median()) if certified.any() else float('inf'):.4g} | "
+            f"{float(gap.max()):.3g} | {worst:.3g} | "
+            f"{report.saturated_count / len(x):.1%} | {report.weight_share:.1%} | "
+            f"{report.activation_share:.1%} | {seconds:.0f} |")
+
+
+def digits_table(out):
+    x_train, y_train, x_test, y_test = digits.load_digits_tensors()
+    model = digits.pretrained((x_train, y_train, x_test, y_test)).eval()
+    lines = ["", "## The digits CNN: W8A8 and W4A8 (XNNPACK per channel), test set (450 digits)",
+             "", "| weights | bound (median, certified) | weight term | activation term | "
+             "saturated | measured gap (max / mean) | accuracy (float -> deployed) |",
+             "|---|---|---|---|---|---|---|"]
+    for label, weight_max in (("W8A8", 127), ("W4A8", 7)):
+        deployed = torchao(xnnpack(weight_max))(model, x_train[:128])
+        report = pm.deployment_report(model, deployed, x_test)
+        gap = gaps(model, deployed, x_test)
+        with torch.no_grad():
+            predicted = torch.cat([deployed(x_test[i:i + 1]) for i in range(len(x_test))])
+        accuracy = float((predicted.argmax(1) == y_test).double().mean())
+        certified = ~report.saturated
+        lines.append(f"| {label} | {float(report.bound[certified].median()):.4g} | "
+                     f"{report.weight_term:.4g} | {report.activation_term:.4g} | "
+                     f"{report.saturated_count}/{len(x_test)} | {float(gap.max()):.3g} / "
+                     f"{float(gap.mean()):.3g} | {digits.accuracy(model, x_test, y_test):.3f} "
+                     f"-> {accuracy:.3f} |")
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+        lines = []
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="digits,resnet18,mobilenet_v2,vgg11_bn")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    path = Path(args.out) / "deployed_int8.md"
+    with path.open("w") as out:
+        out.write("# Certificates of deployed int8 models (benchmarks/deployed_int8.py)\n\n"
+                  f"{args.samples} inputs per model from its calibration distribution (digits: "
+                  "the 1,797 digits; torchvision models: N(0, 1) at 32x32, random weights); "
+                  "128 more calibrate. Bound: median over the certified samples of "
+                  "`pm.deployment_report`'s per-sample bound (exact arithmetic); worst "
+                  "gap/bound over the certified samples; saturated: samples on which a point "
+                  "clips (bound inf); weight/activation share: mean share of the two terms in "
+                  "the certified bounds.\n\n"
+                  "| model | backend | points | bound | max gap | worst gap/bound | saturated | "
+                  "weight share | activation share | seconds |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|\n")
+        for name, (model, calibration, x, _) in models(args.models.split(","),
+                                                      args.samples).items():
+            for backend, deploy in BACKENDS.items():
+                start = time.time()
+                try:
+                    deployed = deploy(model, calibration)
+                    line = row(name, backend, model, deployed, x, time.time() - start)
+                except Exception as exc:  # a backend that fails on a model is a result too
+                    line = f"| {name} | {backend} | failed: {type(exc).__name__}: " \
+                           f"{str(exc)[:160]} | | | | | | | |"
+                out.write(line + "\n")
+                out.flush()
+                print(line, flush=True)
+        if "digits" in args.models:
+            digits_table(out)
+
+
+if __name__ == "__main__":
+    main()

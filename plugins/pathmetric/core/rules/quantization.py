@@ -1,0 +1,112 @@
+"""Rules of the quantization points of deployed integer models (DESIGN.md, "Deployed integer
+models"): ``torch.fake_quantize_per_tensor_affine`` / ``fake_quantize_per_channel_affine`` and
+the PT2E pairs ``quantized_decomposed.quantize_per_tensor`` / ``dequantize_per_tensor`` (and
+``per_channel``, and the ``.tensor`` overloads with tensor scales) that ``convert_pt2e`` (torchao,
+Intel Neural Compressor) leaves in a graph.
+
+At a point ``t`` the value ``z`` becomes ``Q_t(z) = s (clamp(round(z / s) + zp, qmin, qmax) -
+zp)``. In the lifted network a point is the identity: the path-lifting is that of the network
+with exact activations, and the rounding is a bounded perturbation added by the deployed analysis
+(:mod:`pathmetric.deployed`), which reads each point's grid with :func:`grid`. A quantize writes
+the point (its grid); the dequantize that reads it maps the integers back exactly and is an
+identity with no error of its own.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.ao.quantization.fx._decomposed  # registers the torch.ops.quantized_decomposed ops
+
+from .registry import PARAMETER_FREE, rule
+
+_OPS = torch.ops.quantized_decomposed
+
+#: quantization points: the identity in the lifted passes, channel by channel; not homogeneous
+#: (a rescaled channel would change the rounding grid)
+QUANTIZATION_POINT = dict(PARAMETER_FREE, layers=0, homogeneous=False, channels="preserve",
+                          transforms_through=False)
+
+
+class Grid(NamedTuple):
+    """The grid of one quantization point: ``scale`` and ``zero_point`` (numbers, or references
+    to tensors of the model: one entry per channel along ``axis`` when ``axis`` is not None, a
+    per-tensor tensor otherwise), and the integer range ``[quant_min, quant_max]``."""
+    scale: object
+    zero_point: object
+    quant_min: int
+    quant_max: int
+    axis: int | None
+
+
+@rule("fake_quantize", torch.fake_quantize_per_tensor_affine, family=QUANTIZATION_POINT)
+def fake_quantize(ev, x, scale, zero_point, quant_min, quant_max, *, func=None):
+    """``Q(z)`` on a per-tensor grid (``scale``, ``zero_point``): the identity in the lifted
+    network; the rounding error ``|Q(z) - z| <= scale / 2`` (unsaturated) is the deployed
+    analysis's. The point's lifted value is a copy of ``x``, so the gradient there is the mass
+    downstream of the point alone (not of the other readers of ``x``)."""
+    return ev.fixed(x, torch.clone, terms=0)
+
+
+@rule("fake_quantize_per_channel", torch.fake_quantize_per_channel_affine, family=QUANTIZATION_POINT)
+def fake_quantize_per_channel(ev, x, scale, zero_point, axis, quant_min, quant_max, *,
+                              func=None):
+    """``Q(z)`` on a grid per channel along ``axis``: the identity (a copy) in the lifted
+    network."""
+    return ev.fixed(x, torch.clone, terms=0)
+
+
+@rule("quantize", _OPS.quantize_per_tensor.default, _OPS.quantize_per_tensor.tensor,
+      _OPS.quantize_per_tensor.tensor2, family=QUANTIZATION_POINT)
+def quantize(ev, x, scale, zero_point, quant_min, quant_max, dtype, *, func=None):
+    """The integers ``clamp(round(z / s) + zp, qmin, qmax)`` of a PT2E point, lifted as the
+    identity, a copy (the dequantize after it maps them back: together they are ``Q(z)``)."""
+    return ev.fixed(x, torch.clone, terms=0)
+
+
+@rule("quantize_per_channel", _OPS.quantize_per_channel.default, family=QUANTIZATION_POINT)
+def quantize_per_channel(ev, x, scales, zero_points, axis, quant_min, quant_max, dtype, *,
+                         func=None):
+    """The integers of a PT2E point with a grid per channel along ``axis``: the identity (a
+    copy)."""
+    return ev.fixed(x, torch.clone, terms=0)
+
+
+@rule("dequantize", _OPS.dequantize_per_tensor.default, _OPS.dequantize_per_tensor.tensor,
+      _OPS.dequantize_per_tensor.tensor2, family=QUANTIZATION_POINT)
+def dequantize(ev, x, scale, zero_point, quant_min, quant_max, dtype, *, out_dtype=None,
+               func=None):
+    """``s (q - zp)``, exact on the integers of the quantize before it: the identity."""
+    return x
+
+
+@rule("dequantize_per_channel", _OPS.dequantize_per_channel.default, family=QUANTIZATION_POINT)
+def dequantize_per_channel(ev, x, scales, zero_points, axis, quant_min, quant_max, dtype, *,
+                           out_dtype=None, func=None):
+    """``s_c (q - zp_c)`` per channel along ``axis``, exact: the identity."""
+    return x
+
+
+@rule("choose_qparams", _OPS.choose_qparams.tensor, family=QUANTIZATION_POINT)
+def choose_qparams(ev, x, quant_min, quant_max, eps, dtype, *, func=None):
+    """The scale and zero point of a dynamic point, computed from the activation itself: no
+    value of the network (zero lifted tensors; the quantize that reads them is the point)."""
+    shapes = ev.out_shape()
+    return ev.fixed(x, lambda m: tuple(m.new_zeros(shape) for shape in shapes), terms=0)
+
+
+#: the rules that round (each is one quantization point), and the exact maps back to floats
+POINTS = ("fake_quantize", "fake_quantize_per_channel", "quantize", "quantize_per_channel")
+DEQUANTIZE = ("dequantize", "dequantize_per_channel")
+#: the rules that compute a dynamic point's grid (not values of the network)
+QPARAMS = ("choose_qparams",)
+
+
+def grid(node) -> Grid:
+    """The grid of the quantization point ``node`` (a node of one of the :data:`POINTS` rules),
+    read off its argument roles."""
+    roles = node.roles
+    scale = roles["scale"] if "scale" in roles else roles["scales"]
+    zero_point = roles["zero_point"] if "zero_point" in roles else roles["zero_points"]
+    return Grid(scale, zero_point, int(roles["quant_min"]), int(roles["quant_max"]),
+                roles.get("axis"))

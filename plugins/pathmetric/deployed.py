@@ -1,0 +1,514 @@
+"""Certificates for deployed integer models: quantized weights AND activations (DESIGN.md,
+"Deployed integer models"; issue 22).
+
+A deployed model ``Rq`` runs the float model's graph with dequantized weights ``theta'`` and
+replaces, at each quantization point ``t``, the value ``z`` by ``Q_t(z)``. Where ``z`` stays in the
+grid's range, ``|Q_t(z) - z| <= s_t / 2`` per element, and the downstream Lipschitz constant of a
+neuron ``v`` towards the L1 output is its downstream path mass ``G(v) = dN/da_v`` (one backward of
+the L1 lifted network of ``theta'``). Injecting the errors one point at a time,
+
+    ||R_theta(x) - Rq(x)||_1 <= max(||x||_inf, 1) * d(theta, theta') + sum_t sum_v (s_v / 2) G(v)
+
+for every ``x`` on which no point saturates; a sample on which one does gets ``inf``. The weight
+term compares the float model folded as the backend folded it (a BatchNorm after a layer folded
+into the layer) with the weights the backend dequantizes, on the quantized model's graph. The
+bound is for exact arithmetic of the dequantized network (float rounding of the deployed kernels
+is not in it), which every result states.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import metric
+from .core.algebras import NormLifting, total_of
+from .core.capture import as_tuple
+from .core.interpreter import named_tensors
+from .core.ir import Buffer, Derived, Graph, Node, Param, ParamView, Value, fact
+from .core.rules import aten, batch_norm_scale, batch_norm_shift, lookup, quantization
+from .core.scaled import Scaled, scaled_sum, times_pow2, to_float
+from .core.support import capture
+from .errors import UnsupportedModelError
+from .metric import certified_distance, log_round_up, round_up
+
+ARITHMETIC = ("exact: the bound is for the dequantized network computed exactly; the rounding of "
+              "the deployed float/integer kernels is not included")
+_SKIPPED = ("dropout", "aten.dropout.default")  # the identity in eval mode, on either side
+CHUNK = 64   # samples per walk of the quantized graph (saturation checks)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One quantization point of a captured graph: its ``key`` (``'<k>:<what it reads>'``), the
+    index of its node, and its grid with ``scale`` and ``zero_point`` as float64 tensors
+    broadcast to the point's shape (batch dimension 1), or None for a dynamic point (scale and
+    zero point computed from the activation, per sample: :func:`_grids`)."""
+    key: str
+    node: int
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+    quant_min: int
+    quant_max: int
+
+    @property
+    def dynamic(self) -> bool:
+        return self.scale is None
+
+
+def _resolver(graph: Graph, tensors: dict):
+    """``resolve(ref)``: the value of a parameter, buffer, derived tensor or constant of one
+    model (``tensors``: its parameters and buffers by name)."""
+    memo: dict = {}
+
+    def resolve(ref):
+        if isinstance(ref, Derived):
+            return graph.derive(ref, tensors, memo)
+        if isinstance(ref, ParamView):
+            return ref.of(tensors[ref.name])
+        if isinstance(ref, (Param, Buffer)):
+            return tensors[ref.name]
+        return ref
+    return resolve
+
+
+def _points(graph: Graph, model: nn.Module) -> list:
+    """The quantization points of ``graph``, in order, with their grids read off ``model``."""
+    resolve = _resolver(graph, named_tensors(model))
+    out = []
+    for index, node in graph.operations():
+        if node.rule not in quantization.POINTS:
+            continue
+        grid = quantization.grid(node)
+        shape = graph.nodes[index].shape
+        if any(isinstance(v, Value) for v in (grid.scale, grid.zero_point)):
+            if grid.axis is not None:
+                raise _refusal(node, "a dynamic point with a scale per channel is not "
+                                     "certified; use a per-tensor dynamic scale")
+            scale = zero = None
+        else:
+            scale, zero = _grid_tensors(node, grid, shape, resolve(grid.scale),
+                                        resolve(grid.zero_point))
+        source = node.roles["x"]
+        if not isinstance(source, Value) or source.node in graph.inputs:
+            what = "input"
+        else:
+            what = graph.nodes[source.node].module or graph.nodes[source.node].rule
+        out.append(Point(f"{len(out)}:{what}", index, scale, zero, grid.quant_min,
+                         grid.quant_max))
+    return out
+
+
+def _grid_tensors(node, grid, shape, scale, zero):
+    """The scale and zero point of a point as float64 tensors broadcast to ``shape``."""
+    scale, zero = (torch.as_tensor(v, dtype=torch.float64).detach().cpu() for v in (scale, zero))
+    if grid.axis is not None:
+        view = [1] * len(shape)
+        view[grid.axis] = -1
+        scale, zero = scale.reshape(view), zero.reshape(view)
+    if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+        raise _refusal(node, f"its scale {scale.flatten()[:4].tolist()} is not positive and "
+                             "finite")
+    return scale.expand(shape), zero.expand(shape)
+
+
+def _refusal(node: Node, why: str):
+    return UnsupportedModelError(f"{node.rule} in '{node.module or '<model>'}': {why}",
+                                 [(node.rule, node.module, why)])
+
+
+class _Downstream(NormLifting):
+    """The L1 lifted network with an input that requires grad, so that every point's lifted
+    value (even one on the model input) has a gradient ``dN/da``."""
+
+    def inputs(self, shape):
+        return (Scaled(torch.ones(shape, dtype=self.dtype, device=self.device,
+                                  requires_grad=True), 0),)
+
+
+def _downstream(graph: Graph, model: nn.Module, points, overrides=None):
+    """``{point key: (mantissa tensor, exponent)}`` with ``G = mantissa * 2**exponent`` the
+    downstream path mass of every neuron of the point, and the relative error bound of ``G``
+    (forward and backward of the lifted network, each within the a priori bound of one pass)."""
+    ev = _Downstream(graph, model, q=1.0, overrides=overrides, track=True)
+    keep = {p.node for p in points}
+    with torch.inference_mode(False), torch.enable_grad():
+        outputs, kept = ev.run(keep)
+        for value in kept.values():
+            value[0].m.retain_grad()
+        total = total_of(outputs)
+        total.m.backward()
+    masses = {}
+    for p in points:
+        value = kept[p.node][0]
+        grad = value.m.grad if value.m.grad is not None else torch.zeros_like(value.m)
+        masses[p.key] = (grad.detach().double(), total.e - value.e)
+    return masses, math.expm1(2.0 * math.log1p(ev.relative_error()))
+
+
+def _activation_terms(points, masses, error) -> tuple[dict, float]:
+    """``{key: Scaled sum_v (s_v / 2) G(v)}`` and the relative error bound of the terms (that of
+    ``G`` and of the float64 products and sums)."""
+    terms = {}
+    count = 0
+    for p in points:
+        grad, exponent = masses[p.key]
+        if p.dynamic:   # (s / 2) * sum_v G(v), s per sample: the sum of G, times s / 2 later
+            terms[p.key] = Scaled(grad.cpu().sum() / 2, exponent)
+        else:
+            terms[p.key] = Scaled((p.scale / 2 * grad.cpu()).sum(), exponent)
+        count += grad.numel()
+    u = torch.finfo(torch.float64).eps / 2
+    n = count + len(points) + 4
+    return terms, (1 + error) * (1 + 2 * n * u / (1 - n * u)) - 1
+
+
+def downstream_masses(model: nn.Module, example_inputs) -> dict:
+    """``{point key: G}``: for every quantization point of ``model`` (a model with fake-quant or
+    PT2E quantize ops in its forward), the downstream path mass ``G(v) = sum over paths p from v
+    to an output of prod_{e in p} |w_e|`` of each of its neurons (shape of the point without the
+    batch dimension), from one forward and one backward of the L1 lifted network."""
+    model = _frozen(model)
+    graph = capture(model, example_inputs)
+    points = _points(graph, model)
+    masses, _ = _downstream(graph, model, points)
+    return {key: times_pow2(m[0], e) for key, (m, e) in masses.items()}
+
+
+# ---------------------------------------------------------------- weights quantized in forward
+
+_FROZEN: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _frozen(quantized: nn.Module) -> nn.Module:
+    """``quantized``, or, for a ``GraphModule`` that quantizes a constant (a weight) at every
+    call (Intel Neural Compressor's converted graphs: ``quantize_per_channel(weight)`` then
+    ``dequantize_per_channel``), a copy whose quantize of each constant is computed once into an
+    integer buffer, as ``convert_pt2e(fold_quantize=True)`` does: the dequantize of that buffer is
+    the weight ``theta'`` the model uses. The copy is kept while the parameters are unchanged."""
+    if not isinstance(quantized, torch.fx.GraphModule):
+        return quantized
+    constant = [n for n in quantized.graph.nodes if n.op == "call_function"
+                and getattr(lookup(n.target), "name", None) in quantization.POINTS
+                and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"]
+    if not constant:
+        return quantized
+    versions = tuple((id(t), t._version) for t in named_tensors(quantized).values())
+    if quantized in _FROZEN and _FROZEN[quantized][0] == versions:
+        return _FROZEN[quantized][1]
+    frozen = copy.deepcopy(quantized)
+    for k, node in enumerate(n for n in frozen.graph.nodes if n.op == "call_function"
+                             and n.name in {c.name for c in constant}):
+        args = torch.fx.node.map_arg(node.args, lambda a: functools.reduce(
+            getattr, a.target.split("."), frozen) if a.op == "get_attr" else a)
+        name = f"_pathmetric_frozen_weight_{k}"
+        with torch.no_grad():
+            frozen.register_buffer(name, node.target(*args, **node.kwargs))
+        with frozen.graph.inserting_before(node):
+            node.replace_all_uses_with(frozen.graph.get_attr(name))
+        frozen.graph.erase_node(node)
+    frozen.recompile()
+    _FROZEN[quantized] = (versions, frozen)
+    return frozen
+
+
+# ---------------------------------------------------------------- the float model, as deployed
+
+def _operations(graph: Graph, skip) -> list:
+    return [(i, n) for i, n in graph.operations() if n.rule not in skip]
+
+
+def _reference_roles(graph: Graph, model: nn.Module, node: Node, folded) -> dict:
+    """The parametrised roles of the float model's ``node``: role -> tensor (None where absent),
+    with the frozen BatchNorm node ``folded`` (or None) folded into it, as backends fold it:
+    weight ``W s`` along its output channels, bias ``b s + t``."""
+    resolve = _resolver(graph, named_tensors(model))
+    roles = {role: resolve(value) for role, value in node.roles.items()
+             if not isinstance(value, Value)}
+    roles = {role: v.detach() if isinstance(v, torch.Tensor) else v for role, v in roles.items()}
+    if folded is None:
+        return roles
+    bn = {role: resolve(folded.roles.get(role)) for role in
+          ("running_mean", "running_var", "weight", "bias")}
+    eps = folded.roles.get("eps", 1e-5)
+    scale = batch_norm_scale(bn["running_var"], bn["weight"], eps).detach()
+    shift = batch_norm_shift(bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"],
+                             eps).detach()
+    dim = fact(node, "channel_params", "which parameter slices belong to an output channel")
+    weight = roles["weight"]
+    view = [1] * weight.dim()
+    view[dim["weight"]] = -1
+    roles["weight"] = weight * scale.reshape(view)
+    bias = roles.get("bias")
+    roles["bias"] = shift if bias is None else bias * scale + shift
+    return roles
+
+
+def _matched(float_graph: Graph, graph: Graph) -> list:
+    """Pairs ``(float node index, quantized node index, folded BatchNorm index or None)`` of the
+    operations of the two graphs, quantization points and dropouts aside; a BatchNorm right
+    after a float layer is folded into it when the quantized graph has no BatchNorm there."""
+    skip = _SKIPPED + quantization.POINTS + quantization.DEQUANTIZE + quantization.QPARAMS
+    mine = _operations(float_graph, _SKIPPED)
+    theirs = _operations(graph, skip)
+    after = float_graph.batch_norm_after()
+    layer_of = {j: float_graph.layers()[name].node for name, j in after.items()}
+    pairs, folded, k = [], {}, 0
+    for i, node in mine:
+        if k < len(theirs) and aten.canonical(node.rule) == aten.canonical(theirs[k][1].rule):
+            pairs.append([i, theirs[k][0], None])
+            k += 1
+        elif i in layer_of and pairs and pairs[-1][0] == layer_of[i]:
+            pairs[-1][2] = i
+            folded[i] = True
+        else:
+            other = theirs[k][1] if k < len(theirs) else None
+            found = (f"{other.rule} in '{other.module or '<model>'}'" if other is not None
+                     else "the end of the graph")
+            raise ValueError(
+                f"the quantized model is not the float model deployed: the float model's "
+                f"{node.rule} in '{node.module or '<model>'}' meets {found} (a BatchNorm is "
+                "matched only when folded into the layer right before it)")
+    if k != len(theirs):
+        extra = theirs[k][1]
+        raise ValueError(f"the quantized model has an operation the float model lacks: "
+                         f"{extra.rule} in '{extra.module or '<model>'}'")
+    return [tuple(p) for p in pairs]
+
+
+def _renamed(node: Node, renames: dict) -> Node:
+    """A copy of ``node`` whose role values ``renames`` maps (by identity) to new references."""
+    def swap(leaf):
+        for old, new in renames.values():
+            if leaf is old:
+                return new
+        return leaf
+    args, kwargs = node.call(swap)
+    roles = {role: renames[role][1] if role in renames else value
+             for role, value in node.roles.items()}
+    return Node(node.rule, node.func, args, kwargs, node.module, node.module_type, node.shape,
+                inplace=node.inplace, roles=roles, facts=node.facts)
+
+
+def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
+    """The quantized model's graph with every parametrised role of its operations renamed
+    ``'<node>.<role>'``, and the two tensor sets on it: the float model's (folded as the backend
+    folded it) and the quantized model's (its dequantized weights ``theta'``)."""
+    float_graph = capture(model, inputs)
+    graph = capture(quantized, inputs)
+    resolve = _resolver(graph, named_tensors(quantized))
+    base = named_tensors(quantized)
+    theta, theta_q = dict(base), dict(base)
+    nodes = list(graph.nodes)
+    for i, j, bn in _matched(float_graph, graph):
+        reference = _reference_roles(float_graph, model, float_graph.nodes[i],
+                                     None if bn is None else float_graph.nodes[bn])
+        node, renames = graph.nodes[j], {}
+        for role, value in node.roles.items():
+            if isinstance(value, (Value, int, float, bool, str, tuple, list)) or value is None:
+                continue
+            deployed = resolve(value)
+            if not isinstance(deployed, torch.Tensor):
+                continue
+            name = f"{j}.{role}"
+            mine = reference.get(role)
+            if mine is None:   # a bias the float layer lacks is a zero bias
+                mine = torch.zeros_like(deployed)
+            if not isinstance(mine, torch.Tensor) or tuple(mine.shape) != tuple(deployed.shape):
+                raise ValueError(f"'{node.module or '<model>'}' ({node.rule}): its {role} has "
+                                 f"shape {tuple(deployed.shape)} in the quantized model and "
+                                 f"{getattr(mine, 'shape', mine)} in the float model")
+            theta[name] = mine.to(deployed.device, torch.float64)
+            theta_q[name] = deployed.detach().to(torch.float64)
+            renames[role] = (value, Param(name))
+        missing = [role for role, v in reference.items() if isinstance(v, torch.Tensor)
+                   and node.roles.get(role) is None and bool((v != 0).any())]
+        if missing:
+            raise ValueError(f"'{node.module or '<model>'}' ({node.rule}): the quantized model "
+                             f"drops the float model's {missing}")
+        nodes[j] = _renamed(node, renames) if renames else node
+    used: dict = {}
+    for node in nodes:
+        for leaf in node.roles.values():
+            if isinstance(leaf, (Param, ParamView)):
+                used[leaf.name] = used.get(leaf.name, 0) + 1
+    paired = Graph(nodes, graph.outputs, graph.input_shapes, tuple(used), used,
+                   derived=graph.derived, head=graph.head, head_outputs=graph.head_outputs)
+    return graph, paired, theta, theta_q
+
+
+# ---------------------------------------------------------------- per-sample saturation
+
+def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
+    """``{point key: (z, scale, zero point)}``: the value each point quantizes, and its grid, when
+    the captured graph of the quantized model runs on ``inputs`` (upstream points quantized, as
+    deployed)."""
+    resolve_ref = _resolver(graph, named_tensors(model))
+    results: list = []
+    wanted = {p.node: p.key for p in points}
+    out = {}
+
+    def resolve(x):
+        if isinstance(x, Value):
+            value = results[x.node]
+            return value if x.item is None else value[x.item]
+        return resolve_ref(x)
+
+    feed = iter(inputs)
+    model_inputs = set(graph.inputs)
+    with torch.no_grad():
+        for index, node in enumerate(graph.nodes):
+            if index in model_inputs:
+                results.append(next(feed))
+                continue
+            args, kwargs = node.call(resolve)
+            if index in wanted:
+                grid = quantization.grid(node)
+                out[wanted[index]] = (resolve(node.roles["x"]), resolve(grid.scale),
+                                      resolve(grid.zero_point))
+            if node.inplace:
+                args = (args[0].clone(),) + tuple(args[1:])
+            results.append(node.func(*args, **kwargs))
+    return out
+
+
+def _walks(graph: Graph, model: nn.Module, inputs, points):
+    """``(rows, values)`` pairs of :func:`_point_inputs`: walks of ``CHUNK`` samples at a time
+    (the walk holds every activation of its samples), or, when a point is dynamic (its scale
+    computed from the tensor it quantizes), one walk per sample, so that every scale is the one
+    the model computes on that sample alone."""
+    step = 1 if any(p.dynamic for p in points) else CHUNK
+    for i in range(0, inputs[0].shape[0], step):
+        rows = slice(i, i + step)
+        yield rows, _point_inputs(graph, model, [t[rows] for t in inputs], points)
+
+
+def _saturated(point: Point, z: torch.Tensor, scale, zero) -> torch.Tensor:
+    """Per sample: whether some element of ``z`` lies outside the grid (``scale``, ``zero``,
+    broadcast to ``z``) widened by half a step, where ``|Q(z) - z| <= s / 2`` fails (borderline
+    elements count as saturated)."""
+    u = z.detach().double().cpu() / scale + zero
+    slack = 1e-9 * (u.abs() + 1)
+    outside = (u > point.quant_max + 0.5 - slack) | (u < point.quant_min - 0.5 + slack)
+    return outside.reshape(outside.shape[0], -1).any(dim=1)
+
+
+# ---------------------------------------------------------------- the certificate
+
+@dataclass
+class DeploymentReport:
+    """The certificate of a deployed model on a batch (:func:`deployment_report`).
+
+    ``bound[i]`` certifies ``||R_theta(x_i) - Rq(x_i)||_1`` (``inf`` where a point saturates on
+    sample ``i``; ``log_bound`` is its natural log, finite at any depth where the sample is
+    certified). ``weight_term`` is ``d(theta, theta')`` (multiplied per sample by
+    ``max(||x_i||_inf, 1)``), ``activation_terms`` the per-point ``sum_v (s_v / 2) G(v)`` and
+    ``activation_term`` their sum (rounded up), over the static points; ``dynamic_term[i]`` the
+    term of the dynamic points on sample ``i`` (``(s_t(x_i) / 2) sum_v G(v)``, the scale of
+    each computed from sample ``i`` alone: the model run on one sample); ``weight_share``/``activation_share`` the shares
+    of the two in the bound of the certified samples (mean); ``saturated`` the per-sample flags
+    and ``saturated_points`` how many samples each point saturates on. ``arithmetic`` says which
+    arithmetic the bound is for.
+    """
+    bound: torch.Tensor
+    log_bound: torch.Tensor
+    weight_term: float
+    log_weight_term: float
+    activation_term: float
+    log_activation_term: float
+    activation_terms: dict
+    saturated: torch.Tensor
+    saturated_points: dict
+    weight_share: float
+    activation_share: float
+    dynamic_term: torch.Tensor
+    arithmetic: str = ARITHMETIC
+    notes: list = field(default_factory=list)
+
+    @property
+    def saturated_count(self) -> int:
+        return int(self.saturated.sum())
+
+
+def has_quantization_points(model: nn.Module, example_inputs) -> bool:
+    """Whether the captured graph of ``model`` has a quantization point (a deployed model)."""
+    graph = capture(_frozen(model), example_inputs)
+    return any(node.rule in quantization.POINTS for _, node in graph.operations())
+
+
+def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentReport:
+    """The certificate of ``quantized`` (the float ``model`` deployed: fake-quant or PT2E
+    quantize/dequantize points in its forward, weights dequantized as its backend does) on the
+    batch ``x``: per sample ``max(||x||_inf, 1) * d(theta, theta') + sum_t sum_v (s_v / 2)
+    G_theta'(v)``, rounded up, ``inf`` for a sample on which a point saturates."""
+    inputs = as_tuple(x)
+    if any(t.dim() == 0 for t in inputs):
+        raise ValueError("deployment_report needs inputs with a batch dimension")
+    quantized = _frozen(quantized)
+    graph, paired, theta, theta_q = _deployed_pair(model, quantized, inputs)
+    points = _points(graph, quantized)
+    parts, error = certified_distance(paired, theta, theta_q)
+    weight, log_weight = (round_up(sum(to_float(float(p.m), p.e) for p in parts), error),
+                          log_round_up(parts, error))
+    masses, g_error = _downstream(paired, quantized, points, overrides=theta_q)
+    terms, t_error = _activation_terms(points, masses, g_error)
+    total = [t for p in points if not p.dynamic for t in [terms[p.key]]]
+    activation = round_up(to_float(float(scaled_sum(total).m), scaled_sum(total).e),
+                          t_error) if total else 0.0
+    log_activation = log_round_up(total, t_error) if total else -math.inf
+    n = inputs[0].shape[0]
+    saturated = torch.zeros(n, dtype=torch.bool)
+    per_point = dict.fromkeys(terms, 0)
+    dynamic = torch.zeros(n, dtype=torch.float64)   # sum of (s_t(x) / 2) sum_v G(v), per sample
+    for rows, values in _walks(graph, quantized, inputs, points):
+        for p in points:
+            z, scale, zero = values[p.key]
+            if p.dynamic:
+                dynamic[rows] += float(scale) * to_float(float(terms[p.key].m), terms[p.key].e)
+                scale, zero = (torch.as_tensor(v, dtype=torch.float64) for v in (scale, zero))
+            else:
+                scale, zero = p.scale[0], p.zero_point[0]
+            flags = _saturated(p, z, scale, zero)
+            per_point[p.key] += int(flags.sum())
+            saturated[rows] |= flags
+    dynamic = torch.nextafter(dynamic * (1 + t_error), torch.full_like(dynamic, math.inf))
+    sup = torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double().cpu()
+                       for t in inputs]).amax(dim=0).clamp(min=1.0)
+    per_sample = torch.nextafter(activation + dynamic, torch.full_like(dynamic, math.inf))
+    bound = sup * weight + per_sample
+    bound = torch.nextafter(bound, torch.full_like(bound, math.inf))
+    log_bound = torch.logaddexp(sup.log() + log_weight,
+                                torch.logaddexp(torch.full_like(sup, log_activation),
+                                                dynamic.log()))
+    log_bound = torch.nextafter(log_bound + 1e-12 * log_bound.abs(), torch.full_like(sup, math.inf))
+    bound[saturated] = math.inf
+    log_bound[saturated] = math.inf
+    certified = ~saturated
+    if bool(certified.any()) and math.isfinite(weight) and math.isfinite(activation):
+        weight_part = sup[certified] * weight
+        shares = weight_part / (weight_part + per_sample[certified])
+        weight_share = float(shares.nan_to_num(0.0).mean())
+    else:
+        weight_share = math.nan
+    return DeploymentReport(
+        bound=bound, log_bound=log_bound, weight_term=weight, log_weight_term=log_weight,
+        activation_term=activation, log_activation_term=log_activation,
+        activation_terms={p.key: round_up(to_float(float(terms[p.key].m), terms[p.key].e),
+                                          t_error) for p in points if not p.dynamic},
+        dynamic_term=dynamic,
+        saturated=saturated, saturated_points=per_point, weight_share=weight_share,
+        activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan)
+
+
+def output_bound(model: nn.Module, quantized: nn.Module, x) -> torch.Tensor:
+    """Per-sample certified bound on ``||R_theta(x) - Rq(x)||_1`` for a deployed ``quantized``
+    model (``inf`` where a point saturates): :attr:`DeploymentReport.bound`."""
+    return deployment_report(model, quantized, x).bound
+
+
+metric.DEPLOYED = (has_quantization_points, output_bound)

@@ -1,0 +1,119 @@
+"""The deployed-model certificate (issue 22) against the real backends: torchao's PT2E flow
+(X86InductorQuantizer, XNNPACKQuantizer) and Intel Neural Compressor's static int8 (per channel
+and per tensor), on the shipped digits CNN (BatchNorm, folded by the backend), on the 450 test
+digits (the calibration distribution; benchmarks/deployed_int8.py takes all 1,797 and the
+larger models)."""
+import pytest
+import torch
+
+import pathmetric as pm
+from pathmetric.app import digits
+
+
+@pytest.fixture(scope="module")
+def float_model():
+    x_train, y_train, x_test, y_test = digits.load_digits_tensors()
+    model = digits.pretrained((x_train, y_train, x_test, y_test)).eval()
+    return model, x_train, x_test
+
+
+def _calibrated(prepared, x):
+    for i in range(0, 64):
+        prepared(x[i:i + 1])   # the graphs are exported at batch size 1
+
+
+def _torchao(model, x, quantizer):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    prepared = prepare_pt2e(torch.export.export(model, (x[:1],)).module(), quantizer)
+    _calibrated(prepared, x)
+    return convert_pt2e(prepared)
+
+
+def _inc(model, x, config):
+    from neural_compressor.torch.export import export
+    from neural_compressor.torch.quantization import convert, prepare
+    prepared = prepare(export(model, (x[:1],)), config)
+    _calibrated(prepared, x)
+    return convert(prepared)
+
+
+def x86():
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+
+
+def xnnpack():
+    from torchao.testing.pt2e._xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def inc_config(granularity):
+    from neural_compressor.torch.quantization import StaticQuantConfig
+    return StaticQuantConfig(w_granularity=granularity)
+
+
+DEPLOY = {
+    "torchao-x86": lambda model, x: _torchao(model, x, x86()),
+    "torchao-xnnpack": lambda model, x: _torchao(model, x, xnnpack()),
+    "inc-static-per-channel": lambda model, x: _inc(model, x, inc_config("per_channel")),
+    "inc-static-per-tensor": lambda model, x: _inc(model, x, inc_config("per_tensor")),
+}
+
+
+@pytest.mark.parametrize("backend", list(DEPLOY))
+def test_certificate_holds_on_every_certified_digit(float_model, backend):
+    model, x_train, x_all = float_model
+    deployed = DEPLOY[backend](model, x_train)
+    report = pm.deployment_report(model, deployed, x_all)
+    with torch.no_grad():
+        gap = (model(x_all) - torch.cat([deployed(x_all[i:i + 1]) for i in range(len(x_all))])
+               ).abs().sum(dim=1).double()
+    certified = ~report.saturated
+    assert report.weight_term > 0.0 and report.activation_term > 0.0
+    assert len(report.activation_terms) >= 4   # the input, ReLU/pooling outputs, the flatten
+    assert certified.any()
+    assert torch.isinf(report.bound[report.saturated]).all()
+    assert torch.isfinite(report.bound[certified]).all()
+    assert (gap[certified] <= report.bound[certified]).all()
+    assert torch.equal(pm.output_bound(model, deployed, x_all), report.bound)
+    assert 0.0 < report.activation_share < 1.0
+
+
+def test_weights_quantized_in_forward_are_the_dequantized_weights(float_model):
+    """INC's converted graph quantizes each weight at every call: the certificate reads the
+    weights the graph dequantizes, and the model passed in is left as it was."""
+    model, x_train, _ = float_model
+    deployed = DEPLOY["inc-static-per-channel"](model, x_train)
+    before = {k: v.clone() for k, v in deployed.state_dict().items()}
+    masses = pm.downstream_masses(deployed, x_train[:1])
+    assert next(iter(masses.values())).shape == (1, 8, 8)
+    after = deployed.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dynamic_quantization_gets_a_per_sample_bound(float_model):
+    """XNNPACK's dynamic int8 computes each activation scale from the tensor itself: the
+    activation term is per sample, and no point saturates."""
+    from torchao.testing.pt2e._xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    model, x_train, x_test = float_model
+    x = x_test[:100]
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    deployed = _torchao(model, x_train, quantizer)
+    report = pm.deployment_report(model, deployed, x)
+    with torch.no_grad():
+        gap = torch.cat([(model(v) - deployed(v)).abs().sum(dim=1) for v in x.split(1)]).double()
+    assert report.saturated_count == 0 and report.activation_terms == {}
+    assert (report.dynamic_term > 0).all() and report.dynamic_term.unique().numel() > 1
+    assert (gap <= report.bound).all()
+    sup = x.flatten(1).abs().amax(1).double().clamp(min=1.0)
+    assert (report.bound >= sup * report.weight_term + report.dynamic_term).all()
