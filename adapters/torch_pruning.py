@@ -6,7 +6,7 @@ Path-metric pruning with torch-pruning is a one-line change::
     from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
 
     imp = PathMetricImportance(example_inputs)
-    pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.5,
+    pruner = tp.pruner.BasePruner(model, example_inputs, importance=imp, pruning_ratio=0.5,
                                   global_pruning=True, ignored_layers=[model.fc])
     for step in range(pruner.iterative_steps):
         bound = certified_step(pruner, example_inputs)   # same channels as pruner.step()
@@ -17,8 +17,9 @@ slices of a concatenation). :func:`group_members` translates a group into the en
 (``pm.Member(module name, "out" | "in", idxs, root positions)``); pseudo-nodes of the dependency graph
 (element-wise ops, concatenation, split, flatten, the output) carry no parameter and are skipped.
 
-Example inputs are what torch-pruning takes: a tensor, a tuple of positional inputs, or a dict
-of keyword inputs of ``model.forward`` (given to the engine in the signature's order).
+Example inputs are what torch-pruning takes: a tensor, a tuple of positional inputs, a list
+that ``forward`` takes as one argument, or a dict of keyword inputs of ``model.forward`` (given
+to the engine in the signature's order).
 The mathematics (lifted network, masses, certificates) is the engine's: ``pm.group_mass`` and
 ``pm.path_metric``.
 """
@@ -29,6 +30,7 @@ import math
 import warnings
 import weakref
 from itertools import chain
+from typing import NamedTuple, Sequence
 
 import torch
 import torch_pruning as tp
@@ -36,15 +38,57 @@ from torch import nn
 
 import pathmetric as pm
 
-__all__ = ["PathMetricImportance", "certified_step", "StepCertificate", "group_members"]
+__all__ = ["PathMetricImportance", "certified_step", "StepCertificate", "group_members",
+           "ParameterSlice", "parameter_slices"]
 
 _OPTYPE = tp.ops.OPTYPE
 _PSEUDO_NODES = {_OPTYPE.ELEMENTWISE, _OPTYPE.CONCAT, _OPTYPE.SPLIT, _OPTYPE.RESHAPE,
                  _OPTYPE.UNBIND, _OPTYPE.EXPAND, _OPTYPE.SLICE, _OPTYPE.OUTPUT}
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.PReLU)
 #: offset of the channels ``max_layer_ratio`` protects: above every path-mass share (a share is
-#: at most the number of a group's layers), below the +inf of the best channel, which always stays
+#: at most the number of a group's layers); the best channel, which always stays, gets it twice.
+#: Finite, because torch-pruning does arithmetic on importances: ``GroupNormPruner.regularize``
+#: and ``GrowingRegPruner.update_reg`` normalise ``(max - imp) / (max - min)``, which is NaN
+#: with an infinite score and would put NaN into the gradients.
 _PROTECTED = 1e9
+
+
+def _takes(model: nn.Module, arguments: tuple) -> bool:
+    """Whether ``model.forward`` accepts ``arguments`` as its positional inputs."""
+    try:
+        inspect.signature(model.forward).bind(*arguments)
+    except TypeError:
+        return False
+    return True
+
+
+class _ListArgument(nn.Module):
+    """``model`` seen with its one list argument spread: ``forward(*tensors)`` is
+    ``model(list(tensors))``. It shares ``model``'s submodules, parameters and buffers (same
+    objects, same names), so the engine's layer names are the model's; ``model`` is untouched."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._modules, self._parameters, self._buffers = (model._modules, model._parameters,
+                                                          model._buffers)
+        self.training = model.training
+        self.__dict__["wrapped"] = model   # not a submodule: names stay the model's
+
+    def forward(self, *tensors):
+        return self.wrapped(list(tensors))
+
+
+def engine_view(model: nn.Module, example_inputs) -> tuple:
+    """``(module, positional inputs)`` for the engine from torch-pruning's example inputs.
+
+    A tuple or list is the positional inputs, unless ``forward`` cannot take that many and takes
+    it as one argument (a list of images): torch-pruning's tracer calls ``model(*inputs)`` and
+    falls back to ``model(inputs)``; the engine then sees the model through
+    :class:`_ListArgument`. Other inputs go through :func:`engine_inputs`."""
+    if isinstance(example_inputs, (tuple, list)) and not _takes(model, tuple(example_inputs)) \
+            and _takes(model, (example_inputs,)):
+        return _ListArgument(model), tuple(example_inputs)
+    return model, engine_inputs(model, example_inputs)
 
 
 def engine_inputs(model: nn.Module, example_inputs):
@@ -94,6 +138,8 @@ def group_members(group, names: dict) -> tuple[list, int]:
     channel; an input handler means the input channel (or in-feature, one per flattened position)
     of a conv or linear layer; a per-channel PReLU's output handler means its slopes (a PReLU
     with one shared slope keeps it: not a member). ``names`` maps modules to their names.
+    Unwrapped parameters (torch-pruning's ``unwrapped_parameters``) are not members: see
+    :func:`parameter_slices`.
     """
     graph = group._DG
     root = list(group[0].idxs)
@@ -102,7 +148,8 @@ def group_members(group, names: dict) -> tuple[list, int]:
     for item in group:
         dep = item.dep
         module = dep.target.module
-        if dep.target.type in _PSEUDO_NODES or (isinstance(module, nn.PReLU)
+        if dep.target.type in _PSEUDO_NODES or dep.target.type == _OPTYPE.PARAMETER or (
+                isinstance(module, nn.PReLU)
                                                  and module.num_parameters == 1):
             continue
         name = names.get(module) if isinstance(module, nn.Module) else None
@@ -129,6 +176,54 @@ def group_members(group, names: dict) -> tuple[list, int]:
         members.append(pm.Member(name, kind, list(item.idxs),
                                  [position[r] for r in item.root_idxs]))
     return members, len(root)
+
+
+class ParameterSlice(NamedTuple):
+    """Channels ``idxs[j]`` (along ``dim``) of a parameter used directly in ``forward`` (a
+    LayerScale ``gamma``), belonging to root channel ``positions[j]`` of a torch-pruning group."""
+    name: str
+    dim: int
+    idxs: Sequence[int]
+    positions: Sequence[int]
+
+
+def parameter_slices(group, parameter_names: dict) -> list:
+    """The slices of torch-pruning's unwrapped parameters (``unwrapped_parameters=[(p, dim)]``)
+    in ``group``, as :class:`ParameterSlice` (``parameter_names`` maps parameters to names).
+
+    The engine lifts such a parameter under its name (``x * gamma``: each coordinate scales the
+    paths through it), so the path share of a slice is the sum of its coordinates' shares
+    (``pm.PathMasses.share``) and zeroing the slice removes it."""
+    position = {channel: j for j, channel in enumerate(group[0].idxs)}
+    return [ParameterSlice(parameter_names[item.dep.target.module], item.dep.target.pruning_dim,
+                           list(item.idxs), [position[r] for r in item.root_idxs])
+            for item in group if item.dep.target.type == _OPTYPE.PARAMETER]
+
+
+def _slice_shares(masses, slices, channels: int) -> torch.Tensor:
+    """Per root channel, the summed path shares of the parameter slices."""
+    total = torch.zeros(channels, dtype=torch.float64)
+    for name, dim, idxs, positions in slices:
+        if name not in masses.graph.param_names:
+            raise pm.UnsupportedModelError(
+                f"pathmetric: unwrapped parameter '{name}' is not used directly by an operation "
+                "the engine lifts (a learnt scale x * gamma, a bias x + b, x @ W): give its pruning "
+                "to a module, or leave it out of unwrapped_parameters",
+                [("Parameter", name, "not lifted under its name")])
+        share = masses.share(name).detach().to(torch.float64).cpu()
+        per_channel = share.movedim(dim, 0).reshape(share.shape[dim], -1).sum(1)
+        total.index_add_(0, torch.as_tensor(positions, dtype=torch.long),
+                         per_channel[torch.as_tensor(idxs, dtype=torch.long)])
+    return total
+
+
+def _zero_slices(model, slices, replaced: dict) -> dict:
+    """``replaced`` with the parameter slices zeroed (cloned from ``model`` when not there)."""
+    named = dict(model.named_parameters())
+    for name, dim, idxs, _ in slices:
+        tensor = replaced.setdefault(name, named[name].detach().clone())
+        tensor.index_fill_(dim, torch.as_tensor(idxs, dtype=torch.long, device=tensor.device), 0)
+    return replaced
 
 
 def _fingerprint(model) -> tuple:
@@ -186,13 +281,14 @@ class PathMetricImportance(tp.importance.Importance):
     ``max_layer_ratio`` caps removal per layer: of the channels a group had when this importance
     first saw it, at most this fraction is offered ahead of the others. The channels that must
     stay (the largest scores) rank after every other channel of every group, and the best
-    channel of each group is never offered (score ``+inf``), so a layer is never emptied. When
+    channel of each group is never offered (score raised by ``2e9``, finite so that torch-pruning's
+    regularizers can normalise importances), so a layer is never emptied. When
     the asked ratio needs more channels than the cap leaves (a high global ratio, or later
     iterative steps), protected channels are taken in score order, so the pruner reaches the
     asked ratio, and a warning names the layers pruned past the cap when it is next called
     (next step, or :func:`certified_step`). ``None`` turns the cap off (pure path-mass
     shares; torch-pruning then skips a group whose every channel falls below a global
-    threshold). MetaPruner's own ``max_pruning_ratio`` only stops pruning a
+    threshold). BasePruner's own ``max_pruning_ratio`` only stops pruning a
     group in later steps.
 
     ``example_inputs``: a tensor, tuple or dict (keyword inputs of ``model.forward``) of the
@@ -215,7 +311,9 @@ class PathMetricImportance(tp.importance.Importance):
         self.cost = cost
         self._key = None
         self._names = {}
+        self._parameter_names = {}
         self._masses = None
+        self._engine = None                          # the model as the engine calls it
         self._inputs = None
         self._checked = weakref.WeakKeyDictionary()  # model -> True once check_support passed
         self._initial = weakref.WeakKeyDictionary()  # root module -> channels when first seen
@@ -227,11 +325,12 @@ class PathMetricImportance(tp.importance.Importance):
         key = _fingerprint(model)
         if key != self._key:
             self._names = {module: name for name, module in model.named_modules()}
+            self._parameter_names = {param: name for name, param in model.named_parameters()}
             self._masses = None
             self._key = key
-            self._inputs = engine_inputs(model, self.example_inputs)
+            self._engine, self._inputs = engine_view(model, self.example_inputs)
             if model not in self._checked:
-                support = pm.check_support(model, self._inputs)
+                support = pm.check_support(self._engine, self._inputs)
                 if not support.ok:
                     raise pm.UnsupportedModelError(str(support), support.unsupported)
                 self._checked[model] = True
@@ -256,7 +355,7 @@ class PathMetricImportance(tp.importance.Importance):
         matter). Linear layers are not checked: their saved input is flattened."""
         if dependency_graph in self._traced_checked:
             return
-        engine = pm.layer_input_shapes(dependency_graph.model, self._inputs)
+        engine = pm.layer_input_shapes(self._engine, self._inputs)
         for module, node in dependency_graph.module2node.items():
             name = self._names.get(module)
             try:
@@ -280,11 +379,17 @@ class PathMetricImportance(tp.importance.Importance):
         self._refresh(model)
         self._check_traced_shapes(group._DG)
         members, channels = group_members(group, self._names)
+        slices = parameter_slices(group, self._parameter_names)
+        if slices and self.exact:
+            raise ValueError(f"PathMetricImportance(exact=True) does not score unwrapped "
+                             f"parameters ({', '.join(s.name for s in slices)}): use exact=False")
         x = self._inputs
         if not self.exact and self._masses is None:
-            self._masses = pm.PathMasses(model, x)
-        scores = pm.group_mass(model, x, members, channels, exact=self.exact,
+            self._masses = pm.PathMasses(self._engine, x)
+        scores = pm.group_mass(self._engine, x, members, channels, exact=self.exact,
                                relative=True, masses=self._masses).to(torch.float64).cpu()
+        if slices:
+            scores = scores + _slice_shares(self._masses, slices, channels)
         if self.cost == "params":
             scores = scores / _parameters_per_channel(model, members, channels)
         if self.normalizer is not None:
@@ -312,7 +417,8 @@ class PathMetricImportance(tp.importance.Importance):
         count, keep = self._channels_to_keep(group)
         protected = len(scores) - max(0, count - keep)
         if protected > 0:
-            scores = pm.protect_top(pm.protect_top(scores, protected, offset=_PROTECTED), 1)
+            scores = pm.protect_top(pm.protect_top(scores, protected, offset=_PROTECTED), 1,
+                                    offset=_PROTECTED)
         return scores
 
 
@@ -379,13 +485,15 @@ def certified_step(pruner, example_inputs) -> StepCertificate:
                          f"{_shapes(importance.example_inputs)} but the pruner's are "
                          f"{_shapes(example_inputs)}: path masses depend on the input shape; "
                          "build the importance with the pruner's example inputs")
-    inputs = engine_inputs(model, example_inputs)
+    engine, inputs = engine_view(model, example_inputs)
     groups = list(pruner.step(interactive=True))
     names = {module: name for name, module in model.named_modules()}
+    parameter_names = {param: name for name, param in model.named_parameters()}
     members = [m for group in groups for m in group_members(group, names)[0]]
-    zeroed = pm.zeroed_members(model, inputs, members)
-    bound = StepCertificate(*pm.path_metric_with_log(model, zeroed, inputs),
-                            pm.check_support(model, inputs).head)
+    slices = [s for group in groups for s in parameter_slices(group, parameter_names)]
+    zeroed = _zero_slices(model, slices, pm.zeroed_members(engine, inputs, members))
+    bound = StepCertificate(*pm.path_metric_with_log(engine, zeroed, inputs),
+                            pm.check_support(engine, inputs).head)
     for group in groups:
         root = group[0]
         pruner.DG.get_pruning_group(root.dep.target.module, root.dep.handler,
