@@ -26,6 +26,7 @@ import contextlib
 import functools
 import json
 import math
+import traceback
 from collections import defaultdict
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from torch import nn
 import pathmetric as pm
 
 __all__ = ["PathMetricPruner", "PRUNERS", "CONFIG_KEYS", "load_config", "pruner_from_config",
-           "prune_from_config", "NNIPruneResult", "removed_channels",
+           "prune_from_config", "NNIPruneResult", "SpeedupError", "removed_channels",
            "quantized_parameters", "quantization_bound_from_config",
            "apply_compat_patches", "revert_compat_patches", "compat_patches"]
 
@@ -216,6 +217,21 @@ class PathMetricPruner(_NormPruner):
         self.example_inputs = example_inputs
         self.exact_groups = exact_groups
 
+    @classmethod
+    def from_compressor(cls, compressor, new_config_list: list, example_inputs,
+                        fine_grained: bool = False, exact_groups: bool = False, evaluator=None):
+        """A ``PathMetricPruner`` fused with ``compressor`` (NNI's fusion API, as
+        ``TaylorPruner.from_compressor(distiller, ...)``): it takes over the compressor's model,
+        wrappers and evaluator. ``compress(max_steps, max_epochs)`` of the result trains with
+        every fused compressor; the masks of ``new_config_list`` are generated after the first
+        optimizer step (the pruner is data-free), so the rest of the training (distillation,
+        quantization-aware training) fine-tunes the pruned model."""
+        pruner = super(_NormPruner, cls).from_compressor(
+            compressor, new_config_list, evaluator=evaluator, example_inputs=example_inputs,
+            fine_grained=fine_grained, exact_groups=exact_groups)
+        pruner.first_step_gen = True
+        return pruner
+
     def _set_default_sparse_granularity(self, target_space):
         return None if self.fine_grained else super()._set_default_sparse_granularity(target_space)
 
@@ -313,12 +329,26 @@ class PathMetricPruner(_NormPruner):
             ratio = space.max_sparse_ratio if space.max_sparse_ratio is not None else 1.0
             keep = max(1, math.ceil((1.0 - ratio) * metric.numel() - 1e-9))
             metrics[module_name][target_name] = pm.protect_top(metric, keep)
+        self._track_aligned_shapes()
         with _patched(sparse_gen, "_global_threshold_generate", _global_threshold):
             masks = generate_sparsity(metrics, self._target_spaces)
-        return {module_name: {target_name: mask.to(self._target_spaces[module_name][target_name]
-                                                   .target.dtype)
+        spaces = self._target_spaces
+        return {module_name: {target_name: mask if spaces[module_name][target_name].target is None
+                              else mask.to(spaces[module_name][target_name].target.dtype)
                               for target_name, mask in targets.items()}
                 for module_name, targets in masks.items()}
+
+    def _track_aligned_shapes(self):
+        """NNI aligns an activation target's mask (``align``: a BatchNorm's ``_output_`` on the
+        conv weight before it, as NNI's pd_fuse.py example) from its shape, which a forward of the
+        wrapped model records: run one on ``example_inputs`` (eval mode, no gradient, so the
+        model's BatchNorm statistics stay) when a shape is missing."""
+        if any(space.shape is None for spaces in self._target_spaces.values()
+               for space in spaces.values() if space.align is not None):
+            inputs = self.example_inputs
+            inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+            with torch.no_grad(), _eval_mode(self.bound_model):
+                self.track_forward(*inputs)
 
     def _single_compress(self, max_steps, max_epochs):
         if max_steps is not None or max_epochs is not None:
@@ -509,6 +539,30 @@ def removed_channels(speedup: ModelSpeedup) -> dict:
     return out
 
 
+class SpeedupError(RuntimeError):
+    """NNI's ``ModelSpeedup`` failed on a model whose masks were generated (NNI's tracer or its
+    shape inference cannot handle the model): the message says what failed and what to do."""
+
+
+def _speedup(model: nn.Module, example_inputs, masks: dict) -> ModelSpeedup:
+    """NNI's ``ModelSpeedup`` on ``model`` (eval mode, under :func:`compat_patches`); a failure
+    inside NNI is a :class:`SpeedupError` naming it, with the way out (``speedup: false``)."""
+    try:
+        with compat_patches(), _eval_mode(model):
+            speedup = ModelSpeedup(model, example_inputs, deepcopy(masks))
+            speedup.speedup_model()
+    except Exception as error:  # noqa: BLE001 - any failure inside NNI's tracer or replacer
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        where = Path(frame.filename).name if "nni" in frame.filename else frame.filename
+        raise SpeedupError(
+            f"NNI's ModelSpeedup failed on {type(model).__name__} ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}, in {where}:{frame.lineno} {frame.name}); "
+            "the masks were generated: set 'speedup: false' in the config to keep the masked model "
+            "(same function, same certificate), or exclude the layers NNI cannot replace "
+            "(exclude_op_names)") from error
+    return speedup
+
+
 def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
                       evaluator=None, certify: bool = True) -> NNIPruneResult:
     """Prune ``model`` in place as a config file says; the CLI's ``pathmetric nni prune``.
@@ -522,8 +576,9 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     parameters, x)``, a certified bound on ``||Phi(theta) - Phi(theta_pruned)||_1`` (exact,
     since pruning only shrinks ``|theta|``; for ``taylor`` / ``slim`` the model before pruning is
     the one after their training steps). ``certify=False`` skips it (one lifted pass and,
-    with speedup, one copy of the model less); ``certified_bound`` is then None. Saves the whole
-    model with ``torch.save`` when ``out`` is given.
+    with speedup, one copy of the model less); ``certified_bound`` is then None. Saves the pruned
+    model's ``state_dict`` with ``torch.save`` when ``out`` is given (a model defined in any file
+    can be saved; ``pathmetric.app.models.load_checkpoint`` gives the model the smaller layers).
     """
     config = load_config(path_or_dict)
     params_before = sum(p.numel() for p in model.parameters())
@@ -544,9 +599,7 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     replaced = {name: named[name].detach().clone() for name in
                 (f"{module}.{t}" for module, targets in masks.items() for t in targets)}
     if config["speedup"]:
-        with compat_patches(), _eval_mode(model):
-            speedup = ModelSpeedup(model, example_inputs, deepcopy(masks))
-            speedup.speedup_model()
+        speedup = _speedup(model, example_inputs, masks)
         if certify:
             original = dict(reference.named_parameters())
             for module, removed in removed_channels(speedup).items():
@@ -556,7 +609,7 @@ def prune_from_config(model: nn.Module, path_or_dict, example_inputs, out=None,
     certified, log_certified = pm.path_metric_with_log(reference, replaced, example_inputs) \
         if certify else (None, None)
     if out is not None:
-        torch.save(model, out)
+        torch.save(model.state_dict(), out)
     return NNIPruneResult(model, masks, sparsity, certified, params_before,
                           sum(p.numel() for p in model.parameters()), config["speedup"],
                           log_certified, support.head, support.notes)

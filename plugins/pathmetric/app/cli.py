@@ -308,9 +308,10 @@ def model_args(p, positional=True):
         p.add_argument("model", help="torchvision:NAME, timm:NAME, smp:ARCH:ENCODER, "
                                      "file.py:FACTORY or digits")
     p.add_argument("--checkpoint", help="weights to load into the model: a state_dict saved with "
-                                        "torch.save (plain, or under 'state_dict' / 'model'), or "
-                                        "a whole module of the same class saved by torch.save "
-                                        "(e.g. `nni prune --out`; unpickled: trusted files only)")
+                                        "torch.save (plain, or under 'state_dict' / 'model'; "
+                                        "smaller conv/linear/BatchNorm layers, as `nni prune "
+                                        "--out` writes, resize the model), or a whole module of "
+                                        "the same class (unpickled: trusted files only)")
     p.add_argument("--input-shape", help="example input shape, batch first, e.g. 1,3,64,64 "
                                          "(default 1,3,224,224; 1,1,8,8 for digits)")
     p.add_argument("--seed", type=int, default=0,

@@ -9,15 +9,17 @@ Specs:
 - ``digits`` — the digits CNN shipped with pathmetric (:func:`pathmetric.app.digits.pretrained`).
 
 A checkpoint (``torch.save`` of a ``state_dict``, or of a dict holding one under ``state_dict``
-or ``model``) is loaded into the built model with :func:`load_model`'s ``checkpoint``; a
-``torch.save`` of a whole module of the built model's class (what ``pathmetric nni prune --out``
-writes, possibly with smaller layers) replaces it. Every problem is a ``ValueError`` (or
+or ``model``) is loaded into the built model with :func:`load_model`'s ``checkpoint``; conv,
+linear and BatchNorm layers take the checkpoint's channel counts (what ``pathmetric nni prune
+--out`` writes after NNI's ModelSpeedup). A ``torch.save`` of a whole module of the built
+model's class replaces it. Every problem is a ``ValueError`` (or
 ``FileNotFoundError``) with one line that says what to do.
 """
 from __future__ import annotations
 
 import importlib.util
 import pickle
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -101,6 +103,8 @@ def load_checkpoint(model: nn.Module, checkpoint) -> nn.Module:
         raise ValueError(f"checkpoint {checkpoint} holds a {type(state).__name__}, not a "
                          "state_dict of tensors")
     missing, unexpected, mismatched = _mismatch(model, state)
+    if mismatched and not missing and not unexpected and _resize_to(model, state):
+        mismatched = []
     if missing or unexpected or mismatched:
         parts = [f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}"
                  for label, names in (("missing keys", missing), ("unexpected keys", unexpected),
@@ -118,6 +122,44 @@ def _mismatch(model: nn.Module, state: dict) -> tuple:
     mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
                   if k in state and state[k].shape != own[k].shape]
     return missing, unexpected, mismatched
+
+
+#: per layer type, the attributes that count its channels, and the parameter dimension each reads
+_CHANNEL_COUNTS = {
+    nn.modules.conv._ConvNd: {"out_channels": ("weight", 0)},
+    nn.Linear: {"out_features": ("weight", 0), "in_features": ("weight", 1)},
+    nn.modules.batchnorm._BatchNorm: {"num_features": ("running_mean", 0)},
+}
+
+
+def _resize_to(model: nn.Module, state: dict) -> bool:
+    """Give ``model``'s conv, linear and BatchNorm layers the channel counts of ``state`` (a
+    state_dict of the same model with fewer channels: ``pathmetric nni prune --out`` after NNI's
+    ModelSpeedup); True if every mismatched tensor belongs to such a layer, else ``model`` is left
+    as it was and False. The tensors are then loaded by ``load_state_dict``."""
+    plans = []
+    for name, module in model.named_modules():
+        own = {k: v for k, v in chain(module.named_parameters(recurse=False),
+                                      module.named_buffers(recurse=False)) if v is not None}
+        prefix = f"{name}." if name else ""
+        if all(state[prefix + k].shape == v.shape for k, v in own.items()):
+            continue
+        kind = next((t for t in _CHANNEL_COUNTS if isinstance(module, t)), None)
+        if kind is None or (isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1):
+            return False
+        plans.append((module, prefix, own, kind))
+    for module, prefix, own, kind in plans:
+        for attribute, (tensor, dim) in _CHANNEL_COUNTS[kind].items():
+            setattr(module, attribute, state[prefix + tensor].shape[dim])
+        if isinstance(module, nn.modules.conv._ConvNd):
+            module.in_channels = state[prefix + "weight"].shape[1] * module.groups
+        for key, value in own.items():
+            resized = value.new_empty(state[prefix + key].shape)
+            if isinstance(value, nn.Parameter):
+                setattr(module, key, nn.Parameter(resized, requires_grad=value.requires_grad))
+            else:
+                module.register_buffer(key, resized)
+    return True
 
 
 def _whole_module(model: nn.Module, checkpoint):
