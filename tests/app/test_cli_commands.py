@@ -55,3 +55,98 @@ def test_report_quantizes_transposed_convs_and_matmul_weights_per_output_channel
     expected = pm.log_quantization_bound(models.load_model(decoder), x, bits=8)
     assert json.loads(out)["classical_vs_path"]["log_path_bound"] == pytest.approx(expected,
                                                                                   rel=1e-12)
+
+
+FACTORIES = """\
+import torch
+import torchvision
+from torch import nn
+
+
+def vit():
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1,
+                                                num_heads=2, hidden_dim=16, mlp_dim=32).eval()
+
+
+def broken():
+    raise RuntimeError("no weights here")
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+def pair():
+    return Pair()
+"""
+
+
+@pytest.fixture
+def factories(tmp_path):
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    return tmp_path / "factories.py"
+
+
+def run_any(capsys, *argv):
+    """``run``, with argparse's own exits (status 2) as a return code."""
+    try:
+        return run(capsys, *argv)
+    except SystemExit as done:
+        out = capsys.readouterr()
+        return done.code, out.out, out.err
+
+
+def test_report_on_a_refused_model_is_one_line_naming_the_layers(factories, capsys):
+    rc, out, err = run(capsys, "report", f"{factories}:vit", "--input-shape", "1,3,32,32")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    for layer in ("MultiheadAttention", "LayerNorm", "GELU", "pathmetric report"):
+        assert layer in err
+    rc, out, err = run(capsys, "report", f"{factories}:vit", "--input-shape", "1,3,32,32",
+                       "--json")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert not json.loads(out)["supported"] and len(json.loads(out)["unsupported"]) > 3
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["report", "digits", "--input-bound", "-1"], ["--input-bound", "positive number", "'-1'"]),
+    (["report", "digits", "--lipschitz", "0"], ["--lipschitz", "positive number"]),
+    (["quant-plan", "digits", "--avg-bits", "-3"], ["--avg-bits", "positive number", "'-3'"]),
+    (["quant-plan", "digits", "--avg-bits", "4", "--bits", "1"], ["--bits", "between 2 and 16"]),
+    (["quant-plan", "digits", "--avg-bits", "4", "--bits", "0,4"], ["--bits", "between 2 and 16"]),
+    (["report", "torchvision:resnet_18"], ["no model 'resnet_18'", "resnet18", "list_models"]),
+    (["report", "{factories}:broken"], ["broken() raised RuntimeError: no weights here",
+                                        "your model factory"]),
+    (["report", "{factories}:pair", "--input-shape", "1,4"], ["needs 2 inputs (x, y)",
+                                                              "tuple of inputs"]),
+])
+def test_bad_input_is_one_line_saying_what_to_do(factories, capsys, argv, fragments):
+    rc, out, err = run_any(capsys, *[a.format(factories=factories) for a in argv])
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert rc == 2 and out == "" and len(lines) == 1 and "internal error" not in lines[0], err
+    assert "-3 bits" not in lines[0] and "math domain" not in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_threads_default_to_the_idle_cpus_and_the_callers_count_is_restored(monkeypatch, capsys):
+    from pathmetric.app import common
+
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (2.6, 0.0, 0.0), raising=False)
+    assert common.default_threads() == 1
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (0.2, 0.0, 0.0), raising=False)
+    assert common.default_threads() == 4
+    calls, set_threads = [], torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), set_threads(n)))
+    before = torch.get_num_threads()
+    rc, _, _ = run(capsys, "quant-plan", "digits", "--avg-bits", "4", "--threads", "3", "--json")
+    assert rc == 0 and calls == [3, before] and torch.get_num_threads() == before
+    calls.clear()
+    rc, _, _ = run(capsys, "quant-plan", "digits", "--avg-bits", "4", "--json")
+    assert rc == 0 and calls == [4, before]

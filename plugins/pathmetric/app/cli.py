@@ -18,9 +18,12 @@ import os
 import sys
 from importlib.metadata import entry_points
 
+import torch
+
 from . import demo_command, prune_command, quant_command, report_command
 # the helpers an adapter's subcommand module (adapters/nni_cli.py) takes from the command
-from .common import emit, load, model_args, progress, stdout_for_result_only, table
+from .common import (default_threads, emit, load, model_args, progress, refusal,
+                     stdout_for_result_only, table)
 
 __all__ = ["main", "parser", "emit", "load", "model_args", "progress", "table"]
 
@@ -51,16 +54,31 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    """Run a subcommand. A user error (bad model spec, checkpoint, config, shape, unsupported
-    model) exits 2 with one line on stderr; any other failure exits 1 with one line (set
-    PATHMETRIC_TRACEBACK=1 for the traceback)."""
+    """Run a subcommand with ``--threads`` torch threads (default :func:`.common.default_threads`;
+    the caller's count is restored afterwards). A user error (bad model spec, checkpoint, config,
+    shape, unsupported model, an exception raised by the user's own model factory) exits 2 with
+    one line on stderr; any other failure exits 1 with one line (set PATHMETRIC_TRACEBACK=1 for
+    the traceback)."""
     args = parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or default_threads())
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
     import pathmetric as pm
     try:
         with stdout_for_result_only() if args.json else contextlib.nullcontext():
             return args.run(args)
-    except (pm.UnsupportedModelError, pm.ModelCaptureError, ValueError, TypeError,
-            OSError) as exc:
+    except pm.UnsupportedModelError as exc:
+        reason = refusal(exc.unsupported) if exc.unsupported else _one_line(exc)
+        print(f"pathmetric {args.command}: error: {getattr(args, 'model', 'the model')}: "
+              f"{reason}", file=sys.stderr)
+        return 2
+    except (pm.ModelCaptureError, ValueError, TypeError, OSError) as exc:
         print(f"pathmetric {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the command line prints no traceback

@@ -22,13 +22,32 @@ def progress(total, desc, quiet):
 
 
 def bit_widths(text: str) -> tuple:
+    """``"2,4,8"`` -> ``(2, 4, 8)``; each bit-width is checked by the engine's quantizer."""
+    from pathmetric import quantizer
+
     try:
         bits = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
     except ValueError:
         bits = ()
-    if not bits or min(bits) < 1:
-        raise argparse.ArgumentTypeError(f"bits must be positive integers like 2,4,8; got {text!r}")
+    if not bits:
+        raise argparse.ArgumentTypeError(f"must be integers like 2,4,8; got {text!r}")
+    check = quantizer(torch.zeros(1))
+    for b in bits:
+        try:
+            check(b)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return bits
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def fraction(text: str) -> float:
@@ -54,6 +73,7 @@ def positive(text: str) -> int:
 def load(args):
     torch.manual_seed(args.seed)   # random weights are reproducible
     model = models.load_model(args.model, args.checkpoint)
+    models.check_one_input(model)
     x = models.example_inputs(args.model, args.input_shape)
     models.check_input_shape(model, tuple(x.shape))
     return model, x
@@ -155,3 +175,37 @@ def model_args(p, positional=True):
                         "(default 0: results are reproducible)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (and nothing else there)")
+    threads_arg(p)
+
+
+def threads_arg(p) -> None:
+    """The ``--threads`` option (see :func:`default_threads`)."""
+    p.add_argument("--threads", type=positive,
+                   help="torch threads (default: the CPUs this process may use, less the load "
+                        "average, at least 1: a busy machine gets fewer threads)")
+
+
+def default_threads() -> int:
+    """CPUs this process may run on, less the 1-minute load average (rounded), at least 1.
+
+    torch's own default (one thread per core) oversubscribes a loaded machine: on 2 busy cores
+    a report took 27.9 s with it and 18.2 s with one thread."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, (cpus or 1) - round(load))
+
+
+def refusal(unsupported) -> str:
+    """One line saying why a model is outside the path-lifting class, from the
+    ``(op, module path, reason)`` triples of ``pm.check_support``: the kinds of layer that
+    refuse it, most frequent first (``MultiheadAttention x12, LayerNorm x25, GELU x12``), as the
+    engine names them in each reason's closing parenthesis, else the op."""
+    counts: dict = {}
+    for op, _, why in unsupported:
+        kind = why[why.rindex("(") + 1:-1] if why.endswith(")") and "(" in why else op
+        counts[kind] = counts.get(kind, 0) + 1
+    kinds = sorted(counts.items(), key=lambda kv: -kv[1])
+    listed = ", ".join(f"{kind} x{count}" for kind, count in kinds[:6])
+    return (f"{len(unsupported)} operation(s) outside the path-lifting model ({listed}"
+            f"{', ...' if len(kinds) > 6 else ''}); `pathmetric report MODEL --json` lists each "
+            "with its module and reason")

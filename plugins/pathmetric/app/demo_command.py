@@ -1,7 +1,7 @@
 """``pathmetric demo``: rescaling-invariant pruning on scikit-learn digits."""
 from __future__ import annotations
 
-from .common import emit, fraction, positive
+from .common import emit, fraction, positive, threads_arg
 
 
 def cmd_demo(args) -> int:
@@ -25,4 +25,5 @@ def register(sub) -> None:
     p.add_argument("--plot", default="pathmetric_demo.png", help="where to write the figure")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (and nothing else there)")
+    threads_arg(p)
     p.set_defaults(run=cmd_demo)

@@ -17,7 +17,9 @@ model's class replaces it. Every problem is a ``ValueError`` (or
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import inspect
 import pickle
 from itertools import chain
 from pathlib import Path
@@ -28,6 +30,10 @@ from torch import nn
 DEFAULT_SHAPES = {"digits": (1, 1, 8, 8)}
 
 
+class FactoryError(ValueError):
+    """The user's model file or factory raised while building the model: the error is theirs."""
+
+
 def build_model(spec: str) -> nn.Module:
     """The model named by ``spec`` (see the module docstring), in eval mode."""
     if spec == "digits":
@@ -36,6 +42,12 @@ def build_model(spec: str) -> nn.Module:
     kind, _, rest = spec.partition(":")
     if kind == "torchvision" and rest:
         import torchvision
+        names = torchvision.models.list_models()
+        if rest not in names:
+            close = difflib.get_close_matches(rest, names, n=3)
+            raise ValueError(f"torchvision has no model {rest!r}"
+                             f"{f' (did you mean {close}?)' if close else ''}; "
+                             "torchvision.models.list_models() lists them all")
         model = torchvision.models.get_model(rest, weights=None)
     elif kind == "timm" and rest:
         import timm
@@ -68,10 +80,18 @@ def _from_file(file: Path, factory: str) -> nn.Module:
         raise FileNotFoundError(f"model file {file} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"_pathmetric_user_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - anything the user's file raises is theirs
+        raise FactoryError(f"running {file} raised {type(error).__name__}: {error} (an error in "
+                           "your model file; fix it there)") from error
     if not callable(getattr(module, factory, None)):
         raise ValueError(f"{file} defines no callable {factory!r}")
-    model = getattr(module, factory)()
+    try:
+        model = getattr(module, factory)()
+    except Exception as error:  # noqa: BLE001
+        raise FactoryError(f"{file}:{factory}() raised {type(error).__name__}: {error} (an error "
+                           "in your model factory; fix it there)") from error
     if not isinstance(model, nn.Module):
         raise ValueError(f"{file}:{factory}() returned {type(model).__name__}, not an "
                          "nn.Module: the factory must return the model")
@@ -175,6 +195,20 @@ def load_model(spec: str, checkpoint=None) -> nn.Module:
     """:func:`build_model`, then the weights of ``checkpoint`` if given."""
     model = build_model(spec)
     return load_checkpoint(model, checkpoint) if checkpoint else model
+
+
+def check_one_input(model: nn.Module) -> None:
+    """Refuse a model whose ``forward`` needs more than one input: the command line gives it one
+    tensor of ``--input-shape``."""
+    required = [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if len(required) > 1:
+        raise ValueError(f"{type(model).__name__}.forward needs {len(required)} inputs "
+                         f"({', '.join(required)}); the command line gives one tensor of "
+                         "--input-shape: use the Python API with a tuple of inputs, e.g. "
+                         "pathmetric.check_support(model, (x1, x2)), or a factory that wraps "
+                         "the model with one input")
 
 
 def check_input_shape(model: nn.Module, shape: tuple) -> None:

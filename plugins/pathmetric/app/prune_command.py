@@ -8,6 +8,7 @@ import torch
 from .common import (emit, fmt_log, fraction, head_certificate, head_fields, load, model_args,
                      positive, progress, table)
 
+
 def cmd_prune(args) -> int:
     import pathmetric as pm
     from .. import reports

@@ -1,7 +1,9 @@
 """``pathmetric quant-plan``: a certified mixed-precision plan."""
 from __future__ import annotations
 
-from .common import bit_widths, emit, head_certificate, head_fields, load, model_args, progress
+from .common import (bit_widths, emit, head_certificate, head_fields, load, model_args,
+                     positive_number, progress)
+
 
 def cmd_quant_plan(args) -> int:
     import pathmetric as pm
@@ -26,7 +28,7 @@ def register(sub) -> None:
     """Add ``quant-plan`` to the subcommands ``sub`` of the ``pathmetric`` parser."""
     p = sub.add_parser("quant-plan", help="certified mixed-precision plan")
     model_args(p)
-    p.add_argument("--avg-bits", type=float, required=True,
+    p.add_argument("--avg-bits", type=positive_number, required=True,
                    help="budget: average bits per weight of the plan")
     p.add_argument("--bits", type=bit_widths, default=(2, 4, 8),
                    help="candidate bit-widths, comma-separated (default 2,4,8)")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from .common import (bit_widths, emit, fmt_log, head_fields, load, model_args, positive, progress,
-                     table)
+from .common import (bit_widths, emit, fmt_log, head_fields, load, model_args, positive,
+                     positive_number, progress, table)
+
 
 def cmd_report(args) -> int:
     import pathmetric as pm
@@ -20,8 +21,9 @@ def cmd_report(args) -> int:
             result = {"model": args.model, "supported": False,
                       "unsupported": [list(u) for u in support.unsupported],
                       **head_fields(support)}
-            emit(args, result, str(support))
-            return 2
+            if args.json:
+                emit(args, result, "")
+            raise pm.UnsupportedModelError(str(support), support.unsupported)
         norms = {str(q): {"value": pm.path_norm(model, x, q=q), "log": pm.log_path_norm(model, x, q=q)}
                  for q in (1, 2, 4)}
         bar.update()
@@ -82,8 +84,9 @@ def register(sub) -> None:
                    help="sensitivity bit-widths, comma-separated (default 2,4,8)")
     p.add_argument("--n", type=positive, default=1_281_167,
                    help="training samples of the generalization bound (default: ImageNet's)")
-    p.add_argument("--input-bound", type=float, default=1.0, help="B >= sup ||x||_inf (default 1)")
-    p.add_argument("--lipschitz", type=float, default=1.0,
+    p.add_argument("--input-bound", type=positive_number, default=1.0,
+                   help="B >= sup ||x||_inf (default 1)")
+    p.add_argument("--lipschitz", type=positive_number, default=1.0,
                    help="Lipschitz constant of the loss (default 1)")
     p.add_argument("--compare-bits", type=positive, default=8,
                    help="bit-width of the change on which classical and path-metric bounds are "
