@@ -150,3 +150,33 @@ def test_threads_default_to_the_idle_cpus_and_the_callers_count_is_restored(monk
     calls.clear()
     rc, _, _ = run(capsys, "quant-plan", "digits", "--avg-bits", "4", "--json")
     assert rc == 0 and calls == [4, before]
+
+
+def test_structured_prune_counts_channels_and_says_why_a_layer_is_untouched(capsys):
+    rc, out, _ = run(capsys, "prune", "digits", "--sparsity", "0.5", "--structured", "--json")
+    channels = json.loads(out)["channels"]
+    model, x = models.load_model("digits"), torch.zeros(1, 1, 8, 8)
+    result = pm.prune(model, 0.5, x, structured=True)
+    for layer, count in channels.items():
+        mask = result.masks[f"{layer}.weight"]
+        assert count["total"] == mask.shape[0]
+        assert count["pruned"] == int((mask.reshape(mask.shape[0], -1).sum(1) == 0).sum())
+    pruned = sum(c["pruned"] for c in channels.values())
+    assert pruned == round(0.5 * sum(c["total"] for c in channels.values()))
+    rc, out, _ = run(capsys, "prune", "digits", "--sparsity", "0.5", "--structured")
+    assert rc == 0 and "channels kept" in out and f"{pruned} of 112 output channels pruned" in out
+    assert "weights removed: share" in out
+
+
+def test_quant_plan_out_writes_the_plan_it_certifies(capsys, tmp_path):
+    out_file = tmp_path / "quantized.pt"
+    rc, out, _ = run(capsys, "quant-plan", "digits", "--avg-bits", "4", "--out", out_file,
+                     "--json")
+    plan = json.loads(out)
+    model, x = models.load_model("digits"), torch.zeros(1, 1, 8, 8)
+    state = torch.load(out_file, weights_only=True)
+    changed = {k: v for k, v in state.items() if not torch.equal(v, model.state_dict()[k])}
+    assert sorted(changed) == sorted(f"{layer}.weight" for layer in plan["bits"])
+    assert pm.path_metric(model, changed, x) == pytest.approx(plan["certified_bound"], rel=1e-9)
+    rc, text, _ = run(capsys, "quant-plan", "digits", "--avg-bits", "4")
+    assert "additive bound is what the plan minimises" in text
