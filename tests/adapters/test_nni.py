@@ -446,6 +446,7 @@ def test_norm_pruning_example_agp_then_speedup_without_compat_call():
     assert "compat" not in script.read_text()
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "\x1b[" not in run.stdout and "Speedup done" not in run.stdout   # NNI's log lines
     lines = dict(line.split(":", 1) for line in run.stdout.splitlines() if ":" in line)
     before = int(lines["Original model parameter number"])
     after = int(lines["Pruned model parameter number"])
