@@ -281,8 +281,8 @@ class PathMetricImportance(tp.importance.Importance):
     ``max_layer_ratio`` caps removal per layer: of the channels a group had when this importance
     first saw it, at most this fraction is offered ahead of the others. The channels that must
     stay (the largest scores) rank after every other channel of every group, and the best
-    channel of each group is never offered (score raised by ``2e9``, finite so that torch-pruning's
-    regularizers can normalise importances), so a layer is never emptied. When
+    channel of each group ranks after all of them (score raised by ``2e9``: finite, so that
+    torch-pruning's regularizers can normalise importances), so a layer is not emptied. When
     the asked ratio needs more channels than the cap leaves (a high global ratio, or later
     iterative steps), protected channels are taken in score order, so the pruner reaches the
     asked ratio, and a warning names the layers pruned past the cap when it is next called
