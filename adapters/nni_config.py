@@ -1,6 +1,6 @@
-"""NNI pruning from a config file: :func:`load_config` reads and checks it, :func:`pruner_from_config`
-builds the pruner it names, :func:`prune_from_config` prunes, speeds up and certifies (the CLI's
-``pathmetric nni prune``, with :class:`NNIPruneResult`)."""
+"""NNI pruning from a config file: :func:`load_config` reads and checks it,
+:func:`pruner_from_config` builds the pruner it names, :func:`prune_from_config` prunes, speeds
+up and certifies (the CLI's ``pathmetric nni prune``, with :class:`NNIPruneResult`)."""
 from __future__ import annotations
 
 import json
