@@ -6,7 +6,7 @@ Path-metric pruning with torch-pruning is a one-line change::
     from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
 
     imp = PathMetricImportance(example_inputs)
-    pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.5,
+    pruner = tp.pruner.BasePruner(model, example_inputs, importance=imp, pruning_ratio=0.5,
                                   global_pruning=True, ignored_layers=[model.fc])
     for step in range(pruner.iterative_steps):
         bound = certified_step(pruner, example_inputs)   # same channels as pruner.step()
@@ -17,14 +17,15 @@ slices of a concatenation). :func:`group_members` translates a group into the en
 (``pm.Member(module name, "out" | "in", idxs, root positions)``); pseudo-nodes of the dependency graph
 (element-wise ops, concatenation, split, flatten, the output) carry no parameter and are skipped.
 
-Example inputs are what torch-pruning takes: a tensor, a tuple of positional inputs, or a dict
-of keyword inputs of ``model.forward`` (given to the engine in the signature's order).
-The mathematics (lifted network, masses, certificates) is the engine's: ``pm.group_mass`` and
+Example inputs are what torch-pruning takes: a tensor, a tuple of positional inputs, a list
+that ``forward`` takes as one argument, or a dict of keyword inputs of ``model.forward`` (given
+to the engine in the signature's order).
+The translation of torch-pruning's inputs and groups is in :mod:`.torch_pruning_groups`; the
+mathematics (lifted network, masses, certificates) is the engine's: ``pm.group_mass`` and
 ``pm.path_metric``.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 import weakref
@@ -36,99 +37,18 @@ from torch import nn
 
 import pathmetric as pm
 
-__all__ = ["PathMetricImportance", "certified_step", "StepCertificate", "group_members"]
+from .torch_pruning_groups import (ParameterSlice, engine_view, group_members, parameter_slices,
+                                   shapes, slice_shares, zero_slices)
 
-_OPTYPE = tp.ops.OPTYPE
-_PSEUDO_NODES = {_OPTYPE.ELEMENTWISE, _OPTYPE.CONCAT, _OPTYPE.SPLIT, _OPTYPE.RESHAPE,
-                 _OPTYPE.UNBIND, _OPTYPE.EXPAND, _OPTYPE.SLICE, _OPTYPE.OUTPUT}
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.PReLU)
+__all__ = ["PathMetricImportance", "certified_step", "StepCertificate", "group_members",
+           "ParameterSlice", "parameter_slices"]
+
 #: offset of the channels ``max_layer_ratio`` protects: above every path-mass share (a share is
-#: at most the number of a group's layers), below the +inf of the best channel, which always stays
+#: at most the number of a group's layers); the best channel, which always stays, gets it twice.
+#: Finite, because torch-pruning does arithmetic on importances: ``GroupNormPruner.regularize``
+#: and ``GrowingRegPruner.update_reg`` normalise ``(max - imp) / (max - min)``, which is NaN
+#: with an infinite score and would put NaN into the gradients.
 _PROTECTED = 1e9
-
-
-def engine_inputs(model: nn.Module, example_inputs):
-    """torch-pruning's example inputs as the engine takes them: a dict holds keyword inputs of
-    ``model.forward``, turned into positional ones in the signature's order (parameters left
-    out before the last given one take their defaults)."""
-    if not isinstance(example_inputs, dict):
-        return example_inputs
-    parameters = list(inspect.signature(model.forward).parameters.values())
-    names = [p.name for p in parameters]
-    unknown = sorted(set(example_inputs) - set(names))
-    if unknown:
-        raise TypeError(f"example inputs {unknown} are not parameters of "
-                        f"{type(model).__name__}.forward{inspect.signature(model.forward)}")
-    last = max(names.index(key) for key in example_inputs)
-    positional = []
-    for parameter in parameters[:last + 1]:
-        if parameter.name in example_inputs:
-            positional.append(example_inputs[parameter.name])
-        elif parameter.default is not inspect.Parameter.empty:
-            positional.append(parameter.default)
-        else:
-            raise TypeError(f"example inputs lack '{parameter.name}' of "
-                            f"{type(model).__name__}.forward, which has no default")
-    return tuple(positional)
-
-
-def _shapes(inputs) -> list:
-    if isinstance(inputs, torch.Tensor):
-        return [tuple(inputs.shape)]
-    if isinstance(inputs, dict):
-        return [(key, shape) for key in sorted(inputs) for shape in _shapes(inputs[key])]
-    if isinstance(inputs, (tuple, list)):
-        return [shape for item in inputs for shape in _shapes(item)]
-    return [repr(inputs)]
-
-
-def group_members(group, names: dict) -> tuple[list, int]:
-    """Engine members of a torch-pruning group, and its number of root channels.
-
-    Item ``k`` of the group prunes channels ``idxs[k]`` of layer ``module_k`` with handler
-    ``handler_k``; ``root_idxs[k][j]`` is the root channel that ``idxs[k][j]`` belongs to. It
-    becomes ``(names[module_k], "out" or "in", idxs[k], positions)`` with ``positions[j]`` the
-    place of ``root_idxs[k][j]`` in the root item's ``idxs`` (the order of the scores), as a
-    ``pm.Member``. An output
-    handler of a conv or linear layer means its output channel with its bias, of a BatchNorm its
-    channel; an input handler means the input channel (or in-feature, one per flattened position)
-    of a conv or linear layer; a per-channel PReLU's output handler means its slopes (a PReLU
-    with one shared slope keeps it: not a member). ``names`` maps modules to their names.
-    """
-    graph = group._DG
-    root = list(group[0].idxs)
-    position = {channel: j for j, channel in enumerate(root)}
-    members = []
-    for item in group:
-        dep = item.dep
-        module = dep.target.module
-        if dep.target.type in _PSEUDO_NODES or (isinstance(module, nn.PReLU)
-                                                 and module.num_parameters == 1):
-            continue
-        name = names.get(module) if isinstance(module, nn.Module) else None
-        where = f"'{name}' ({type(module).__name__})" if name is not None else type(module).__name__
-        if not isinstance(module, _LAYERS):
-            raise pm.UnsupportedModelError(
-                f"pathmetric cannot translate {where} in the torch-pruning group of "
-                f"'{names.get(group[0].dep.target.module)}': the path-metric members of a group "
-                "are conv, linear, BatchNorm and PReLU channels",
-                [(type(module).__name__, name, "not a conv, linear, BatchNorm or PReLU layer")])
-        if graph.is_out_channel_pruning_fn(dep.handler):
-            kind = "out"
-        elif graph.is_in_channel_pruning_fn(dep.handler):
-            kind = "in"
-        else:
-            raise pm.UnsupportedModelError(
-                f"pathmetric: unknown torch-pruning handler {dep.handler} on {where}",
-                [(type(module).__name__, name, "unknown handler")])
-        if any(r is None for r in item.root_idxs):
-            raise pm.UnsupportedModelError(
-                f"pathmetric: torch-pruning cannot tell which root channels the "
-                f"channels of {where} belong to (root index None)",
-                [(type(module).__name__, name, "root index None")])
-        members.append(pm.Member(name, kind, list(item.idxs),
-                                 [position[r] for r in item.root_idxs]))
-    return members, len(root)
 
 
 def _fingerprint(model) -> tuple:
@@ -186,13 +106,14 @@ class PathMetricImportance(tp.importance.Importance):
     ``max_layer_ratio`` caps removal per layer: of the channels a group had when this importance
     first saw it, at most this fraction is offered ahead of the others. The channels that must
     stay (the largest scores) rank after every other channel of every group, and the best
-    channel of each group is never offered (score ``+inf``), so a layer is never emptied. When
+    channel of each group ranks after all of them (score raised by ``2e9``: finite, so that
+    torch-pruning's regularizers can normalise importances), so a layer is not emptied. When
     the asked ratio needs more channels than the cap leaves (a high global ratio, or later
     iterative steps), protected channels are taken in score order, so the pruner reaches the
     asked ratio, and a warning names the layers pruned past the cap when it is next called
     (next step, or :func:`certified_step`). ``None`` turns the cap off (pure path-mass
     shares; torch-pruning then skips a group whose every channel falls below a global
-    threshold). MetaPruner's own ``max_pruning_ratio`` only stops pruning a
+    threshold). BasePruner's own ``max_pruning_ratio`` only stops pruning a
     group in later steps.
 
     ``example_inputs``: a tensor, tuple or dict (keyword inputs of ``model.forward``) of the
@@ -215,7 +136,9 @@ class PathMetricImportance(tp.importance.Importance):
         self.cost = cost
         self._key = None
         self._names = {}
+        self._parameter_names = {}
         self._masses = None
+        self._engine = None                          # the model as the engine calls it
         self._inputs = None
         self._checked = weakref.WeakKeyDictionary()  # model -> True once check_support passed
         self._initial = weakref.WeakKeyDictionary()  # root module -> channels when first seen
@@ -227,11 +150,12 @@ class PathMetricImportance(tp.importance.Importance):
         key = _fingerprint(model)
         if key != self._key:
             self._names = {module: name for name, module in model.named_modules()}
+            self._parameter_names = {param: name for name, param in model.named_parameters()}
             self._masses = None
             self._key = key
-            self._inputs = engine_inputs(model, self.example_inputs)
+            self._engine, self._inputs = engine_view(model, self.example_inputs)
             if model not in self._checked:
-                support = pm.check_support(model, self._inputs)
+                support = pm.check_support(self._engine, self._inputs)
                 if not support.ok:
                     raise pm.UnsupportedModelError(str(support), support.unsupported)
                 self._checked[model] = True
@@ -256,7 +180,7 @@ class PathMetricImportance(tp.importance.Importance):
         matter). Linear layers are not checked: their saved input is flattened."""
         if dependency_graph in self._traced_checked:
             return
-        engine = pm.layer_input_shapes(dependency_graph.model, self._inputs)
+        engine = pm.layer_input_shapes(self._engine, self._inputs)
         for module, node in dependency_graph.module2node.items():
             name = self._names.get(module)
             try:
@@ -268,7 +192,7 @@ class PathMetricImportance(tp.importance.Importance):
             if tuple(traced.shape[2:]) != tuple(engine[name][2:]):
                 raise ValueError(
                     f"PathMetricImportance was built for example inputs of shape "
-                    f"{_shapes(self.example_inputs)}, but the pruner was traced with other "
+                    f"{shapes(self.example_inputs)}, but the pruner was traced with other "
                     f"inputs: '{name}' reads {tuple(traced.shape)} in the pruner's trace and "
                     f"{engine[name]} for the importance; path masses depend on the input shape: "
                     "build the importance with the pruner's example inputs")
@@ -280,11 +204,17 @@ class PathMetricImportance(tp.importance.Importance):
         self._refresh(model)
         self._check_traced_shapes(group._DG)
         members, channels = group_members(group, self._names)
+        slices = parameter_slices(group, self._parameter_names)
+        if slices and self.exact:
+            raise ValueError(f"PathMetricImportance(exact=True) does not score unwrapped "
+                             f"parameters ({', '.join(s.name for s in slices)}): use exact=False")
         x = self._inputs
         if not self.exact and self._masses is None:
-            self._masses = pm.PathMasses(model, x)
-        scores = pm.group_mass(model, x, members, channels, exact=self.exact,
+            self._masses = pm.PathMasses(self._engine, x)
+        scores = pm.group_mass(self._engine, x, members, channels, exact=self.exact,
                                relative=True, masses=self._masses).to(torch.float64).cpu()
+        if slices:
+            scores = scores + slice_shares(self._masses, slices, channels)
         if self.cost == "params":
             scores = scores / _parameters_per_channel(model, members, channels)
         if self.normalizer is not None:
@@ -312,7 +242,8 @@ class PathMetricImportance(tp.importance.Importance):
         count, keep = self._channels_to_keep(group)
         protected = len(scores) - max(0, count - keep)
         if protected > 0:
-            scores = pm.protect_top(pm.protect_top(scores, protected, offset=_PROTECTED), 1)
+            scores = pm.protect_top(pm.protect_top(scores, protected, offset=_PROTECTED), 1,
+                                    offset=_PROTECTED)
         return scores
 
 
@@ -374,18 +305,20 @@ def certified_step(pruner, example_inputs) -> StepCertificate:
     model = pruner.model
     importance = pruner.importance
     if isinstance(importance, PathMetricImportance) and \
-            _shapes(importance.example_inputs) != _shapes(example_inputs):
+            shapes(importance.example_inputs) != shapes(example_inputs):
         raise ValueError(f"PathMetricImportance was built for example inputs of shape "
-                         f"{_shapes(importance.example_inputs)} but the pruner's are "
-                         f"{_shapes(example_inputs)}: path masses depend on the input shape; "
+                         f"{shapes(importance.example_inputs)} but the pruner's are "
+                         f"{shapes(example_inputs)}: path masses depend on the input shape; "
                          "build the importance with the pruner's example inputs")
-    inputs = engine_inputs(model, example_inputs)
+    engine, inputs = engine_view(model, example_inputs)
     groups = list(pruner.step(interactive=True))
     names = {module: name for name, module in model.named_modules()}
+    parameter_names = {param: name for name, param in model.named_parameters()}
     members = [m for group in groups for m in group_members(group, names)[0]]
-    zeroed = pm.zeroed_members(model, inputs, members)
-    bound = StepCertificate(*pm.path_metric_with_log(model, zeroed, inputs),
-                            pm.check_support(model, inputs).head)
+    slices = [s for group in groups for s in parameter_slices(group, parameter_names)]
+    zeroed = zero_slices(model, slices, pm.zeroed_members(engine, inputs, members))
+    bound = StepCertificate(*pm.path_metric_with_log(engine, zeroed, inputs),
+                            pm.check_support(engine, inputs).head)
     for group in groups:
         root = group[0]
         pruner.DG.get_pruning_group(root.dep.target.module, root.dep.handler,

@@ -23,13 +23,13 @@ import torchvision
 
 import pathmetric as pm
 from pathmetric import reports
-from pathmetric.app.cli import quantized_change
+from pathmetric.metric import quantized_weights
 from pathmetric.app.digits import pretrained
 
 
 def changes(model, x, prune):
-    yield "8-bit quantization", quantized_change(model, x, 8)
-    yield "4-bit quantization", quantized_change(model, x, 4)
+    yield "8-bit quantization", quantized_weights(model, x, 8)
+    yield "4-bit quantization", quantized_weights(model, x, 4)
     if prune:
         yield "50% path-magnitude pruning", pm.prune(model, 0.5, x).model
 

@@ -12,10 +12,12 @@ import torchvision
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import AGPPruner
 from nni.compression.speedup import ModelSpeedup
+from nni.runtime.log import silence_stdout
 from nni.compression.utils import auto_set_denpendency_group_ids
 
 from pathmetric.adapters.nni import PathMetricPruner
 
+silence_stdout()          # NNI's INFO log lines (ModelSpeedup's ~300) off stdout
 torch.manual_seed(0)
 images, labels = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
 

@@ -28,7 +28,7 @@ def prune(name, model, ignored, size, steps, ratio, exact):
     original = copy.deepcopy(model)
     with torch.no_grad():
         reference = original(x)
-    pruner = tp.pruner.MetaPruner(model, example, importance=PathMetricImportance(example, exact),
+    pruner = tp.pruner.BasePruner(model, example, importance=PathMetricImportance(example, exact),
                                   pruning_ratio=ratio, global_pruning=True, iterative_steps=steps,
                                   ignored_layers=ignored)
     macs0, params0 = tp.utils.count_ops_and_params(model, example)

@@ -1,5 +1,5 @@
-"""Certificates for deployed integer models: quantized weights AND activations (DESIGN.md,
-"Deployed integer models"; issue 22).
+"""Certificates for deployed integer models: quantized weights AND activations (docs/design.md,
+"The deployed integer model").
 
 A deployed model ``Rq`` runs the float model's graph with dequantized weights ``theta'`` and
 replaces, at each quantization point ``t``, the value ``z`` by ``Q_t(z)``. Where ``z`` stays in the

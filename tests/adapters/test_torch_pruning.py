@@ -36,7 +36,7 @@ def _zoo(name):
     return model, [model.segmentation_head]
 
 
-# One MetaPruner configuration per model, so that every option is met on a real network.
+# One BasePruner configuration per model, so that every option is met on a real network.
 ZOO = {
     "resnet18": dict(global_pruning=True, iterative_steps=2),
     "vgg11_bn": dict(round_to=8),
@@ -57,7 +57,7 @@ def test_zoo_models_prune_run_and_shrink(name):
     shape = model(X32).shape
     macs0, params0 = tp.utils.count_ops_and_params(model, X32)
     before = {m: m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}
-    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
+    pruner = tp.pruner.BasePruner(model, X32, importance=PathMetricImportance(X32),
                                   pruning_ratio=0.4, ignored_layers=ignored, **options)
     for _ in range(pruner.iterative_steps):
         pruner.step()
@@ -145,7 +145,7 @@ def test_exact_scores_are_path_norm_drops_and_sum_bounds_them():
 
 
 def _chosen(model, importance):
-    pruner = tp.pruner.MetaPruner(model, X32, importance=importance, pruning_ratio=0.4,
+    pruner = tp.pruner.BasePruner(model, X32, importance=importance, pruning_ratio=0.4,
                                   global_pruning=True, ignored_layers=[model.fc])
     names = {m: n for n, m in model.named_modules()}
     return {(names[g[0].dep.target.module], tuple(sorted(g[0].idxs)))
@@ -171,9 +171,9 @@ def test_certified_step_removes_what_step_removes_and_certifies_the_drop():
     model.eval()
     twin = copy.deepcopy(model)
     kwargs = dict(pruning_ratio=0.3, global_pruning=True)
-    pruner = tp.pruner.MetaPruner(model, X32, importance=tp.importance.GroupMagnitudeImportance(),
+    pruner = tp.pruner.BasePruner(model, X32, importance=tp.importance.GroupMagnitudeImportance(),
                                   ignored_layers=ignored, **kwargs)
-    twin_pruner = tp.pruner.MetaPruner(twin, X32,
+    twin_pruner = tp.pruner.BasePruner(twin, X32,
                                        importance=tp.importance.GroupMagnitudeImportance(),
                                        ignored_layers=[twin.fc], **kwargs)
     norm = pm.path_norm(model, X32)
@@ -201,7 +201,7 @@ def test_cap_keeps_layers_from_being_emptied_and_engine_runs_once_per_step(monke
     model.eval()
     convs = {m: m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}
     imp = PathMetricImportance(X32, max_layer_ratio=0.5)
-    pruner = tp.pruner.MetaPruner(model, X32, importance=imp, pruning_ratio=0.45,
+    pruner = tp.pruner.BasePruner(model, X32, importance=imp, pruning_ratio=0.45,
                                   global_pruning=True, ignored_layers=ignored, iterative_steps=3)
     for _ in range(3):
         pruner.step()
@@ -234,7 +234,7 @@ def test_high_global_ratio_prunes_as_asked_and_says_where_the_cap_gave_way():
     model, ignored = _zoo("resnet18")
     model.eval()
     before = _count(model)
-    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
+    pruner = tp.pruner.BasePruner(model, X32, importance=PathMetricImportance(X32),
                                   pruning_ratio=0.9, global_pruning=True, ignored_layers=ignored)
     with pytest.warns(UserWarning, match="pruned past the cap"):
         certified_step(pruner, X32)
@@ -245,7 +245,7 @@ def test_high_global_ratio_prunes_as_asked_and_says_where_the_cap_gave_way():
 def test_iterative_high_ratio_keeps_pruning_at_every_step():
     model, ignored = _zoo("resnet18")
     model.eval()
-    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
+    pruner = tp.pruner.BasePruner(model, X32, importance=PathMetricImportance(X32),
                                   pruning_ratio=0.9, global_pruning=True, ignored_layers=ignored,
                                   iterative_steps=3)
     counts = [_count(model)]
@@ -261,7 +261,7 @@ def test_normalizer_spreads_global_pruning_over_layers(option):
         model, ignored = _zoo("vgg11_bn")
         model.eval()
         convs = {m: m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}
-        pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32, **kwargs),
+        pruner = tp.pruner.BasePruner(model, X32, importance=PathMetricImportance(X32, **kwargs),
                                       pruning_ratio=0.5, global_pruning=True,
                                       ignored_layers=ignored)
         pruner.step()
@@ -301,7 +301,7 @@ def test_prelu_grouped_convs_and_dict_inputs_are_certified():
     model = _PReLUNet().eval()
     reference = copy.deepcopy(model)
     x = {"image": torch.randn(1, 3, 16, 16)}
-    pruner = tp.pruner.MetaPruner(model, x, importance=PathMetricImportance(x),
+    pruner = tp.pruner.BasePruner(model, x, importance=PathMetricImportance(x),
                                   pruning_ratio=0.5, ignored_layers=[model.fc])
     bound = certified_step(pruner, x)
     assert (model.b[2].num_parameters, model.b[3].out_channels, model.b[5].groups) == (8, 8, 8)
@@ -334,7 +334,7 @@ def test_importance_for_other_input_shapes_is_refused():
     model = _PReLUNet().eval()
     x = {"image": torch.randn(1, 3, 16, 16)}
     imp = PathMetricImportance({"image": torch.randn(1, 3, 32, 32)})
-    pruner = tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=0.5,
+    pruner = tp.pruner.BasePruner(model, x, importance=imp, pruning_ratio=0.5,
                                   ignored_layers=[model.fc])
     with pytest.raises(ValueError, match="built for example inputs of shape"):
         certified_step(pruner, x)
@@ -346,7 +346,7 @@ def test_importance_for_other_input_shapes_is_refused():
 
 def test_convnext_refusal_names_the_real_cause_first():
     model = torchvision.models.convnext_tiny(weights=None).eval()
-    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
+    pruner = tp.pruner.BasePruner(model, X32, importance=PathMetricImportance(X32),
                                   pruning_ratio=0.5, ignored_layers=[model.classifier[-1]])
     with pytest.raises(pm.UnsupportedModelError, match="layer_norm") as error:
         pruner.step()
@@ -359,7 +359,7 @@ def test_plain_step_refuses_a_pruner_traced_with_other_shapes(pruner_size, refus
     pruner's dependency graph tell a plain ``pruner.step()`` that the shapes differ."""
     model = torchvision.models.resnet18(num_classes=10).eval()
     importance = PathMetricImportance(torch.randn(1, 3, 32, 32))
-    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, pruner_size, pruner_size),
+    pruner = tp.pruner.BasePruner(model, torch.randn(1, 3, pruner_size, pruner_size),
                                   importance=importance, pruning_ratio=0.3,
                                   ignored_layers=[model.fc])
     before = model_state(model)

@@ -15,12 +15,11 @@ import math
 
 import torch
 
+from .common import emit, load, model_args, table
 
-def register(subparsers, model_args, load, emit, table):
-    """Add the ``certify`` subcommand to the ``pathmetric`` parser's ``subparsers``, with the
-    command line's shared helpers (passed in by :mod:`pathmetric.app.cli`, which this module
-    does not import): ``model_args(parser)``, ``load(args) -> (model, x)``, ``emit(args,
-    result, text)`` and ``table(header, rows)``."""
+
+def register(subparsers):
+    """Add the ``certify`` subcommand to the ``pathmetric`` parser's ``subparsers``."""
     p = subparsers.add_parser("certify", help="certificate of a deployed int8 model (weights "
                                               "and activations) against the float model")
     model_args(p)

@@ -9,21 +9,29 @@ Specs:
 - ``digits`` — the digits CNN shipped with pathmetric (:func:`pathmetric.app.digits.pretrained`).
 
 A checkpoint (``torch.save`` of a ``state_dict``, or of a dict holding one under ``state_dict``
-or ``model``) is loaded into the built model with :func:`load_model`'s ``checkpoint``; a
-``torch.save`` of a whole module of the built model's class (what ``pathmetric nni prune --out``
-writes, possibly with smaller layers) replaces it. Every problem is a ``ValueError`` (or
+or ``model``) is loaded into the built model with :func:`load_model`'s ``checkpoint``; conv,
+linear and BatchNorm layers take the checkpoint's channel counts (what ``pathmetric nni prune
+--out`` writes after NNI's ModelSpeedup). A ``torch.save`` of a whole module of the built
+model's class replaces it. Every problem is a ``ValueError`` (or
 ``FileNotFoundError``) with one line that says what to do.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import inspect
 import pickle
+from itertools import chain
 from pathlib import Path
 
 import torch
 from torch import nn
 
 DEFAULT_SHAPES = {"digits": (1, 1, 8, 8)}
+
+
+class FactoryError(ValueError):
+    """The user's model file or factory raised while building the model: the error is theirs."""
 
 
 def build_model(spec: str) -> nn.Module:
@@ -34,6 +42,12 @@ def build_model(spec: str) -> nn.Module:
     kind, _, rest = spec.partition(":")
     if kind == "torchvision" and rest:
         import torchvision
+        names = torchvision.models.list_models()
+        if rest not in names:
+            close = difflib.get_close_matches(rest, names, n=3)
+            raise ValueError(f"torchvision has no model {rest!r}"
+                             f"{f' (did you mean {close}?)' if close else ''}; "
+                             "torchvision.models.list_models() lists them all")
         model = torchvision.models.get_model(rest, weights=None)
     elif kind == "timm" and rest:
         import timm
@@ -68,10 +82,18 @@ def _from_file(file: Path, factory: str) -> nn.Module:
     if module_spec is None or module_spec.loader is None:
         raise ImportError(f"{file} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - anything the user's file raises is theirs
+        raise FactoryError(f"running {file} raised {type(error).__name__}: {error} (an error in "
+                           "your model file; fix it there)") from error
     if not callable(getattr(module, factory, None)):
         raise ValueError(f"{file} defines no callable {factory!r}")
-    model = getattr(module, factory)()
+    try:
+        model = getattr(module, factory)()
+    except Exception as error:  # noqa: BLE001
+        raise FactoryError(f"{file}:{factory}() raised {type(error).__name__}: {error} (an error "
+                           "in your model factory; fix it there)") from error
     if not isinstance(model, nn.Module):
         raise ValueError(f"{file}:{factory}() returned {type(model).__name__}, not an "
                          "nn.Module: the factory must return the model")
@@ -103,6 +125,8 @@ def load_checkpoint(model: nn.Module, checkpoint) -> nn.Module:
         raise ValueError(f"checkpoint {checkpoint} holds a {type(state).__name__}, not a "
                          "state_dict of tensors")
     missing, unexpected, mismatched = _mismatch(model, state)
+    if mismatched and not missing and not unexpected and _resize_to(model, state):
+        mismatched = []
     if missing or unexpected or mismatched:
         parts = [f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}"
                  for label, names in (("missing keys", missing), ("unexpected keys", unexpected),
@@ -122,6 +146,44 @@ def _mismatch(model: nn.Module, state: dict) -> tuple:
     return missing, unexpected, mismatched
 
 
+#: per layer type, the attributes that count its channels, and the parameter dimension each reads
+_CHANNEL_COUNTS = {
+    nn.modules.conv._ConvNd: {"out_channels": ("weight", 0)},
+    nn.Linear: {"out_features": ("weight", 0), "in_features": ("weight", 1)},
+    nn.modules.batchnorm._BatchNorm: {"num_features": ("running_mean", 0)},
+}
+
+
+def _resize_to(model: nn.Module, state: dict) -> bool:
+    """Give ``model``'s conv, linear and BatchNorm layers the channel counts of ``state`` (a
+    state_dict of the same model with fewer channels: ``pathmetric nni prune --out`` after NNI's
+    ModelSpeedup); True if every mismatched tensor belongs to such a layer, else ``model`` is left
+    as it was and False. The tensors are then loaded by ``load_state_dict``."""
+    plans = []
+    for name, module in model.named_modules():
+        own = {k: v for k, v in chain(module.named_parameters(recurse=False),
+                                      module.named_buffers(recurse=False)) if v is not None}
+        prefix = f"{name}." if name else ""
+        if all(state[prefix + k].shape == v.shape for k, v in own.items()):
+            continue
+        kind = next((t for t in _CHANNEL_COUNTS if isinstance(module, t)), None)
+        if kind is None or (isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1):
+            return False
+        plans.append((module, prefix, own, kind))
+    for module, prefix, own, kind in plans:
+        for attribute, (tensor, dim) in _CHANNEL_COUNTS[kind].items():
+            setattr(module, attribute, state[prefix + tensor].shape[dim])
+        if isinstance(module, nn.modules.conv._ConvNd):
+            module.in_channels = state[prefix + "weight"].shape[1] * module.groups
+        for key, value in own.items():
+            resized = value.new_empty(state[prefix + key].shape)
+            if isinstance(value, nn.Parameter):
+                setattr(module, key, nn.Parameter(resized, requires_grad=value.requires_grad))
+            else:
+                module.register_buffer(key, resized)
+    return True
+
+
 def _whole_module(model: nn.Module, checkpoint):
     """The module saved whole in ``checkpoint`` if it is of ``model``'s class, else None."""
     try:
@@ -135,6 +197,20 @@ def load_model(spec: str, checkpoint=None) -> nn.Module:
     """:func:`build_model`, then the weights of ``checkpoint`` if given."""
     model = build_model(spec)
     return load_checkpoint(model, checkpoint) if checkpoint else model
+
+
+def check_one_input(model: nn.Module) -> None:
+    """Refuse a model whose ``forward`` needs more than one input: the command line gives it one
+    tensor of ``--input-shape``."""
+    required = [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if len(required) > 1:
+        raise ValueError(f"{type(model).__name__}.forward needs {len(required)} inputs "
+                         f"({', '.join(required)}); the command line gives one tensor of "
+                         "--input-shape: use the Python API with a tuple of inputs, e.g. "
+                         "pathmetric.check_support(model, (x1, x2)), or a factory that wraps "
+                         "the model with one input")
 
 
 def check_input_shape(model: nn.Module, shape: tuple) -> None:

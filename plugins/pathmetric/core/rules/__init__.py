@@ -62,16 +62,12 @@ from .registry import (
 )
 
 # isort: split
-from . import (  # registers the rules  # deployed models, exported programs (aliases of the above)
-    activations,
-    arithmetic,
-    aten,
-    heads,
-    linear,
-    pooling,
-    quantization,
-    structure,
-)
+from . import activations, arithmetic, heads, linear, pooling, structure  # registers the rules
+
+# isort: split
+from . import aten, quantization  # deployed models, exported programs (aliases of the above)
+
+# isort: split
 from .heads import HEAD_NOTE, set_aside_head
 from .linear import batch_norm_scale, batch_norm_shift
 

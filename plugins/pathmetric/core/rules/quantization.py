@@ -1,5 +1,5 @@
-"""Rules of the quantization points of deployed integer models (DESIGN.md, "Deployed integer
-models"): ``torch.fake_quantize_per_tensor_affine`` / ``fake_quantize_per_channel_affine`` and
+"""Rules of the quantization points of deployed integer models (docs/design.md, "The deployed
+integer model"): ``torch.fake_quantize_per_tensor_affine`` / ``fake_quantize_per_channel_affine`` and
 the PT2E pairs ``quantized_decomposed.quantize_per_tensor`` / ``dequantize_per_tensor`` (and
 ``per_channel``, and the ``.tensor`` overloads with tensor scales) that ``convert_pt2e`` (torchao,
 Intel Neural Compressor) leaves in a graph.
