@@ -55,7 +55,7 @@ class PathMetricPruner(_NormPruner):
     """NNI pruner whose metric is the L1 path mass removed by pruning, as a share of ``N``.
 
     ``N = ||Phi(theta)||_1`` is the L1 path-norm; a block's metric is the share of ``N`` carried
-    by the paths that pruning the block removes (DESIGN.md, "Scores"):
+    by the paths that pruning the block removes (docs/design.md, "Scores"):
 
     - element-wise (``fine_grained=True``, like NNI's ``LevelPruner``): ``|theta_i|
       dN/d|theta_i| / N`` per weight (as ``pm.weight_scores``), i.e. ``(N - N(theta_i=0)) / N``;

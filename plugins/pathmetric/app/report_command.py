@@ -38,8 +38,7 @@ def cmd_report(args) -> int:
         sym = reports.symmetries(model, x)
         bar.update()
     if args.plot:
-        from .plots import sensitivity_plot
-        sensitivity_plot(sens, args.plot)
+        sens.plot(args.plot)
     result = {"model": args.model, "input_shape": list(x.shape), "supported": True,
               "ops": support.ops, **head_fields(support), "path_norms": norms,
               "sensitivity": [{"layer": l, "bits": b, "path_metric": v} for (l, b), v in sens.items()],
