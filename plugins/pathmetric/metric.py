@@ -25,14 +25,11 @@ def round_up(value: float, relative_error: float) -> float:
 def _other_tensors(model, other, example_inputs, graph) -> dict:
     mine = named_tensors(model)
     if isinstance(other, nn.Module):
-        other_graph = capture(other, example_inputs)
-        if other_graph.signature() != graph.signature():
-            first = next((a, b) for a, b in zip(graph.signature(), other_graph.signature())
-                         if a != b) if len(graph.nodes) == len(other_graph.nodes) else None
-            detail = (f"first difference: {first[0][:3]} vs {first[1][:3]}" if first else
-                      f"{len(graph.nodes)} vs {len(other_graph.nodes)} operations")
-            raise ValueError("the two models do not have the same architecture "
-                             f"(captured graphs differ; {detail})")
+        difference = graph.difference(capture(other, example_inputs))
+        if difference:
+            raise ValueError("the two models do not have the same architecture: every op, "
+                             "module, shape and constant must be equal; first difference: "
+                             + difference)
         return named_tensors(other)
     if isinstance(other, dict):
         unknown = sorted(set(other) - set(mine))

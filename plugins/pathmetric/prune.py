@@ -33,6 +33,26 @@ class PruneResult:
         return 1.0 - kept / total
 
 
+def _kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """``torch.kthvalue(values, k).values`` of a 1-D tensor, without its copy of ``values`` and
+    of their indices for a large one: the ranks ``k * m / n`` +- 4096 of an evenly strided
+    sample of ``m ~ 2**20`` entries bracket the k-th value (checked by counting), which is then
+    the k-th of the few entries inside the bracket; the full selection otherwise."""
+    n = values.numel()
+    stride = n >> 20
+    if stride < 4:
+        return torch.kthvalue(values, k).values
+    sample = values[::stride]
+    rank = k * sample.numel() // n
+    lo = torch.kthvalue(sample, max(1, rank - 4096)).values
+    hi = torch.kthvalue(sample, min(sample.numel(), rank + 4096)).values
+    below = int((values < lo).sum())
+    if below < k <= int((values <= hi).sum()):
+        inside = values[(values >= lo) & (values <= hi)]
+        return torch.kthvalue(inside, k - below).values
+    return torch.kthvalue(values, k).values
+
+
 def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
     """Boolean mask of the ``count`` smallest finite-or-minus-infinite ``values`` (``+inf``
     never), ties broken by position; linear time (a k-th value, not a sort)."""
@@ -40,35 +60,44 @@ def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
     chosen = torch.zeros(values.numel(), dtype=torch.bool)
     if count <= 0:
         return chosen
-    threshold = torch.kthvalue(values, count).values
+    threshold = _kth_smallest(values, count)
     chosen = values < threshold
     ties = torch.nonzero(values == threshold).flatten()[: count - int(chosen.sum())]
     chosen[ties] = True
     return chosen
 
 
-def _select(scores: dict, target: float, scope: str, max_layer_sparsity: float) -> dict:
+def _select(scores: torch.Tensor, sizes: dict, target: float, scope: str,
+            max_layer_sparsity: float) -> dict:
     """Keep-masks removing the ``target`` fraction of lowest scores, no layer beyond the cap.
 
-    ``scores``: layer -> 1-D scores (already-pruned entries are ``-inf`` and stay pruned). In a
-    layer of ``n`` entries the ``ceil(n * (1 - max_layer_sparsity))`` best are always kept (at
-    least one), so no layer is emptied. Ties are broken by position, deterministically.
+    ``scores``: the 1-D scores of every layer one after the other, ``sizes``: layer -> its
+    number of scores, in that order (already-pruned entries are ``-inf`` and stay pruned;
+    ``scores`` is overwritten). In a layer of ``n`` entries the ``ceil(n * (1 -
+    max_layer_sparsity))`` best are always kept (at least one), so no layer is emptied. Ties are
+    broken by position, deterministically.
     """
-    keep_floor = {k: max(1, math.ceil(v.numel() * (1 - max_layer_sparsity))) for k, v in scores.items()}
+    layers, start = {}, 0
+    for key, n in sizes.items():
+        layers[key] = scores[start:start + n]
+        start += n
+    keep_floor = {k: max(1, math.ceil(v.numel() * (1 - max_layer_sparsity)))
+                  for k, v in layers.items()}
     masks = {}
     if scope == "layer":
-        for key, s in scores.items():
+        for key, s in layers.items():
             n_prune = min(round(target * s.numel()), s.numel() - keep_floor[key])
             masks[key] = ~_lowest(s, max(n_prune, int((s == -math.inf).sum())))
         return masks
     if scope != "global":
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    candidates = [protect_top(s, keep_floor[key]) for key, s in scores.items()]
-    prune = _lowest(torch.cat(candidates), round(target * sum(s.numel() for s in candidates)))
+    for key, s in layers.items():   # protect_top(s, keep_floor[key]), in place
+        s[s.topk(min(keep_floor[key], s.numel())).indices] = math.inf
+    prune = _lowest(scores, round(target * scores.numel()))
     start = 0
-    for key, s in scores.items():
-        masks[key] = ~prune[start:start + s.numel()]
-        start += s.numel()
+    for key, n in sizes.items():
+        masks[key] = ~prune[start:start + n]
+        start += n
     return masks
 
 
@@ -123,7 +152,9 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # the certificate compares with the original parameters: the user's own unless pruned in place
+    original = {n: p.detach().clone() if inplace else p.detach()
+                for n, p in model.named_parameters()}
     pruned = model if inplace else copy.deepcopy(model)
     graph = capture(pruned, example_inputs)
     table = graph.layers()
@@ -135,19 +166,27 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
         masses = PathMasses(pruned, example_inputs, precision)
         if structured:
             targets = {k: v for k, v in _structured_targets(masses).items() if k in chosen}
-            scores = {k: masses.channel_share(k).detach().double().cpu() for k in targets}
+            parts = {k: masses.channel_share(k) for k in targets}
         else:
             targets = {k: [(graph.nodes[table[k].node], "weight", table[k].weight)]
                        for k in chosen}
-            scores = {k: masses.share(table[k].weight).detach().double().cpu().reshape(-1)
-                      for k in targets}
-        for key, s in scores.items():
+            parts = {k: params[table[k].weight] for k in targets}
+        sizes = {k: part.numel() for k, part in parts.items()}
+        scores = torch.empty(sum(sizes.values()), dtype=torch.float64)
+        start = 0
+        for key, n in sizes.items():   # each share formed in its lifted parameter's memory
+            s = scores[start:start + n]
+            s.copy_((parts[key] if structured else
+                     masses.release(table[key].weight, relative=True)).detach().reshape(-1))
             node, role, name = targets[key][0]
             previous = masks.get(name)
             if previous is not None:
                 flat = _kept_channels(node, role, previous) if structured else previous.reshape(-1)
                 s[~flat.cpu()] = -math.inf
-        keep = _select(scores, target, scope, max_layer_sparsity)
+            start += n
+        del masses, parts
+        keep = _select(scores, sizes, target, scope, max_layer_sparsity)
+        del scores
         with torch.no_grad():
             for key, mask in keep.items():
                 for node, role, name in targets[key]:

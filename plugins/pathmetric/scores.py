@@ -64,15 +64,18 @@ class PathMasses:
     turns shares into absolute units (``inf`` past float64). ``log_total`` is ``log N``.
     ``layers``, ``output_layers`` and ``batch_norm_after`` (layer -> BatchNorm module) are those
     of the captured graph (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once.
+    ``gradients_only`` keeps only ``gradient(key)`` (layer sensitivity, plans): neither the
+    lifted parameters nor the neuron values that shares, masses and channel shares read.
     """
 
-    def __init__(self, model, example_inputs, precision="float64", overrides=None):
+    def __init__(self, model, example_inputs, precision="float64", overrides=None,
+                 gradients_only=False):
         self.graph = capture(model, example_inputs)
         _check_unshared(self.graph)
         ev = NormLifting(self.graph, model, q=1.0, dtype=precision_dtype(precision),
                          overrides=overrides, track=True)
         self.layers = self.graph.layers()
-        keep = {layer.node for layer in self.layers.values()}
+        keep = set() if gradients_only else {layer.node for layer in self.layers.values()}
         with torch.inference_mode(False), torch.enable_grad():  # also under inference_mode
             outputs, kept = ev.run(keep)
             for value in kept.values():
@@ -83,9 +86,10 @@ class PathMasses:
         self.exponent = total.e
         self._total = total.m.detach()
         self.log_total = total.log()
-        self._leaves = {key: leaf.detach() for key, leaf in ev.leaves.items()}
         self.gradients = {key: leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                           for key, leaf in ev.leaves.items()}
+        self._leaves = {} if gradients_only else {key: leaf.detach()
+                                                  for key, leaf in ev.leaves.items()}
         self._shares = {}
         self._kept = {index: value[0].m for index, value in kept.items()}
         self.output_layers = self.graph.output_layers()
@@ -104,10 +108,15 @@ class PathMasses:
             out.index_add_(0, roots, share[rows])
         return out if relative else self.absolute(out)
 
-    def share(self, key) -> torch.Tensor:
-        if key not in self._shares:
-            self._shares[key] = torch.mul(self._leaves[key], self.gradients[key]).div_(self._total)
-        return self._shares[key]
+    def share(self, key, keep=True) -> torch.Tensor:
+        """``|theta| * dN/d|theta| / N`` of ``key``, kept for the next call unless ``keep`` is
+        false (a weight's shares, as large as the weight, for a caller that reduces them)."""
+        if key in self._shares:
+            return self._shares[key]
+        share = torch.mul(self._leaves[key], self.gradients[key]).div_(self._total)
+        if keep:
+            self._shares[key] = share
+        return share
 
     def absolute(self, share: torch.Tensor) -> torch.Tensor:
         """Shares of N in absolute units (``inf`` past the precision's range)."""
@@ -166,7 +175,7 @@ class PathMasses:
         weights it feeds)."""
         if module in self.layers:
             index, weight, bias = self.layers[module]
-            node, w = self.graph.nodes[index], self.share(weight)
+            node, w = self.graph.nodes[index], self.share(weight, keep=False)
             if kind == "out":
                 return channel_sums(node, "weight", w) + (self.share(bias) if bias else 0)
             return channel_sums(node, "weight", w, "in")

@@ -64,30 +64,31 @@ class Sensitivity(dict):
         return path
 
 
-def _quantized(weights, bits, scheme, granularity, group_size):
-    """``{(layer, b): q_b(theta_layer)}``."""
-    out = {}
-    for layer, (_, w, dim) in weights.items():
-        quantize = quantizer(w, scheme, granularity, group_size, dim)
-        out.update({(layer, b): quantize(b) for b in bits})
-    return out
+#: ``_moved_mass`` forms its products by blocks of rows of at most this many entries, so a
+#: 25088 x 4096 classifier never has a float64 copy of its own size.
+BLOCK_ENTRIES = 1 << 22
 
 
 def _moved_mass(w, q, grad) -> float:
-    """``sum_i |w_i - q_i| * g_i`` for a round-to-nearest ``q`` of ``w`` (``q`` is overwritten).
+    """``sum_i |w_i - q_i| * g_i`` for a round-to-nearest ``q`` of ``w``.
 
     ``w - q`` is exact in ``w``'s precision (at least float32): ``q`` is 0 or lies within
     ``[w/2, 2w]`` (Sterbenz). The products are formed in ``grad``'s precision and summed per row
     there, then across rows in float64: relative error at most ``(1 + row length) * eps`` plus
-    ``rows * eps64`` (:func:`_moved_mass_error`).
+    ``rows * eps64`` (:func:`_moved_mass_error`). Rows go by blocks of ``BLOCK_ENTRIES``.
     """
-    if w.dtype in (torch.float32, torch.float64):
-        diff = torch.sub(w, q, out=q)
-    else:
-        diff = torch.sub(w.float(), q.float())
-    moved = diff.abs_().to(grad.dtype).mul_(grad)
-    rows = moved.reshape(moved.shape[0], -1) if moved.dim() > 1 else moved.reshape(1, -1)
-    return float(rows.sum(dim=1).double().sum())
+    shape = (w.shape[0], -1) if w.dim() > 1 else (1, -1)
+    w, q, grad = w.reshape(shape), q.reshape(shape), grad.reshape(shape)
+    step = max(1, BLOCK_ENTRIES // max(1, w.shape[1]))
+    sums = []
+    for k in range(0, w.shape[0], step):
+        rows = slice(k, k + step)
+        if w.dtype in (torch.float32, torch.float64):
+            diff = torch.sub(w[rows], q[rows])
+        else:
+            diff = torch.sub(w[rows].float(), q[rows].float())
+        sums.append(diff.abs_().to(grad.dtype).mul_(grad[rows]).sum(dim=1))
+    return float(torch.cat(sums).double().sum())
 
 
 def _moved_mass_error(w, dtype) -> float:
@@ -108,7 +109,7 @@ def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
     and one backward for the whole table.
     """
     weights = layer_weights(model, example_inputs, layers)
-    masses = PathMasses(model, example_inputs, precision)
+    masses = PathMasses(model, example_inputs, precision, gradients_only=True)
     out = Sensitivity()
     for layer, (name, w, dim) in weights.items():
         grad = masses.gradient(name)
@@ -202,20 +203,29 @@ def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
     """
     weights = layer_weights(model, example_inputs, layers)
     bits = sorted(set(int(b) for b in bits))
-    quantized = _quantized(weights, bits, scheme, granularity, group_size)
+
+    def quantize(layer, b):
+        _, w, dim = weights[layer]
+        return quantizer(w, scheme, granularity, group_size, dim)(b)
+
     upper = {}
-    for layer, (name, w, _) in weights.items():
+    for layer, (name, w, dim) in weights.items():   # one layer's candidates at a time
+        quantize_layer = quantizer(w, scheme, granularity, group_size, dim)
         top = w.abs()
         for b in bits:
-            top = torch.maximum(top, quantized[layer, b].abs())
+            top = torch.maximum(top, quantize_layer(b).abs_(), out=top)
         upper[name] = top
-    masses = PathMasses(model, example_inputs, precision, overrides=upper)
+    masses = PathMasses(model, example_inputs, precision, overrides=upper,
+                        gradients_only=True)
+    del upper
     names = list(weights)
     costs = []
     for l in names:
-        name, w, _ = weights[l]
-        costs.append([_moved_mass(w, quantized[l, b].clone(), masses.gradient(name))
-                      for b in bits])
+        name, w, dim = weights[l]
+        quantize_layer = quantizer(w, scheme, granularity, group_size, dim)
+        costs.append([_moved_mass(w, quantize_layer(b), masses.gradient(name)) for b in bits])
+    exponent = masses.exponent
+    del masses   # the certificates below run the pair pass, which needs none of it
     counts = [weights[l][1].numel() for l in names]
     sizes = [[n * b for b in bits] for n in counts]
     budget = int(size_bits if size_bits is not None else math.floor(avg_bits * sum(counts)))
@@ -227,11 +237,11 @@ def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
     if size_bits is None and int(avg_bits) == avg_bits and int(avg_bits) in bits:
         candidates["uniform"] = {l: int(avg_bits) for l in names}
     best: Plan | None = None
-    for plan in candidates.values():
-        certified = path_metric(model, {weights[l][0]: quantized[l, b] for l, b in plan.items()},
+    for plan in candidates.values():   # one quantized copy of the weights at a time
+        certified = path_metric(model, {weights[l][0]: quantize(l, b) for l, b in plan.items()},
                                 example_inputs, precision)
         additive = to_float(sum(costs[names.index(l)][bits.index(b)] for l, b in plan.items()),
-                               masses.exponent)
+                            exponent)
         if best is None or certified < best.certified_bound:
             average = sum(n * plan[l] for l, n in zip(names, counts)) / sum(counts)
             best = Plan(plan, certified, additive, average)

@@ -52,11 +52,11 @@ REARRANGED = [
     ("ravel", lambda x: x.ravel().reshape(1, 2, 4)),
     ("swapaxes", lambda x: x.swapaxes(1, 2).swapaxes(2, 1)),
     ("moveaxis", lambda x: torch.moveaxis(torch.moveaxis(x, 1, 2), 2, 1)),
-    (".T", lambda x: x[0].T.T.unsqueeze(0)),
+    (".T", lambda x: x.flatten(1).T.T.reshape(-1, 2, 4)),
     ("unsqueeze_", lambda x: x.clone().unsqueeze_(0).squeeze_(0)),
     ("index_select", lambda x: torch.index_select(x, 2, torch.tensor([0, 1, 2, 3]))),
     ("hstack", lambda x: torch.hstack([x[:, :1], x[:, 1:]])),
-    (".half/.type", lambda x: x.half().type(torch.float64)),
+    (".to/.type", lambda x: x.to(torch.float64).type(torch.float64)),
 ]
 
 

@@ -151,6 +151,11 @@ class PairLifting(Lifting):
     them exact for a same-orthant pair.
     """
 
+    #: a parameter of more entries is applied by blocks of output channels of at most this many
+    #: entries where the op allows it (:meth:`_images`): a classifier of 25088 x 4096 weights
+    #: then never holds its U, U - L and L whole (five float64 copies of the layer).
+    BLOCK_ENTRIES = 1 << 22
+
     def __init__(self, graph, tensors_a: dict, tensors_b: dict, stage="direct", dtype=torch.float64):
         device = next(iter(tensors_a.values())).device
         super().__init__(graph, dtype, device)
@@ -163,90 +168,163 @@ class PairLifting(Lifting):
         return (Scaled(ones, 0), Scaled(torch.zeros_like(ones), ZERO_EXPONENT))
 
     def param(self, fn, *refs, part=None) -> "PairParam":
-        """``U``, ``U - L`` and ``L`` of the lifted parameter (``U - L`` None where both models
-        agree); ``U`` and ``U - L`` are the two halves of one tensor stacked along dim 0."""
+        """The lifted parameter's ``U``, ``U - L`` and ``L`` (``U - L`` None where both models
+        agree), formed when an op reads them: whole, or by blocks of rows in :meth:`linear`.
+        Counts the sign-conflicting coordinates now (in blocks, so without a copy)."""
+        a = self.computed(fn, refs, 0, cast=False)
         if all(self.raw(r, 0) is self.raw(r, 1) or torch.equal(self.raw(r, 0), self.raw(r, 1))
                for r in refs):
-            upper = self.magnitude(fn, refs)
-            return PairParam(upper, None, upper)
+            return PairParam(self, a)
         # signs, magnitudes, max and min are exact in the parameters' own precision
-        a, b = self.computed(fn, refs, 0, cast=False), self.computed(fn, refs, 1, cast=False)
+        b = self.computed(fn, refs, 1, cast=False)
         if a.shape != b.shape:
             raise ValueError(f"'{self.node.module}' has parameters of shape {tuple(a.shape)} and "
                              f"{tuple(b.shape)} in the two models")
-        product = torch.mul(a, b, out=self.empty(a.shape, a.dtype))
-        conflict = product.lt_(0) if product.numel() and float(product.amin()) < 0 else None
-        conflicts = 0 if conflict is None else int(torch.count_nonzero(conflict))
+        conflicts = 0
+        for rows in PairParam.blocks(a, self.BLOCK_ENTRIES):
+            mark = self.scratch.mark()
+            a_rows, b_rows = a[rows], b[rows]
+            product = torch.mul(a_rows, b_rows, out=self.empty(a_rows.shape, a.dtype))
+            conflicts += int(torch.count_nonzero(product.lt_(0)))
+            self.scratch.rewind(mark)
         self.conflicts += conflicts
-        if self.stage == "to_mid":  # theta versus theta'': they differ only where signs conflict
-            if not conflicts:
-                upper = self.absolute(a)
-                return PairParam(upper, None, upper)
-            b = torch.where(conflict.bool(), torch.zeros_like(a), a)
-        elif conflicts and self.stage == "from_mid":
-            a = torch.where(conflict.bool(), torch.zeros_like(a), a)
-        stacked = self.empty((2 * a.shape[0],) + a.shape[1:] if a.dim() else (2,))
-        upper, gap = stacked.chunk(2) if a.dim() else stacked.unbind()
-        lower = self.empty(a.shape)
-        a, b = (torch.abs(v, out=self.empty(v.shape, v.dtype)) for v in (a, b))
-        if a.dtype == self.dtype:
-            torch.maximum(a, b, out=upper)
-            torch.minimum(a, b, out=lower)
-        else:  # in the parameters' precision, then converted (mixed-precision out= is slower)
-            upper.copy_(torch.maximum(a, b, out=self.empty(a.shape, a.dtype)))
-            lower.copy_(torch.minimum(a, b, out=a))
-        torch.sub(upper, lower, out=gap)
-        return PairParam(upper, gap, lower, stacked)
+        if self.stage == "to_mid" and not conflicts:  # theta versus theta'': equal here
+            return PairParam(self, a)
+        return PairParam(self, a, b, zero_conflicts=bool(conflicts) and self.stage != "direct")
+
+    def _images(self, p, stack_dim, apply):
+        """``apply(parts)`` of the whole lifted parameter ``p``, or, for a large ``p`` of an op
+        whose output dim ``stack_dim`` follows the parameter's dim 0 (the output channels),
+        ``apply`` of blocks of its rows concatenated along ``stack_dim``: only one block's
+        ``U``, ``U - L`` and ``L`` exist at a time (each output entry is computed as a whole)."""
+        if stack_dim is None:
+            return apply(p.whole())
+        blocks = PairParam.blocks(p.a, self.BLOCK_ENTRIES)
+        if len(blocks) == 1:
+            return apply(p.whole())
+        images = []
+        for rows in blocks:
+            mark = self.scratch.mark()
+            images.append(apply(p.parts(rows)))
+            self.scratch.rewind(mark)
+        return [torch.cat(column, dim=stack_dim) for column in zip(*images)]
 
     def linear(self, x, fn, p, *, terms, stack_dim=None):
         """``A' = fn(A, U)``, ``D' = fn(A, U - L) + fn(D, L)``, each entry of ``fn`` a sum of at
         most ``terms`` products (``terms + 1`` for ``D'``, which adds two of them). Where both
         models agree, ``A`` and ``D`` go through one call as a batch of two; otherwise ``U`` and
         ``U - L`` go through one call stacked along the output dimension ``stack_dim`` when the op
-        allows it. An all-zero ``D`` (no change upstream) is not run through the op."""
+        allows it (and a large parameter by blocks of output channels, see :meth:`_images`). An
+        all-zero ``D`` (no change upstream) is not run through the op."""
         a, d = x
         self.summed_terms += terms + 1
         no_change_yet = d.e == ZERO_EXPONENT
-        if p.gap is None:
+        if p.agree:
             if no_change_yet:
-                y_upper = fn(a.m, p.upper)
+                (y_upper,) = self._images(p, stack_dim, lambda q: (fn(a.m, q.upper),))
                 return (Scaled.normalized(y_upper, a.e),
                         Scaled(torch.zeros_like(y_upper), ZERO_EXPONENT))
-            both = fn(torch.cat([a.m, d.m]), p.upper)
+            batch = torch.cat([a.m, d.m])
+            (both,) = self._images(p, stack_dim, lambda q: (fn(batch, q.upper),))
             n = a.m.shape[0]
             return Scaled.normalized(both[:n], a.e), Scaled.normalized(both[n:], d.e)
-        if stack_dim is None:
-            y_upper, y_gap = fn(a.m, p.upper), fn(a.m, p.gap)
-        else:
-            y_upper, y_gap = fn(a.m, p.stacked).chunk(2, dim=stack_dim)
+
+        def images(q):
+            if stack_dim is None:
+                ups = fn(a.m, q.upper), fn(a.m, q.gap)
+            else:
+                ups = fn(a.m, q.stacked).chunk(2, dim=stack_dim)
+            return ups if no_change_yet else (*ups, fn(d.m, q.lower))
+        found = self._images(p, stack_dim, images)
         if no_change_yet:
-            return Scaled.normalized(y_upper, a.e), Scaled.normalized(y_gap, a.e)
-        y_lower = fn(d.m, p.lower)
+            return Scaled.normalized(found[0], a.e), Scaled.normalized(found[1], a.e)
+        y_upper, y_gap, y_lower = found
         return (Scaled.normalized(y_upper, a.e),
                 scaled_sum([Scaled(y_gap, a.e), Scaled(y_lower, d.e)], owned=True).renormalized())
 
     def bias(self, p, fn):
         """Paths that start at the lifted parameter: ``A' = fn(U)``, ``D' = fn(U - L)`` (exact)."""
-        y = Scaled.normalized(fn(p.upper), 0)
-        if p.gap is None:
+        q = p.whole()
+        y = Scaled.normalized(fn(q.upper), 0)
+        if q.gap is None:
             return y, Scaled(torch.zeros_like(y.m), ZERO_EXPONENT)
-        return y, Scaled.normalized(fn(p.gap), 0)
+        return y, Scaled.normalized(fn(q.gap), 0)
 
     def affine(self, x, s, t):
         """``A' = U_s A + U_t``, ``D' = L_s D + (U_s - L_s) A + (U_t - L_t)``: three terms."""
         self.summed_terms += 3
         a, d = x
+        s, t = s.whole(), t.whole()
         d_terms = [(d, s.lower)] + ([(a, s.gap)] if s.gap is not None else [])
         return scaled_affine([(a, s.upper)], t.upper), scaled_affine(d_terms, t.gap)
 
 
-class PairParam(NamedTuple):
-    """A lifted parameter in the pair pass: ``upper`` = U, ``gap`` = U - L (None where the two
-    models agree), ``lower`` = L, and ``stacked`` = ``cat([U, U - L])`` (whose halves they are)."""
+class Bounds(NamedTuple):
+    """``upper`` = U, ``gap`` = U - L (None where the two models agree), ``lower`` = L, and
+    ``stacked`` = ``cat([U, U - L])`` (whose halves they are), of a lifted parameter or a block
+    of its rows, in scratch memory."""
     upper: torch.Tensor
     gap: torch.Tensor | None
     lower: torch.Tensor
     stacked: torch.Tensor | None = None
+
+
+class PairParam:
+    """A lifted parameter of the pair pass: the signed tensors ``a`` (model 0) and ``b``
+    (model 1; None where they agree) in their own precision, and the sign rule of the pass
+    (``zero_conflicts``: theta'' replaces theta (stage ``'from_mid'``) or theta'
+    (``'to_mid'``), the sign-conflicting coordinates zeroed). Its :class:`Bounds` are formed
+    when an op reads them, whole (:meth:`whole`) or for a block of rows (:meth:`parts`)."""
+
+    def __init__(self, ev, a, b=None, zero_conflicts=False):
+        self.ev, self.a, self.b, self.zero_conflicts = ev, a, b, zero_conflicts
+        self._whole = None
+
+    @property
+    def agree(self) -> bool:
+        return self.b is None
+
+    @staticmethod
+    def blocks(tensor, entries) -> list:
+        """Indices of blocks of rows (dim 0) of ``tensor`` with at most ``entries`` entries
+        each (at least one row; ``...``, the whole tensor, when it is small or 0-dim)."""
+        if tensor.dim() == 0 or tensor.numel() <= entries:
+            return [...]
+        rows = max(1, entries // max(1, tensor[0].numel()))
+        return [slice(k, k + rows) for k in range(0, tensor.shape[0], rows)]
+
+    def whole(self) -> Bounds:
+        if self._whole is None:
+            self._whole = self.parts(...)
+        return self._whole
+
+    def parts(self, rows) -> Bounds:
+        """U, U - L, L of the ``rows`` (an index of dim 0, ``...`` for all) of the lifted
+        parameter, in the evaluation precision."""
+        ev = self.ev
+        a = self.a[rows]
+        if self.b is None:
+            upper = ev.absolute(a)
+            return Bounds(upper, None, upper)
+        b = self.b[rows]
+        if self.zero_conflicts:
+            conflict = torch.mul(a, b, out=ev.empty(a.shape, a.dtype)).lt_(0).bool()
+            if ev.stage == "to_mid":  # theta versus theta'': they differ only where signs conflict
+                b = torch.where(conflict, torch.zeros_like(a), a)
+            else:
+                a = torch.where(conflict, torch.zeros_like(a), a)
+        stacked = ev.empty((2 * a.shape[0],) + a.shape[1:] if a.dim() else (2,))
+        upper, gap = stacked.chunk(2) if a.dim() else stacked.unbind()
+        lower = ev.empty(a.shape)
+        a, b = (torch.abs(v, out=ev.empty(v.shape, v.dtype)) for v in (a, b))
+        if a.dtype == ev.dtype:
+            torch.maximum(a, b, out=upper)
+            torch.minimum(a, b, out=lower)
+        else:  # in the parameters' precision, then converted (mixed-precision out= is slower)
+            upper.copy_(torch.maximum(a, b, out=ev.empty(a.shape, a.dtype)))
+            lower.copy_(torch.minimum(a, b, out=a))
+        torch.sub(upper, lower, out=gap)
+        return Bounds(upper, gap, lower, stacked)
 
 
 def total_of(outputs, component=0) -> Scaled:

@@ -117,6 +117,48 @@ def _storage(tensor):
         return None
 
 
+class RandomDraws:
+    """Watches the default random generators (CPU, and the current CUDA device's when CUDA is
+    initialised) across calls: a call that moves one, or that is handed a ``torch.Generator``,
+    draws random numbers, so the function analysed would not be a function of the input.
+    :meth:`restore` puts the generators back as they were at the start."""
+
+    def __init__(self):
+        self.start = self.states()
+        self.last = self.start
+
+    @staticmethod
+    def states() -> tuple:
+        states = (torch.random.get_rng_state(),)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states += (torch.cuda.get_rng_state(),)
+        return states
+
+    def moved(self) -> bool:
+        """Whether a generator moved since the last check (the check moves ``last`` along)."""
+        now = self.states()
+        moved = len(now) != len(self.last) or not all(
+            torch.equal(a, b) for a, b in zip(now, self.last))
+        self.last = now
+        return moved
+
+    def drawn_by(self, args, kwargs) -> str | None:
+        """Why the call just made draws random numbers, or None."""
+        if any(isinstance(x, torch.Generator) for x in pytree.tree_leaves((args, kwargs))):
+            return ("draws random numbers from the torch.Generator passed to it: the function "
+                    "analysed must be deterministic")
+        if self.moved():
+            return ("draws random numbers (the default random generator moved): the function "
+                    "analysed must be deterministic (dropout with training=True, torch.rand*, "
+                    "bernoulli, RReLU in training mode, ...); remove it or disable it in eval mode")
+        return None
+
+    def restore(self):
+        torch.random.set_rng_state(self.start[0])
+        if len(self.start) > 1:
+            torch.cuda.set_rng_state(self.start[1])
+
+
 class _Recorder(TorchFunctionMode):
     """Records the torch calls that depend on the model inputs.
 
@@ -144,6 +186,7 @@ class _Recorder(TorchFunctionMode):
         self.derivations: dict = {}     # Derived name -> (Node, item)
         self.nodes: list = []
         self.unsupported: list = []
+        self.random = RandomDraws()
 
     def track(self, tensor, value):
         self.values[id(tensor)] = (tensor, value)
@@ -153,7 +196,8 @@ class _Recorder(TorchFunctionMode):
 
     def add_input(self, tensor):
         self.track(tensor, Value(len(self.nodes)))
-        self.nodes.append(Node("input", None, (), {}, "", "", tuple(tensor.shape)))
+        self.nodes.append(Node("input", None, (), {}, "", "", tuple(tensor.shape),
+                               dtype=tensor.dtype))
 
     def where(self):
         return self.paths[-1] if self.paths else ("", type(None).__name__)
@@ -261,10 +305,23 @@ class _Recorder(TorchFunctionMode):
         written = written_tensor(func, args, kwargs) if tensors else None
         if written is not None and _storage(written) in self.guarded:
             args, kwargs = _into_copy(written, args, kwargs)  # the parameter stays intact
-        out = func(*args, **kwargs)
+        out = func(*args, **kwargs)   # (the model's own errors propagate from here)
+        try:
+            return self._record(func, args, kwargs, tensors, written, out)
+        except Exception as exc:  # the engine's own failure on this call: a refusal naming it
+            self.refuse(function_name(func), f"the engine cannot record this call "
+                                             f"({type(exc).__name__}: {exc})", out)
+            return out
+
+    def _record(self, func, args, kwargs, tensors, written, out):
+        """Record the call ``func(*args, **kwargs)`` that returned ``out`` (see the class)."""
+        name = function_name(func)
+        drew = self.random.drawn_by(args, kwargs)
+        if drew:
+            self.refuse(name, drew, out)
+            return out
         if not tensors:
             return out
-        name = function_name(func)
         if written is not None:
             self._written(name, written)
         tracked = [x for x in tensors if id(x) in self.values]
@@ -296,6 +353,9 @@ class _Recorder(TorchFunctionMode):
         if isinstance(kwargs.get("out"), torch.Tensor):
             self.refuse(name, "an out= argument writes into an existing tensor; assign the "
                               "result instead", out)
+            return out
+        if any(t.is_complex() for t in out_tensors):
+            self.refuse(name, "its result is complex: the path-lifting model is real", out)
             return out
         if any(id(x) in self.param_derived for x in tensors):
             self.refuse(name, "a tensor computed from parameters during forward (weight "
@@ -333,34 +393,119 @@ class _Recorder(TorchFunctionMode):
             self.refuse(name, "unexpected output structure")
             return out
         self.stale.pop(id(written), None)
+        dtype = out.dtype if isinstance(out, torch.Tensor) else tuple(t.dtype for t in out)
         self.nodes.append(Node(rule.name, func, enc_args, enc_kwargs, path, module_type, shape,
-                               inplace=written is not None, roles=roles, facts=rule))
+                               inplace=written is not None, dtype=dtype, roles=roles, facts=rule))
         return out
 
 
 @contextlib.contextmanager
 def _eval_mode_with_paths(model: nn.Module, paths: list):
-    """Eval mode and a module-path stack for the duration; flags and hooks restored afterwards."""
-    flags = {m: m.training for m in model.modules()}
+    """Eval mode (the ``training`` flags set directly: a user ``train()`` override is not run)
+    and a module-path stack for the duration; the hooks are removed afterwards (the flags are
+    restored by :func:`_model_untouched`)."""
     handles = []
     seen = set()
     for name, module in model.named_modules():
         if id(module) in seen:
             continue
         seen.add(id(module))
+        module.training = False
         entry = (name, type(module).__name__)
         handles.append(module.register_forward_pre_hook(
             lambda _m, _a, entry=entry: paths.append(entry)))
         handles.append(module.register_forward_hook(
             lambda _m, _a, _o: paths.pop() and None, always_call=True))
     try:
-        model.train(False)
         yield
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in flags.items():
-            module.training = flag
+
+
+def _contents(value):
+    """A copy of the items of a mutable container (list, dict, set), None for anything else."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, (list, set)):
+        return list(value) if isinstance(value, list) else set(value)
+    return None
+
+
+def _put_back(container, items):
+    """Refill ``container`` with the ``items`` :func:`_contents` copied from it."""
+    if isinstance(container, list):
+        container[:] = items
+    else:
+        container.clear()
+        container.update(items)
+
+
+@contextlib.contextmanager
+def _model_untouched(model):
+    """Leave ``model`` exactly as it was: every module's ``__dict__`` (plain attributes, flags,
+    the parameter, buffer, submodule and hook dicts, and the items of other lists, dicts and
+    sets it holds: forward may rebind or append to them), every parameter's ``data``,
+    ``requires_grad`` and ``grad``, and buffer values bit for bit (train-mode batch statistics
+    write into them inside the op). Yields a list that then names the parameters and buffers
+    that forward rebound or wrote into: a refusal, as the function analysed would not be the
+    model's (writes into parameters through the recorder already went to copies)."""
+    modules = []
+    for module in model.modules():
+        state = dict(module.__dict__)
+        modules.append((module, state, {k: c for k, v in state.items()
+                                        if (c := _contents(v)) is not None}))
+    params = [(n, p, p.data, p.requires_grad, p.grad, p._version)
+              for n, p in model.named_parameters()]
+    buffers = [(n, b, b.detach().clone()) for n, b in model.named_buffers()]
+    changed: list = []
+    try:
+        yield changed
+    finally:
+        now_params = dict(model.named_parameters(remove_duplicate=False))
+        now_buffers = dict(model.named_buffers(remove_duplicate=False))
+        changed.extend(n for n, p, *_ in params if now_params.get(n) is not p)
+        changed.extend(n for n, b, _ in buffers if now_buffers.get(n) is not b)
+        for module, state, contents in modules:
+            module.__dict__.clear()
+            module.__dict__.update(state)
+            for key, items in contents.items():
+                _put_back(state[key], items)
+        with torch.no_grad():
+            for name, p, data, requires_grad, grad, version in params:
+                if p.data.data_ptr() != data.data_ptr() or p.data.shape != data.shape \
+                        or p.data.dtype != data.dtype:
+                    p.data = data
+                    changed.append(name)
+                elif p._version != version:
+                    changed.append(name)
+                if p.requires_grad != requires_grad:
+                    p.requires_grad_(requires_grad)
+                if p.grad is not grad:
+                    p.grad = grad
+            for name, tensor, copy in buffers:
+                if tensor.dtype != copy.dtype or tensor.shape != copy.shape:
+                    tensor.data = copy
+                    changed.append(name)
+                elif not torch.equal(tensor, copy):
+                    tensor.copy_(copy)
+                    changed.append(name)
+
+
+def _forward(model, inputs, what, recorder=None):
+    """``model(*inputs)`` in eval mode without gradients, the model left as it was
+    (:func:`_model_untouched`) and the random generators too; returns the output, the names of
+    the parameters and buffers forward changed and why it draws random numbers (or None)."""
+    paths = recorder.paths if recorder is not None else []
+    random = recorder.random if recorder is not None else RandomDraws()
+    with _model_untouched(model) as changed:
+        try:
+            with _eval_mode_with_paths(model, paths), recorder or contextlib.nullcontext():
+                out = _run(model, inputs, what)
+        finally:
+            drew = (random.drawn_by((), {}) if recorder is None else None)
+            random.restore()
+    return out, changed, drew
 
 
 def _sample_inputs(examples, generator, like=None):
@@ -395,18 +540,21 @@ def _run(model, inputs, what):
     except Exception as exc:  # the model's own error, reported with the input shapes
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
         raise ModelCaptureError(
-            f"{type(model).__name__} failed to run {what} on inputs of shape {shapes} "
-            f"(the engine uses batch size 1): {type(exc).__name__}: {exc}") from exc
+            f"{type(model).__name__} failed to run {what} on inputs of shape {shapes}: "
+            f"{type(exc).__name__}: {exc}") from exc
 
 
 def check_capturable(model):
     """Refuse what cannot be captured at all: a non-module, TorchScript, meta tensors."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    if isinstance(model, torch.jit.ScriptModule):
-        why = ("a TorchScript module (torch.jit.script / torch.jit.trace) runs outside Python, "
-               "where its operations cannot be captured; pass the original nn.Module")
-        raise UnsupportedModelError(f"{type(model).__name__}: {why}", [("torch.jit", "", why)])
+    scripted = next((name for name, m in model.named_modules()
+                     if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:
+        why = ("a TorchScript module (torch.jit.script / torch.jit.trace): it runs outside "
+               "Python, where its operations cannot be captured; pass the original nn.Module")
+        raise UnsupportedModelError(f"{type(model).__name__}: '{scripted or '<model>'}' is {why}",
+                                    [("torch.jit", scripted, why)])
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if tensor.is_meta:
             raise ModelCaptureError(
@@ -414,32 +562,14 @@ def check_capturable(model):
                 "(model.to_empty(device=...) and load_state_dict)")
 
 
-@contextlib.contextmanager
-def _model_state_restored(model):
-    """Buffers are put back bit for bit afterwards (train-mode batch statistics write into them
-    inside the op); parameters are guarded by the recorder, which redirects in-place writes into
-    them to copies, and checked by version counter. Yields a list that then holds the names of
-    the tensors the model changed."""
-    buffers = {name: (b, b.detach().clone()) for name, b in model.named_buffers()}
-    versions = {name: p._version for name, p in model.named_parameters()}
-    changed: list = []
-    try:
-        yield changed
-    finally:
-        with torch.no_grad():
-            for name, (tensor, copy) in buffers.items():
-                if not torch.equal(tensor, copy) or tensor.dtype != copy.dtype:
-                    tensor.copy_(copy)
-                    changed.append(name)
-        changed.extend(name for name, p in model.named_parameters()
-                       if p._version != versions.get(name))
-
-
 def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
     """Record ``model``; return the graph (None if unsupported) and the support report.
 
-    The graph is not evaluated yet: :func:`pathmetric.core.support.capture` runs the lifted
-    network on it once before anyone uses it."""
+    The model runs on one random sample (batch size 1) under the recorder; a second run on a
+    batch of that sample and another checks that the model treats samples independently and that
+    the graph reproduces it (:func:`_check_per_sample`). The graph is not evaluated yet:
+    :func:`pathmetric.core.support.capture` runs the lifted network on it once before anyone
+    uses it."""
     check_capturable(model)
     examples = as_tuple(example_inputs)
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -451,25 +581,34 @@ def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport
     buffers = {id(b): n for n, b in model.named_buffers()}
     state = {_storage(t): n for n, t in list(model.named_parameters()) + list(model.named_buffers())
              if _storage(t) is not None}
-    paths: list = []
-    recorder = _Recorder(params, buffers, paths, state, {_storage(p) for p in model.parameters()})
+    recorder = _Recorder(params, buffers, [], state, {_storage(p) for p in model.parameters()})
     for x in inputs:
         recorder.add_input(x)
-    with _model_state_restored(model) as changed:
-        with _eval_mode_with_paths(model, paths):
-            with recorder:
-                out = _run(model, inputs, "its forward")
-        report = SupportReport(unsupported=recorder.unsupported)
-        graph = _graph_of(recorder, out, inputs, report)
-        if graph is not None:
-            _check_replay(model, graph, examples, generator)
+    out, changed, _ = _forward(model, inputs, "its forward", recorder)
+    report = SupportReport(unsupported=recorder.unsupported)
+    graph = _graph_of(recorder, out, inputs, report)
     if changed and report.ok:
         report.unsupported.append(
-            ("forward", "", f"the forward changes {changed[:3]} (train-mode batch statistics or "
-                            "an in-place update of model state); the engine restored them"))
+            ("forward", "", f"the forward changes {changed[:3]} (train-mode batch statistics, a "
+                            "buffer or parameter rebound or its .data replaced, an in-place "
+                            "update of model state); the engine restored them"))
+    elif graph is not None and report.ok:
+        problem = _check_per_sample(model, graph, examples, generator, inputs, out)
+        if problem:
+            report.unsupported.append(problem)
+    low = sorted({str(t.dtype) for t in list(model.parameters()) + list(inputs)
+                  if t.dtype in (torch.float16, torch.bfloat16)})
+    if low:
+        report.notes.append(LOW_PRECISION_NOTE.format(dtypes=", ".join(low)))
     if not report.ok:
         return None, report
     return graph, report
+
+
+LOW_PRECISION_NOTE = (
+    "the model computes in {dtypes}: certificates are about the network in exact arithmetic, and "
+    "this model's own forward rounds every op (a relative 2^-8 per op in bfloat16, 2^-11 in "
+    "float16), which can move its output by more than the bound; analyse its float32 copy")
 
 
 def _graph_of(recorder, out, inputs, report):
@@ -553,21 +692,70 @@ def replay(graph: Graph, model: nn.Module, inputs):
     return [resolve(v) for v in graph.head_outputs or graph.outputs]
 
 
-def _check_replay(model, graph, examples, generator):
-    inputs = _sample_inputs(examples, generator, _first_parameter(model))
-    paths: list = []
-    with _eval_mode_with_paths(model, paths):
-        expected = _run(model, inputs, "its forward")
+def _close(expected, got) -> bool:
+    if expected.shape != got.shape:
+        return False
+    if not expected.numel():
+        return True
+    return torch.allclose(expected.double(), got.double(), rtol=1e-3, equal_nan=True,
+                          atol=1e-4 * (1 + float(expected.double().nan_to_num(0, 0, 0).abs().max())))
+
+
+def _tensors(out) -> list:
+    """The tensors among a model's outputs, in order."""
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _check_per_sample(model, graph, examples, generator, first, first_out):
+    """Why the graph may not stand for the model, or None. The model runs on a batch of the
+    capture sample ``first`` and two new samples: each output must keep the batch dimension,
+    row 0 must be the capture's output (the model treats samples independently: no reduction,
+    roll or flip over dim 0, no branch on the batch size; three samples, as a roll composed with
+    a flip is the identity on two) and rows 1 and 2 the graph's replay on the new samples
+    (nothing escaped capture: a value computed outside torch or with torch functions disabled,
+    input-dependent control flow). The run must not draw random numbers either. A model that
+    cannot run on a batch (``x.view(1, -1)``) is checked on one new sample alone."""
+    others = [_sample_inputs(examples, generator, _first_parameter(model)) for _ in range(2)]
+    batch = [torch.cat(rows) for rows in zip(first, *others)]
+    alone = _tensors(first_out)
+    try:
+        out, _, drew = _forward(model, batch, "a batch of three samples")
+        rows = [[t[k:k + 1] for t in _tensors(out)] for k in range(3)] if all(
+            t.dim() > 0 and t.shape[0] == 3 for t in _tensors(out)) else None
+    except ModelCaptureError:  # a model written for one sample at a time (x.view(1, -1))
+        out, _, drew = _forward(model, others[0], "its forward on a second input")
+        rows = [None, _tensors(out)]
+        others = others[:1]
+    if drew:
+        return ("forward", "", drew)
+    if rows is None or rows[0] is not None and (len(rows[0]) != len(alone) or not all(
+            r.shape == a.shape for r, a in zip(rows[0], alone))):
+        shapes = [tuple(t.shape) for t in alone], [tuple(t.shape) for t in _tensors(out)]
+        return ("batch dimension", "", f"the outputs at batch size 1 ({shapes[0]}) and 3 "
+                                       f"({shapes[1]}) are not one row per sample: an output "
+                                       "without a batch dimension (summed over the batch, "
+                                       "squeezed) or an op across the batch dimension; the "
+                                       "function analysed must map each sample alone")
+    if rows[0] is not None and not all(_close(r, a) for r, a in zip(rows[0], alone)):
+        return ("batch dimension", "", "a sample's output changes when other samples are in the "
+                                       "batch: an op mixes samples across the batch dimension "
+                                       "(a reduction, roll, flip or normalisation over dim 0, a "
+                                       "branch on the batch size); the function analysed must "
+                                       "map each sample alone")
+    for inputs, expected in zip(others, rows[1:]):
         with torch.no_grad():
             got = replay(graph, model, [x.clone() for x in inputs])
-    expected = [t for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
-    if len(expected) != len(got) or not all(
-            e.shape == g.shape and torch.allclose(
-                e.double(), g.double(), rtol=1e-3, equal_nan=True,
-                atol=1e-4 * (1 + float(e.double().nan_to_num(0, 0, 0).abs().max())))
-            for e, g in zip(expected, got)):
-        raise UnsupportedModelError(
-            f"the captured graph of {type(model).__name__} does not reproduce the model on a second "
-            "input: an operation escaped capture (a value computed outside torch, a random op in "
-            "eval mode, or input-dependent Python control flow). Please report the model.",
-            [("capture", "", "replay mismatch")])
+        if len(got) != len(expected) or not all(_close(e, g) for e, g in zip(expected, got)):
+            single = None if len(others) == 1 else _tensors(
+                _forward(model, inputs, "a sample alone")[0])  # which of the two went wrong
+            if single is not None and not all(_close(e, t) for e, t in zip(expected, single)):
+                return ("batch dimension", "", "a sample's output changes when other samples "
+                                               "are in the batch: an op mixes samples across "
+                                               "the batch dimension; the function analysed must "
+                                               "map each sample alone")
+            return ("capture", "", f"the captured graph of {type(model).__name__} does not "
+                                   "reproduce the model on another input: an operation escaped "
+                                   "capture (a value computed outside torch or under "
+                                   "torch._C.DisableTorchFunction, input-dependent Python "
+                                   "control flow). Please report the model.")
+    return None

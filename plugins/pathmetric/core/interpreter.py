@@ -50,6 +50,7 @@ class Scratch:
     def __init__(self):
         self.buffer = torch.empty(0, dtype=torch.uint8)
         self.used = 0
+        self.grown = 0   # how many times the buffer was replaced
         self.lock = threading.Lock()
 
     def acquire(self) -> "Scratch":
@@ -64,6 +65,16 @@ class Scratch:
     def reset(self):
         self.used = 0
 
+    def mark(self):
+        """Where the next view starts; :meth:`rewind` hands the memory after it out again."""
+        return self.grown, self.used
+
+    def rewind(self, mark):
+        """Forget the views handed out since ``mark`` (they must be dead): a loop over blocks of
+        one op reuses one block's memory. A buffer replaced since then holds only such views."""
+        grown, used = mark
+        self.used = used if grown == self.grown else 0
+
     def empty(self, shape, dtype, device) -> torch.Tensor:
         shape = tuple(shape)
         size = math.prod(shape) * dtype.itemsize
@@ -76,6 +87,7 @@ class Scratch:
             grown = 2 * self.buffer.numel()
             self.buffer = torch.empty(max(grown if grown <= self.KEEP_BYTES else 0, size),
                                       dtype=torch.uint8, device=device)
+            self.grown += 1
             start = 0
         self.used = start + size
         return self.buffer[start:start + size].view(dtype).view(shape)
@@ -176,6 +188,20 @@ class Interpreter:
             if floating and not torch.isfinite(torch.cat(floating)).all():
                 raise self._non_finite_parameter()
 
+    def _check_precision(self):
+        """An evaluation precision coarser than a parameter's dtype would round the parameter
+        before any certified sum (a float64 difference of 1e-12 vanishes in float32): refused."""
+        if self.dtype == torch.float64:
+            return
+        for tensors in self.tensors:
+            for name in self.graph.param_names + self.graph.buffer_names():
+                dtype = tensors[name].dtype
+                if dtype.is_floating_point and torch.finfo(dtype).eps < torch.finfo(self.dtype).eps:
+                    raise ValueError(
+                        f"precision={str(self.dtype).replace('torch.', '')!r} is coarser than "
+                        f"'{name}' ({dtype}): its values would be rounded before the certified "
+                        "sums; use precision='float64'")
+
     # -- evaluation
     def inputs(self, shape):
         """The lifted value of an input of ``shape`` (the algebra's)."""
@@ -194,6 +220,7 @@ class Interpreter:
             self.scratch = None
 
     def _run(self, keep):
+        self._check_precision()
         self._check_buffers()
         self.derived_memo = ({}, {})
         values: list = []

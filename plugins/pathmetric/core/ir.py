@@ -96,6 +96,7 @@ class Node:
     module_type: str
     shape: object      # output shape, or tuple of shapes for multi-output ops
     inplace: bool = False  # the call writes into its first argument
+    dtype: object = None   # output dtype, or tuple of dtypes for multi-output ops
     roles: dict = field(default_factory=dict)  # arguments bound to the rule's names, at capture
     facts: object = field(default=None, repr=False, compare=False)  # its rules.Rule (None: input)
     _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
@@ -127,11 +128,37 @@ class Graph:
     head_outputs: tuple = ()       # what the model returns when a head is set aside
     _buffer_names: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
-    def signature(self):
-        """What two models must share for a path-metric between them to make sense."""
-        return ([(n.rule, n.module, n.shape, references(n.args, n.kwargs)) for n in self.nodes]
-                + [(name, function_name(n.func), n.shape, references(n.args, n.kwargs), item)
-                   for name, (n, item) in self.derived.items()])
+    def signature(self) -> list:
+        """What two models must share for a path-metric between them to make sense: per node
+        (ops, then tensors derived from buffers), its op, module, output shape and dtype and
+        every argument, constants included (:func:`constant_key`: numbers exactly, constant
+        tensors by value), parameters and buffers by name."""
+        return ([node_signature(n) for n in self.nodes]
+                + [(name, item) + node_signature(n) for name, (n, item) in self.derived.items()])
+
+    def difference(self, other: "Graph") -> str | None:
+        """Where ``other`` (the graph of a second model) differs from this graph, in words naming
+        the op, its module and the differing value (None when the signatures are equal)."""
+        mine, theirs = self.signature(), other.signature()
+        if mine == theirs:
+            return None
+        if len(self.nodes) != len(other.nodes) or len(mine) != len(theirs):
+            return (f"{len(self.nodes)} vs {len(other.nodes)} operations "
+                    f"({len(self.derived)} vs {len(other.derived)} tensors derived from buffers)")
+        nodes = self.nodes + [n for n, _ in self.derived.values()]
+        others = other.nodes + [n for n, _ in other.derived.values()]
+        index, a, b = next((i, a, b) for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+        node, twin = nodes[index], others[index]
+        where = f"{function_name(node.func) if node.func else node.rule} in '{node.module or '<model>'}'"
+        for what, k in (("op", -6), ("function", -5), ("module", -4), ("output shape", -3),
+                        ("output dtype", -2)):
+            if a[k] != b[k]:
+                return f"{where}: {what} {a[k]!r} vs {b[k]!r}"
+        roles = node.roles if node.roles.keys() == twin.roles.keys() else {}
+        for role, value in roles.items():
+            if arguments_key((value,), {}) != arguments_key((twin.roles[role],), {}):
+                return f"{where}: its '{role}' is {_shown(value)} vs {_shown(twin.roles[role])}"
+        return f"{where}: its arguments differ ({_shown(node.args)} vs {_shown(twin.args)})"
 
     def with_derived(self, tensors: dict) -> dict:
         """``tensors`` (name -> tensor of one model) and the buffer-derived tensors computed
@@ -307,6 +334,44 @@ def references(args, kwargs) -> tuple:
     return tuple(x for x in pytree.tree_leaves((args, kwargs))
                  if isinstance(x, (Param, Buffer, ParamView)))
 
+
+
+def constant_key(x):
+    """``x`` in a form that compares equal exactly when two recorded arguments are the same: a
+    constant tensor by dtype, shape and bytes, a number by its float bits (``-0.0`` and NaN too), a
+    :class:`ParamView` by its name and rearranging calls; anything else as it is."""
+    if isinstance(x, torch.Tensor):
+        data = x.detach().cpu().contiguous()
+        return ("tensor", data.dtype, tuple(data.shape),
+                data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    if type(x) in (float, int):  # 0 and 0.0 are one coefficient (ReLU6 passes ints)
+        return ("number", float(x).hex()) if type(x) is float or abs(x) < 2**53 else x
+    if isinstance(x, ParamView):
+        return ("view", x.name, tuple((function_name(f), arguments_key(a, k), item)
+                                      for f, a, k, item in x.ops))
+    if callable(x) and not isinstance(x, type):
+        return ("function", function_name(x))
+    return x
+
+
+def _shown(value) -> str:
+    """A short description of a recorded argument for an error message."""
+    if isinstance(value, torch.Tensor):
+        return (f"a constant tensor of shape {tuple(value.shape)} "
+                f"{value.reshape(-1)[:4].tolist()}{'...' if value.numel() > 4 else ''}")
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def arguments_key(args, kwargs):
+    """``(args, kwargs)`` with every leaf replaced by its :func:`constant_key`."""
+    return pytree.tree_map(constant_key, (tuple(args), dict(kwargs)))
+
+
+def node_signature(node: Node) -> tuple:
+    """One node as :meth:`Graph.signature` compares it."""
+    return (node.rule, function_name(node.func) if node.func else None, node.module, node.shape,
+            node.dtype, arguments_key(node.args, node.kwargs))
 
 
 def function_name(func) -> str:

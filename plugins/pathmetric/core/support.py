@@ -8,6 +8,8 @@ captured anew when the model's structure changes (:func:`_cache_key`).
 """
 from __future__ import annotations
 
+import enum
+import inspect
 import weakref
 
 import torch
@@ -40,7 +42,14 @@ def _evaluate_once(graph, model, report):
             ev.run()
     except UnsupportedModelError as exc:
         report.unsupported.extend(exc.unsupported)
-    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
+    except FloatingPointError as exc:
+        if ev.node is None:
+            raise
+        report.unsupported.append(
+            (ev.node.rule, ev.node.module, "its lifted value is not finite (a division by a "
+                                           "zero buffer, a negative running variance, an "
+                                           f"overflow): {exc}"))
+    except Exception as exc:  # a rule that cannot evaluate this call: refused, naming the op
         if ev.node is None:
             raise
         report.unsupported.append(
@@ -49,43 +58,116 @@ def _evaluate_once(graph, model, report):
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_PLAIN = {bool, int, float, str, type(None)}
-
-
+_PLAIN = {bool, int, float, str, type(None), complex, bytes}
+_VALUES = (torch.dtype, torch.device, torch.memory_format, torch.layout, enum.Enum, slice, range)
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
           "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+#: tensors held as plain attributes up to this size are keyed by value (their bytes), larger
+#: ones by identity, storage and version counter
+_TENSOR_BYTES_BY_VALUE = 1 << 22
+
+
+def _fingerprint(value, depth=0):
+    """``value`` (state a forward may read) as a key that changes whenever the value does:
+    plain values as they are, containers item by item, numpy values and small tensors by their
+    bytes (a ``.data`` write bumps no version counter), callables and other objects by
+    identity and their attributes."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if isinstance(value, torch._C.TensorBase):  # (the torch.Tensor check is slower)
+        key = (id(value), value._version, value.data_ptr(), value.dtype, tuple(value.shape))
+        if value.numel() * value.element_size() <= _TENSOR_BYTES_BY_VALUE and not value.is_meta:
+            data = value.detach().cpu().contiguous().reshape(-1)
+            key += (data.view(torch.uint8).numpy().tobytes(),)
+        return key
+    if depth > 4:
+        return ("object", id(value))
+    if kind in (tuple, list) or isinstance(value, (tuple, list)):
+        return (kind,) + tuple(_fingerprint(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return (kind,) + tuple((_fingerprint(k, depth + 1), _fingerprint(v, depth + 1))
+                               for k, v in value.items())
+    if isinstance(value, (set, frozenset)):
+        return (kind, frozenset(_fingerprint(v, depth + 1) for v in value))
+    if isinstance(value, _VALUES):
+        return (kind, value)
+    if kind.__module__ == "numpy":
+        return ("numpy", str(getattr(value, "dtype", kind)), getattr(value, "shape", ()),
+                value.tobytes() if hasattr(value, "tobytes") else repr(value))
+    if isinstance(value, nn.Module) or callable(value):
+        return ("object", id(value))
+    attributes = getattr(value, "__dict__", None)
+    return ("object", id(value), _fingerprint(attributes, depth + 1) if attributes else None)
 
 
 def _attributes(module) -> tuple:
-    """What a module's forward may read besides parameters and buffers: its plain settings
-    (kernel sizes, slopes, flags, ...), plain tensor attributes (by identity and version),
-    callables such as an instance-level ``forward``, and its forward hooks (handle ids)."""
-    out = []
+    """What a module's forward may read besides parameters and buffers: every attribute that is
+    not the module's own bookkeeping (settings, flags, lists and dicts, tensors, numpy values,
+    an instance-level ``forward``: :func:`_fingerprint`) and its forward hooks (handle ids)."""
     state = module.__dict__
-    for key, value in state.items():
-        if key[0] == "_" or key == "training":
-            continue
-        if type(value) in _PLAIN or (type(value) is tuple and all(
-                type(v) in _PLAIN for v in value)):
-            out.append((key, value))
-        elif isinstance(value, torch._C.TensorBase):  # (the torch.Tensor check is slower)
-            out.append((key, id(value), value._version))
-        elif callable(value):
-            out.append((key, id(value)))
+    out = [(key, _fingerprint(value)) for key, value in state.items()
+           if key not in _MODULE_INTERNALS]
     out.extend(tuple(state[key]) for key in _HOOKS if state.get(key))
     return tuple(out)
 
 
+def _code_state(cls, seen: dict) -> tuple:
+    """For a module class defined outside torch: its class attributes along the MRO (settings,
+    methods by identity) and the globals and closure cells its ``forward`` reads, following the
+    plain functions it calls two levels deep; ``()`` for torch's own classes, whose code reads
+    only module attributes. ``seen`` caches the classes of one key."""
+    if cls in seen:
+        return seen[cls]
+    out: list = []
+    for klass in cls.__mro__:
+        if klass is nn.Module or klass.__module__.startswith("torch."):
+            break
+        out.append((klass, _fingerprint({k: v for k, v in vars(klass).items()
+                                         if not (k.startswith("__") and k.endswith("__"))})))
+    if out:
+        out.append(_reads(getattr(cls, "forward", None), 2))
+    seen[cls] = tuple(out)
+    return seen[cls]
+
+
+def _reads(function, depth) -> tuple:
+    """The globals and closure cells ``function`` reads (names in its code), fingerprinted;
+    functions among them are followed ``depth`` levels deeper."""
+    code = getattr(function, "__code__", None)
+    if code is None or depth < 0:
+        return ()
+    names = getattr(function, "__globals__", {})
+    cells = tuple(c.cell_contents for c in (function.__closure__ or ()) if _filled(c))
+    values = [(name, names[name]) for name in code.co_names if name in names] + list(
+        enumerate(cells))
+    return tuple((name, _fingerprint(value), _reads(value, depth - 1)
+                  if inspect.isfunction(value) else ()) for name, value in values
+                 if not inspect.ismodule(value) and not isinstance(value, type))
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell
+        return False
+    return True
+
+
 def _cache_key(model: nn.Module, example_inputs):
     """What the captured graph depends on besides parameter and buffer values: input shapes, the
-    module tree (identities, types, forward code, hooks, settings), the identities and shapes
-    of parameters and buffers, and torch's global module hooks (``Tensor.size`` is read
-    unbound: attribute access on a ``Parameter`` costs tens of microseconds)."""
+    module tree (identities, types, forward code, hooks, every attribute: :func:`_attributes`),
+    what user module classes read (class attributes, globals: :func:`_code_state`), the
+    identities and shapes of parameters and buffers, and torch's global module hooks
+    (``Tensor.size`` is read unbound: attribute access on a ``Parameter`` costs tens of
+    microseconds)."""
     from torch.nn.modules import module as module_globals
     shapes = tuple((tuple(x.shape[1:]), x.dtype) for x in as_tuple(example_inputs))
     size = torch.Tensor.size
+    classes: dict = {}
     tree = tuple(
-        (name, id(m), type(m), type(m).forward, _attributes(m),
+        (name, id(m), type(m), type(m).forward, _attributes(m), _code_state(type(m), classes),
          tuple((k, id(t), size(t)) for k, t in m._parameters.items() if t is not None),
          tuple((k, id(t), size(t)) for k, t in m._buffers.items() if t is not None))
         for name, m in model.named_modules(remove_duplicate=False))

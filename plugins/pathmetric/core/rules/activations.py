@@ -3,6 +3,7 @@ elementwise maximum/minimum and max/min reductions.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -32,8 +33,15 @@ def relu(ev, x, *args, **kwargs):
 
 @rule("dropout", F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
       F.feature_alpha_dropout, family=ACTIVATION)
-def dropout(ev, x, *args, **kwargs):
-    """Dropout is the identity in eval mode, which is the function analysed."""
+def dropout(ev, x, *args, func=None, **kwargs):
+    """Dropout is the identity in eval mode, which is the function analysed; a call with
+    ``training=True`` (the default of ``F.dropout``) and ``p > 0`` zeroes random entries (all of
+    them at ``p = 1``) and is refused."""
+    call = inspect.signature(func).bind(None, *args, **kwargs)
+    call.apply_defaults()
+    if call.arguments.get("training") and call.arguments.get("p", 0) > 0:
+        raise ev.unsupported(f"dropout with training=True and p={call.arguments['p']} zeroes "
+                             "random entries; pass training=self.training (nn.Dropout does)")
     return x
 
 

@@ -40,8 +40,9 @@ def add(ev, x, y, *, alpha=1, func=None):
             if isinstance(operand, (int, float)) or scale == 1:
                 terms.append(offset(ev, operand * scale if isinstance(operand, (int, float))
                                     else operand))
-            else:
-                terms.append(ev.bias(ev.param(lambda v: v * scale, operand), lambda p: p))
+            else:  # |alpha * b|^q = |alpha|^q |b|^q: b stays the lifted parameter itself
+                factor = abs(scale) ** ev.q
+                terms.append(ev.bias(ev.param(None, operand), lambda p, f=factor: p * f))
         elif scale != 1:
             factor = abs(scale) ** ev.q
             terms.append(ev.fixed(operand, lambda m: m * factor, terms=1))

@@ -270,8 +270,9 @@ def ntuple(value, n):
 
 
 def reduced_count(shape, dim):
-    """How many entries a reduction over ``dim`` (None: all) sums into each result entry."""
-    if dim is None:
+    """How many entries a reduction over ``dim`` (None or ``()``: all) sums into each result
+    entry."""
+    if dim is None or isinstance(dim, (tuple, list)) and not dim:  # dim=(): every dim, as torch
         return math.prod(shape)
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
     return math.prod(shape[d] for d in dims)

@@ -69,8 +69,28 @@ def rearrange(ev, x, *args, func, **kwargs):
 @rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
       Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type, family=ACTIVATION)
 def cast(ev, x, *args, func=None, **kwargs):
-    """Dtype and device changes: the lifted network keeps its own precision."""
+    """Device changes and value-preserving dtype changes (the same dtype, a wider floating
+    dtype: float16 -> float32 -> float64): the identity, as the lifted network keeps its own
+    precision. A cast that rounds or truncates values (to an integer, bool or narrower floating
+    dtype, ``.half()`` on float32) changes the function and is refused."""
+    source, target = ev.graph.nodes[ev.node.roles["x"].node].dtype, ev.node.dtype
+    if not preserves_values(source, target):
+        raise ev.unsupported(f"a cast from {source} to {target} changes values (rounding or "
+                             "truncation), which the path-lifting model does not contain; cast "
+                             "the whole model instead, or quantize it with a recognised "
+                             "quantization op")
     return x
+
+
+def preserves_values(source, target) -> bool:
+    """Whether every value of dtype ``source`` is exactly a value of dtype ``target``."""
+    if source == target or source is None or target is None:
+        return source == target
+    if not (source.is_floating_point and target.is_floating_point):
+        return False
+    wider = torch.finfo(target)
+    narrower = torch.finfo(source)
+    return wider.eps <= narrower.eps and wider.max >= narrower.max and wider.tiny <= narrower.tiny
 
 
 def _check_pad(x, pad, mode="constant", value=None):

@@ -1,0 +1,442 @@
+"""Capture soundness, round 2 (issue 21): each mechanism by which model code escaped capture.
+
+Two models differing in a constant, value-changing casts, ops across the batch dimension, random
+ops, forward side effects on the model and state the cache key did not see. Every case also
+checks that the model is left bit for bit as it was (``conftest.model_state``).
+"""
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pathmetric as pm
+from pathmetric.core.support import forget
+from conftest import model_state, same_state
+
+X = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+
+
+def refused(model, x, match):
+    """``check_support`` and ``path_norm`` refuse ``model`` for a reason matching ``match``, and
+    leave it (and the global random generator) as it was."""
+    before, rng = model_state(model), torch.random.get_rng_state()
+    report = pm.check_support(model, x)
+    assert not report.ok and re.search(match, str(report)), str(report)
+    with pytest.raises(pm.UnsupportedModelError, match=match):
+        pm.path_norm(model, x)
+    assert same_state(before, model_state(model))
+    assert torch.equal(rng, torch.random.get_rng_state())
+
+
+class Net(nn.Module):
+    """conv -> ``step`` -> relu -> linear head, on (n, 2, 8) inputs, in float64."""
+
+    def __init__(self, step=None, act=None, conv=None, dtype=torch.float64):
+        super().__init__()
+        self.conv = conv or nn.Conv1d(2, 2, 3, padding=1)
+        self.act = act or nn.ReLU()
+        self.head = nn.Linear(16, 2)
+        self.step = step
+        self.to(dtype)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = self.step(self, h) if self.step else h
+        return self.head(self.act(h).flatten(1))
+
+
+# ---------------------------------------------------------------- item 1: constants of a pair
+
+class Scale(nn.Module):
+    def __init__(self, scale, mode="nearest"):
+        super().__init__()
+        self.scale = scale
+        self.mode = mode
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+        self.head = nn.Linear(16, 2)
+        self.double()
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)) * self.scale
+        h = F.interpolate(h[:, :, ::2], scale_factor=2, mode=self.mode)
+        return self.head(h.flatten(1))
+
+
+class PlainWeight(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = w
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+        self.double()
+
+    def forward(self, x):
+        return F.linear(F.relu(self.conv(x)).flatten(1), self.w)
+
+
+PAIRS = {
+    "leaky_relu slope": (lambda: Net(act=nn.LeakyReLU(0.01)), lambda: Net(act=nn.LeakyReLU(0.9)),
+                         r"negative_slope' is 0\.01 vs 0\.9"),
+    "relu6 vs hardtanh(0, 1)": (lambda: Net(act=nn.ReLU6()), lambda: Net(act=nn.Hardtanh(0, 1)),
+                                "max_val"),
+    "batch norm eps": (lambda: Net(act=nn.Sequential(nn.BatchNorm1d(2), nn.ReLU())),
+                       lambda: Net(act=nn.Sequential(nn.BatchNorm1d(2, eps=0.5), nn.ReLU())),
+                       "eps"),
+    "interpolation mode": (lambda: Scale(1.0), lambda: Scale(1.0, "linear"), "mode"),
+    "dilation": (lambda: Net(conv=nn.Conv1d(2, 2, 3, padding=1)),
+                 lambda: Net(conv=nn.Conv1d(2, 2, 3, padding=2, dilation=2)), "padding"),
+    "padding mode": (lambda: Net(conv=nn.Conv1d(2, 2, 3, padding=1)),
+                     lambda: Net(conv=nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect")),
+                     "first difference"),
+    "float attribute": (lambda: Scale(1.0), lambda: Scale(2.0), "1.0 vs 2.0"),
+    "plain tensor attribute": (lambda: Scale(torch.ones(2, 1, dtype=torch.float64)),
+                               lambda: Scale(torch.full((2, 1), 2.0, dtype=torch.float64)),
+                               "constant tensor"),
+    "weight held as a plain tensor": (lambda: PlainWeight(torch.ones(2, 16, dtype=torch.float64)),
+                                      lambda: PlainWeight(torch.eye(2, 16, dtype=torch.float64)),
+                                      "'weight' is a constant tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAIRS))
+def test_two_models_differing_in_a_constant_are_refused_naming_it(case):
+    make_a, make_b, match = PAIRS[case]
+    torch.manual_seed(0)
+    a, b = make_a(), make_b()
+    b.load_state_dict(a.state_dict())
+    assert (a(X) - b(X)).abs().max() > 1e-3  # the two functions differ
+    before_a, before_b = model_state(a), model_state(b)
+    for call in (lambda: pm.path_metric(a, b, X), lambda: pm.output_bound(a, b, X)):
+        with pytest.raises(ValueError, match="first difference") as info:
+            call()
+        assert re.search(match, str(info.value)), str(info.value)
+    assert same_state(before_a, model_state(a)) and same_state(before_b, model_state(b))
+
+
+def test_identical_constants_still_make_a_pair():
+    a, b = Scale(torch.ones(2, 1, dtype=torch.float64)), Scale(torch.ones(2, 1, dtype=torch.float64))
+    b.load_state_dict(a.state_dict())
+    assert pm.path_metric(a, b, X) == 0.0
+
+
+# ---------------------------------------------------------------- item 3: the batch dimension
+
+BATCH_OPS = {
+    "roll over dim 0": lambda m, h: torch.roll(h, 1, 0),
+    "flip(0)": lambda m, h: h.flip(0),
+    "sum(0)": lambda m, h: h.sum(0, keepdim=True).expand_as(h),
+    "x - x.mean(0)": lambda m, h: h - h.mean(0),
+    "branch on the batch size": lambda m, h: h * 2 if h.shape[0] == 1 else h,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BATCH_OPS))
+def test_ops_across_the_batch_dimension_are_refused(case):
+    refused(Net(BATCH_OPS[case]), X, "batch")
+
+
+class SummedOutput(Net):
+    def forward(self, x):
+        return super().forward(x).sum()
+
+
+def test_an_output_summed_over_the_batch_is_refused():
+    refused(SummedOutput(), X, "batch dimension")
+
+
+# ---------------------------------------------------------------- item 4: random numbers
+
+RANDOM_OPS = {
+    "F.dropout (training=True by default)": lambda m, h: F.dropout(h, 0.5),
+    "F.dropout with p=1": lambda m, h: F.dropout(h, 1.0),
+    "rand_like": lambda m, h: h + torch.rand_like(h),
+    "bernoulli": lambda m, h: h * torch.bernoulli(torch.full(h.shape, 0.5, dtype=h.dtype)),
+    "a generator passed": lambda m, h: h + torch.randn(h.shape, dtype=h.dtype,
+                                                       generator=torch.Generator()),
+    "rrelu in training mode": lambda m, h: F.rrelu(h, training=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RANDOM_OPS))
+def test_random_ops_are_refused_whatever_the_seed(case):
+    for seed in range(5):
+        torch.manual_seed(seed)
+        refused(Net(RANDOM_OPS[case]), X, "random")
+
+
+def test_dropout_in_eval_mode_and_with_training_false_is_the_identity():
+    plain = Net()
+    for step in (lambda m, h: F.dropout(h, 0.5, training=False),
+                 lambda m, h: F.dropout(h, 0.5, training=m.training)):
+        model = Net(step)
+        model.load_state_dict(plain.state_dict())
+        assert pm.path_norm(model, X) == pm.path_norm(plain, X)
+
+
+# ---------------------------------------------------------------- item 2: casts
+
+CASTS = {
+    ".to(int32)": lambda m, h: h.to(torch.int32).to(h.dtype),
+    ".type(int64)": lambda m, h: h.type(torch.int64).type(h.dtype),
+    ".to(uint8)": lambda m, h: h.to(torch.uint8).to(h.dtype),
+    ".to(bool)": lambda m, h: h.to(torch.bool).to(h.dtype),
+    ".half()": lambda m, h: h.half().to(h.dtype),
+    ".bfloat16()": lambda m, h: h.bfloat16().to(h.dtype),
+    ".float() on float64": lambda m, h: h.float().to(h.dtype),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASTS))
+def test_value_changing_casts_are_refused(case):
+    refused(Net(CASTS[case]), X, "cast from torch.float")
+
+
+def test_value_preserving_casts_pass():
+    plain = Net(dtype=torch.float32)
+    for step in (lambda m, h: h.to(torch.float32), lambda m, h: h.type(torch.float32)):
+        model = Net(step, dtype=torch.float32)
+        model.load_state_dict(plain.state_dict())
+        assert pm.path_norm(model, X.float()) == pm.path_norm(plain, X.float())
+
+    class Widened(Net):
+        def forward(self, x):
+            return super().forward(x).double()
+    widened = Widened(dtype=torch.float32)
+    widened.load_state_dict(plain.state_dict())
+    assert pm.path_norm(widened, X.float()) == pm.path_norm(plain, X.float())
+
+
+def test_random_rescale_refuses_an_integer_cast():
+    model = Net(CASTS[".to(int32)"])
+    before = model_state(model)
+    with pytest.raises(pm.UnsupportedModelError, match="cast"):
+        pm.random_rescale(model, X)
+    assert same_state(before, model_state(model))
+
+
+# ---------------------------------------------------------------- item 8: forward side effects
+
+class Counter(Net):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.seen = []
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x):
+        self.calls += 1
+        self.seen.append(x.shape[0])
+        return super().forward(x)
+
+
+class RebindsBuffer(Counter):
+    def forward(self, x):
+        self.count = self.count + 1
+        return super().forward(x)
+
+
+class WritesData(Net):
+    def forward(self, x):
+        self.head.weight.data = self.head.weight.data * 0.5
+        return super().forward(x)
+
+
+class TrainOverride(Net):
+    def train(self, mode=True):
+        super().train(mode)
+        for p in self.parameters():
+            p.requires_grad_(mode)
+        return self
+
+
+def test_a_buffer_rebound_or_data_written_in_forward_is_refused_and_restored():
+    refused(RebindsBuffer(), X, r"changes \['count'\]")
+    refused(WritesData(), X, r"changes \['head.weight'\]")
+
+
+def test_every_public_call_leaves_counters_lists_and_flags_as_they_were():
+    for model in (Counter(), TrainOverride()):
+        model.train()
+        before = model_state(model)
+        pm.check_support(model, X)
+        pm.path_norm(model, X)
+        pm.weight_scores(model, X)
+        pm.path_metric(model, model, X)
+        assert same_state(before, model_state(model))
+        assert all(p.requires_grad for p in model.parameters()) and model.training
+        assert getattr(model, "calls", 0) == 0 and getattr(model, "seen", []) == []
+
+
+# ---------------------------------------------------------------- item 5: state the cache sees
+
+SCALE = 1.0
+
+
+class Stateful(nn.Module):
+    factor = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+        self.t = torch.ones(2, 1, dtype=torch.float64)
+        self.items = [1.0]
+        self.table = {"a": 1.0}
+        self.np = np.float64(1.0)
+        self.pool = nn.AdaptiveAvgPool1d([4])
+        self.head = nn.Linear(8, 2)
+        self.double()
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)) * self.t * self.items[0] * self.table["a"]
+        h = h * float(self.np) * self.factor * SCALE
+        return self.head(self.pool(h).flatten(1)[:, :8])
+
+
+def _change_global():
+    global SCALE
+    SCALE = 10.0
+
+
+CHANGES = {
+    "tensor attribute via .data": lambda m: setattr(m.t, "data", m.t.data * 10),
+    "tensor attribute via .data.copy_": lambda m: m.t.data.copy_(m.t * 10),
+    "list item": lambda m: m.items.__setitem__(0, 10.0),
+    "dict item": lambda m: m.table.__setitem__("a", 10.0),
+    "numpy scalar": lambda m: setattr(m, "np", np.float64(10.0)),
+    "class attribute": lambda m: setattr(Stateful, "factor", 10.0),
+    "global": lambda m: _change_global(),
+    "output_size list item": lambda m: m.pool.output_size.__setitem__(0, 8),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHANGES))
+def test_the_cache_sees_state_outside_parameters(case, monkeypatch):
+    monkeypatch.setattr(Stateful, "factor", 1.0)
+    monkeypatch.setitem(globals(), "SCALE", 1.0)
+    model = Stateful()
+    old = pm.path_norm(model, X)
+    CHANGES[case](model)
+    cached = pm.path_norm(model, X)
+    forget(model)
+    assert cached == pm.path_norm(model, X) and cached != old
+
+
+# ---------------------------------------------------------------- items 6, 10
+
+class OneSampleMean(nn.Module):
+    """A model written for one sample at a time (``reshape(16)``) ending in a mean over all dims."""
+
+    def __init__(self, no_dims):
+        super().__init__()
+        self.no_dims = no_dims
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+        self.double()
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)).reshape(16)
+        return (h.mean(dim=()) if self.no_dims else h.mean())[None, None]
+
+
+def test_mean_over_no_dims_is_the_mean_over_all_at_any_q():
+    a, b = OneSampleMean(False), OneSampleMean(True)
+    b.load_state_dict(a.state_dict())
+    for q in (1.0, 2.0):
+        assert pm.path_norm(b, X[:1], q=q) == pm.path_norm(a, X[:1], q=q)
+
+
+class Disabled(Net):
+    """A branch on parameters computed with torch functions disabled (invisible to capture)."""
+
+    def forward(self, x):
+        with torch._C.DisableTorchFunction():
+            weight = self.head.weight * 1.0
+        return F.linear(F.relu(self.conv(x)).flatten(1), weight, self.head.bias)
+
+
+def test_a_branch_under_disabled_torch_functions_is_not_a_silent_zero():
+    torch.manual_seed(0)
+    a, b = Disabled(), Disabled()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.head.weight.mul_(3)
+    with pytest.raises(ValueError, match="first difference"):
+        pm.path_metric(a, b, X)
+
+
+def test_float32_precision_on_a_float64_model_is_refused():
+    a, b = Net(), Net()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.head.weight.add_(1e-12)
+    with pytest.raises(ValueError, match="precision"):
+        pm.path_metric(a, b, X, precision="float32")
+    assert pm.path_metric(a, b, X) > 0
+
+
+def test_low_precision_models_are_told_certificates_are_for_exact_arithmetic():
+    model = Net(dtype=torch.bfloat16)
+    report = pm.check_support(model, X.bfloat16())
+    assert report.ok and any("exact arithmetic" in note for note in report.notes)
+
+
+class ScaledBias(Net):
+    """``torch.add(h, b, alpha=0.5)`` with a parameter ``b``."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Parameter(torch.rand(2, 1, dtype=torch.float64) + 0.5)
+
+    def forward(self, x):
+        return self.head(F.relu(torch.add(self.conv(x), self.b, alpha=0.5)).flatten(1))
+
+
+def test_a_parameter_added_with_alpha_has_a_weight_score():
+    model = ScaledBias()
+    before = model_state(model)
+    scores = pm.weight_scores(model, X)
+    assert "b" in scores and scores["b"].shape == model.b.shape and (scores["b"] > 0).all()
+    without_b = copy.deepcopy(model)
+    with torch.no_grad():
+        without_b.b.zero_()
+    assert float(scores["b"].sum()) == pytest.approx(
+        pm.path_norm(model, X) - pm.path_norm(without_b, X), rel=1e-9)
+    assert same_state(before, model_state(model))
+
+
+# ---------------------------------------------------------------- item 9: clear errors
+
+class WithState(Net):
+    def __init__(self, step, scripted=False):
+        super().__init__(step)
+        self.register_buffer("zero", torch.zeros(2, 1, dtype=torch.float64))
+        self.register_buffer("negative_var", -torch.ones(2, dtype=torch.float64))
+        self.register_buffer("slope", torch.tensor(0.1, dtype=torch.float64))
+        self.sub = torch.jit.script(nn.ReLU()) if scripted else nn.ReLU()
+
+
+CRASHES = {
+    "hstack with a constant": (lambda m, h: torch.hstack(
+        [h, torch.ones(h.shape[0], 1, 8, dtype=h.dtype)])[:, :2], "hstack"),
+    "ones(...).expand_as(h)": (lambda m, h: h + torch.ones(1, 2, 1, dtype=h.dtype).expand_as(h),
+                               "cannot evaluate"),
+    "division by a zero buffer": (lambda m, h: h / m.zero, "div.*not finite"),
+    "a negative running_var": (lambda m, h: F.batch_norm(
+        h, torch.zeros(2, dtype=h.dtype), m.negative_var, training=False), "batch_norm.*not finite"),
+    "x * 1j": (lambda m, h: (h * 1j).real, "complex"),
+    "a buffer as leaky-relu slope": (lambda m, h: F.leaky_relu(h, m.slope), "F.leaky_relu"),
+    "a buffer as pad value": (lambda m, h: F.pad(h, (1, 1), value=m.slope)[:, :, 1:-1], "F.pad"),
+    "a scripted submodule": (lambda m, h: m.sub(h), "TorchScript"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRASHES))
+def test_engine_failures_are_clear_refusals_naming_the_op(case):
+    step, match = CRASHES[case]
+    model = WithState(step, scripted=case == "a scripted submodule")
+    before = model_state(model)
+    with pytest.raises(pm.UnsupportedModelError, match=match):
+        pm.path_norm(model, X)
+    assert same_state(before, model_state(model))
