@@ -1,7 +1,7 @@
 """pathmetric: path-metrics of ReLU networks for pruning and quantization (see DESIGN.md)."""
 from .calibration import Calibration, Estimate, adversarial_gap, calibrate, estimate
 from .core.ir import Layer
-from .core.support import check_support
+from .core.support import check_support, output_head
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from .metric import (head_factor, head_output_bound, log_output_bound, log_path_metric,
                      log_quantization_bound, output_bound, path_metric, path_metric_with_log,
@@ -20,4 +20,5 @@ __all__ = ["path_norm", "log_path_norm", "check_support", "UnsupportedModelError
            "head_factor", "head_output_bound", "quantize_weights", "quantizer", "weight_scores", "channel_scores",
            "group_mass", "zeroed_members", "Member", "Layer", "PathMasses", "prunable_layers", "layer_input_shapes", "layer_sensitivity", "Sensitivity",
            "mixed_precision_plan", "Plan", "prune", "PruneResult", "protect_top", "random_rescale", "calibrate",
-           "estimate", "Calibration", "Estimate", "adversarial_gap", "path_metric_with_log"]
+           "estimate", "Calibration", "Estimate", "adversarial_gap", "path_metric_with_log",
+           "output_head"]

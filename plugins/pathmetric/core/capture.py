@@ -56,7 +56,7 @@ def check_capturable(model):
                 "(model.to_empty(device=...) and load_state_dict)")
 
 
-def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
+def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
     """Record ``model``; return the graph (None if unsupported) and the support report.
 
     The model runs on one random sample (batch size 1) under the recorder; a second run on a
