@@ -152,6 +152,8 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds}")
     # the certificate compares with the original parameters: the user's own unless pruned in place
     original = {n: p.detach().clone() if inplace else p.detach()
                 for n, p in model.named_parameters()}
@@ -199,6 +201,7 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
                         else mask.reshape(p.shape)
                     masks[name] = full.to(p.device).clone()
                     p.mul_(masks[name])
+    assert pruned is not None   # made in the first round (rounds >= 1)
     bound, log_bound = path_metric_with_log(pruned, original, example_inputs, precision)
     return PruneResult(pruned, masks, bound, log_bound)
 

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_state, same_state
 from torch import nn
 
 import pathmetric as pm
-from conftest import model_state, same_state
 
 X = torch.randn(1, 3, 8, 8)
 

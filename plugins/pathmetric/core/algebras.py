@@ -27,8 +27,15 @@ import torch
 
 from .interpreter import Interpreter, named_tensors
 from .ir import Buffer, Computed, Param, ParamView
-from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
-                     scaled_total)
+from .scaled import (
+    ZERO_EXPONENT,
+    Scaled,
+    aligned,
+    common_exponent,
+    scaled_affine,
+    scaled_sum,
+    scaled_total,
+)
 
 
 class Lifting(Interpreter):
@@ -66,9 +73,10 @@ class NormLifting(Lifting):
     """Lifted network for ``||Phi(theta)||_q^q``: parameters ``|w|^q``, all-ones input.
 
     ``overrides`` (a mapping, read when the walk reaches each name) replaces named parameters or
-    buffers by other signed tensors (a quantised copy, say) without building a model; ``track`` makes each lifted parameter of a named tensor an
-    autograd leaf, collected in ``self.leaves`` by name (derived ones, such as a folded BatchNorm
-    scale, under :class:`~pathmetric.core.ir.Computed` keys ``(module path, part)``).
+    buffers by other signed tensors (a quantised copy, say) without building a model; ``track``
+    makes each lifted parameter of a named tensor an autograd leaf, collected in ``self.leaves``
+    by name (derived ones, such as a folded BatchNorm scale, under
+    :class:`~pathmetric.core.ir.Computed` keys ``(module path, part)``).
     """
 
     def __init__(self, graph, model, q=1.0, dtype=torch.float64, overrides=None, track=False):

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from . import rules
 from .ir import Graph, Param, ParamView, function_name, references
 from .isolation import first_parameter, forward, sample_inputs
 from .recorder import Recorder, storage
 from .replay import check_per_sample
-from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 
 
 def as_tuple(example_inputs) -> tuple:

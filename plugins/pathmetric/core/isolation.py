@@ -25,7 +25,7 @@ class RandomDraws:
 
     @staticmethod
     def states() -> tuple:
-        states = (torch.random.get_rng_state(),)
+        states: tuple = (torch.random.get_rng_state(),)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             states += (torch.cuda.get_rng_state(),)
         return states

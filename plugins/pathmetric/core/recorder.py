@@ -244,7 +244,7 @@ class Recorder(TorchFunctionMode):
         out = func(*args, **kwargs)   # (the model's own errors propagate from here)
         try:
             return self._record(func, args, kwargs, tensors, written, out)
-        except Exception as exc:  # the engine's own failure on this call: a refusal naming it
+        except Exception as exc:  # noqa: BLE001  (the engine's own failure on this call: refused)
             self.refuse(function_name(func), f"the engine cannot record this call "
                                              f"({type(exc).__name__}: {exc})", out)
             return out

@@ -18,7 +18,7 @@ def replay(graph: Graph, model: nn.Module, inputs):
 
     In-place calls write into a copy, so the replay computes what the graph says, not what an
     aliasing write would do to other tensors."""
-    named = dict(model.named_parameters())
+    named: dict = dict(model.named_parameters())
     named.update(model.named_buffers())
     results: list = []
     memo: dict = {}
@@ -68,8 +68,9 @@ def check_per_sample(model, graph, examples, generator, first, first_out):
     roll or flip over dim 0, no branch on the batch size; three samples, as a roll composed with
     a flip is the identity on two, and a permutation of three rows that fixes two is the
     identity) and row 1 the graph's replay on its sample (nothing escaped capture: a value
-    computed outside torch or with torch functions disabled, input-dependent control flow). The run must not draw random numbers either. A model that
-    cannot run on a batch (``x.view(1, -1)``) is checked on one new sample alone."""
+    computed outside torch or with torch functions disabled, input-dependent control flow). The
+    run must not draw random numbers either. A model that cannot run on a batch
+    (``x.view(1, -1)``) is checked on one new sample alone."""
     others = [sample_inputs(examples, generator, first_parameter(model)) for _ in range(2)]
     batch = [torch.cat(rows) for rows in zip(first, *others)]
     alone = output_tensors(first_out)

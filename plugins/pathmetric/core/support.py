@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import SupportReport, UnsupportedModelError
-from .capture import as_tuple, check_capturable, record
 from .algebras import NormLifting
+from .capture import as_tuple, check_capturable, record
 from .ir import Graph
 
 
