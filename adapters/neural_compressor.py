@@ -517,7 +517,7 @@ def path_metric_entry(model, configs_mapping, mode=Mode.QUANTIZE, *args, example
     result.model.path_metric_bound, result.model.path_metric_log_bound = \
         (result.certified_bound, result.log_certified_bound) if not rtn else _combined_bound(
             original, result.model, _rtn_mapping_weights(result.model, rtn), example_inputs)
-    result.model.path_metric_head = pm.check_support(result.model, example_inputs).head
+    result.model.path_metric_head = pm.output_head(result.model, example_inputs)
     result.model.path_metric_masks = result.masks
     return result.model
 

@@ -325,7 +325,7 @@ def certified_step(pruner, example_inputs) -> StepCertificate:
     slices = [s for group in groups for s in parameter_slices(group, parameter_names)]
     zeroed = zero_slices(model, slices, pm.zeroed_members(engine, inputs, members))
     bound = StepCertificate(*pm.path_metric_with_log(engine, zeroed, inputs),
-                            pm.check_support(engine, inputs).head)
+                            pm.output_head(engine, inputs))
     for group in groups:
         root = group[0]
         pruner.DG.get_pruning_group(root.dep.target.module, root.dep.handler,

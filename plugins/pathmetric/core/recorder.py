@@ -224,10 +224,10 @@ class Recorder(TorchFunctionMode):
 
     def _rearranged_parameter(self, func, args, kwargs):
         """The :class:`ParamView` (with no op yet for a plain parameter) that a call rearranges
-        when it is an op of the ``rearrange`` rule whose only tensor argument is its first, a
-        parameter or a view of one; else None."""
+        when its rule only moves entries (``moves_entries``) and its only tensor argument is its
+        first, a parameter or a view of one; else None."""
         rule = rules.lookup(func)
-        if rule is None or rule.name != "rearrange" or not args or any(
+        if rule is None or not rule.moves_entries or not args or any(
                 isinstance(x, torch.Tensor) for x in pytree.tree_leaves((args[1:], kwargs))):
             return None
         key = id(args[0])

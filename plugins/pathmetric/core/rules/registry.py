@@ -76,7 +76,10 @@ class Rule:
     - ``missing_entries(node) -> bool``: whether the node's output holds ``-inf`` entries that
       stand for missing entries (``F.pad`` with value ``-inf`` before a max-pooling); None: never;
     - ``index_outputs``: the items of its output that are indices, not values of the network
-      (``torch.max(x, dim)``'s second item): :func:`check_graph` refuses their use.
+      (``torch.max(x, dim)``'s second item): :func:`check_graph` refuses their use;
+    - ``moves_entries``: its op only copies or moves the entries of its first argument (views,
+      reshapes, indexing), so a parameter passed through it in forward stays a parameter
+      coordinate (a :class:`~pathmetric.core.ir.ParamView`, read by capture).
     """
     name: str
     funcs: tuple
@@ -97,6 +100,7 @@ class Rule:
     skips_missing: bool = False
     missing_entries: object = None
     index_outputs: tuple = ()
+    moves_entries: bool = False
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False,
                                                  compare=False)
 

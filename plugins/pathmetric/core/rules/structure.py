@@ -60,7 +60,7 @@ _REARRANGE = (
 )
 
 
-@rule("rearrange", *_REARRANGE, family=STRUCTURE)
+@rule("rearrange", *_REARRANGE, family=STRUCTURE, moves_entries=True)
 def rearrange(ev, x, *args, func, **kwargs):
     """Ops that copy or move entries (coefficients one): applied to the lifted tensor as is."""
     return ev.fixed(x, lambda m: func(m, *args, **kwargs), terms=0)
