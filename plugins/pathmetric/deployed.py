@@ -182,16 +182,17 @@ class _Magnitudes(NormLifting):
         if point is None:
             return out
         value = out[0]
-        magnitude = times_pow2(value.m, value.e).cpu()
+        magnitude = (times_pow2(value.m.detach(), value.e) if bool((value.m != 0).any())
+                     else torch.zeros_like(value.m)).cpu()   # beyond float64: inf, radius 0
         self.before[point.key] = magnitude
         if point.dynamic:
             step = (float(magnitude.amax()) / (point.quant_max - point.quant_min)
                     + torch.finfo(torch.float32).eps / 2)
         else:
-            step = point.scale.to(value.m.device) / 2
+            step = point.scale / 2
         self.summed_terms += 1
-        return (Scaled.normalized(value.m + times_pow2(torch.as_tensor(
-            step, dtype=value.m.dtype, device=value.m.device), -value.e), value.e),)
+        rounding = torch.as_tensor(step, dtype=value.m.dtype).to(value.m.device)
+        return (scaled_sum([value, Scaled.normalized(rounding.expand_as(value.m).clone())]),)
 
 
 def _source_range(graph: Graph, point: Point) -> tuple:

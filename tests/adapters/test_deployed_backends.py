@@ -119,6 +119,7 @@ def test_dynamic_quantization_gets_a_per_sample_bound(float_model):
     with torch.no_grad():
         gap = torch.cat([(model(v) - deployed(v)).abs().sum(dim=1) for v in x.split(1)]).double()
     assert report.saturated_count == 0 and report.activation_terms == {}
+    assert report.safe_input_radius == math.inf   # a dynamic grid spans its tensor
     assert (report.dynamic_term > 0).all() and report.dynamic_term.unique().numel() > 1
     assert (gap <= report.bound).all()
     sup = x.flatten(1).abs().amax(1).double().clamp(min=1.0)
