@@ -30,17 +30,25 @@ from collections import OrderedDict
 from types import SimpleNamespace
 
 import torch
-from torch import nn
-
-import pathmetric as pm
 from neural_compressor.common.base_config import ComposableConfig, register_config
 from neural_compressor.common.base_tuning import Sampler
 from neural_compressor.common.utils import DEFAULT_WHITE_LIST, RTN, Mode
 from neural_compressor.torch.algorithms.pt2e_quant.utility import create_quant_spec_from_config
 from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor, search_clip
-from neural_compressor.torch.quantization import DynamicQuantConfig, INT8StaticQuantConfig, RTNConfig
-from neural_compressor.torch.quantization.config import FRAMEWORK_NAME, OperatorConfig, TorchBaseConfig
+from neural_compressor.torch.quantization import (
+    DynamicQuantConfig,
+    INT8StaticQuantConfig,
+    RTNConfig,
+)
+from neural_compressor.torch.quantization.config import (
+    FRAMEWORK_NAME,
+    OperatorConfig,
+    TorchBaseConfig,
+)
 from neural_compressor.torch.utils import algos_mapping, register_algo
+from torch import nn
+
+import pathmetric as pm
 
 __all__ = ["simulate_weights", "quantization_bound", "quantization_bound_with_log", "storage_bits",
            "path_metric_sampler",

@@ -29,11 +29,22 @@ See docs/nni.md.
 from __future__ import annotations
 
 from .nni_compat import apply_compat_patches, compat_patches, revert_compat_patches
-from .nni_config import (CONFIG_KEYS, PRUNERS, NNIPruneResult, SpeedupError, load_config,
-                         prune_from_config, pruner_from_config, removed_channels)
+from .nni_config import (
+                         CONFIG_KEYS,
+                         PRUNERS,
+                         NNIPruneResult,
+                         SpeedupError,
+                         load_config,
+                         prune_from_config,
+                         pruner_from_config,
+                         removed_channels,
+)
 from .nni_pruner import PathMetricPruner
-from .nni_quantization import (deployment_report_from_config, quantization_bound_from_config,
-                               quantized_parameters)
+from .nni_quantization import (
+                         deployment_report_from_config,
+                         quantization_bound_from_config,
+                         quantized_parameters,
+)
 
 __all__ = ["PathMetricPruner", "PRUNERS", "CONFIG_KEYS", "load_config", "pruner_from_config",
            "prune_from_config", "NNIPruneResult", "SpeedupError", "removed_channels",

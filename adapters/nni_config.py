@@ -12,8 +12,14 @@ from pathlib import Path
 import torch
 import yaml
 from nni.compression.base.config import default_config_schema, trans_legacy_config_list
-from nni.compression.pruning import (FPGMPruner, L1NormPruner, L2NormPruner, LevelPruner,
-                                     SlimPruner, TaylorPruner)
+from nni.compression.pruning import (
+    FPGMPruner,
+    L1NormPruner,
+    L2NormPruner,
+    LevelPruner,
+    SlimPruner,
+    TaylorPruner,
+)
 from nni.compression.speedup import ModelSpeedup
 from nni.compression.speedup.replacement import convert_to_coarse_mask
 from nni.compression.utils import auto_set_denpendency_group_ids

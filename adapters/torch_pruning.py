@@ -37,8 +37,15 @@ from torch import nn
 
 import pathmetric as pm
 
-from .torch_pruning_groups import (ParameterSlice, engine_view, group_members, parameter_slices,
-                                   shapes, slice_shares, zero_slices)
+from .torch_pruning_groups import (
+    ParameterSlice,
+    engine_view,
+    group_members,
+    parameter_slices,
+    shapes,
+    slice_shares,
+    zero_slices,
+)
 
 __all__ = ["PathMetricImportance", "certified_step", "StepCertificate", "group_members",
            "ParameterSlice", "parameter_slices"]

@@ -23,8 +23,8 @@ import torchvision
 
 import pathmetric as pm
 from pathmetric import reports
-from pathmetric.metric import quantized_weights
 from pathmetric.app.digits import pretrained
+from pathmetric.metric import quantized_weights
 
 
 def changes(model, x, prune):

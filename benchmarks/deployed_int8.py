@@ -165,7 +165,7 @@ def main():
                 try:
                     deployed = deploy(model, calibration)
                     line = row(name, backend, model, deployed, x, time.time() - start)
-                except Exception as exc:  # a backend that fails on a model is a result too
+                except Exception as exc:  # noqa: BLE001  (a backend that fails on a model is a result too)
                     line = f"| {name} | {backend} | failed: {type(exc).__name__}: " \
                            f"{str(exc)[:160]} | | | | | | | |"
                 out.write(line + "\n")

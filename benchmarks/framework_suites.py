@@ -201,6 +201,7 @@ def _nni_fusion():
     import nni
     from nni.compression import TorchEvaluator
     from nni.compression.quantization import QATQuantizer
+
     from pathmetric.app import digits
 
     model = digits.pretrained()

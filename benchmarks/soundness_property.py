@@ -42,7 +42,7 @@ def main():
     counts = collections.Counter()
     failures = []
     start = time.perf_counter()
-    for _ in range(args.models):
+    for k in range(args.models):
         case = scenario(rng)
         try:
             counts[prop.check_scenario(*case)] += 1
@@ -50,6 +50,8 @@ def main():
             kind = "mutation" if "same_state" in str(exc) else "silent mismatch"
             counts[kind] += 1
             failures.append((kind, case, str(exc)[:300]))
+        if (k + 1) % 100 == 0:
+            print(f"{k + 1} models: {dict(counts)}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     steps = collections.Counter()
     rng = random.Random(args.seed)

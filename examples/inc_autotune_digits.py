@@ -18,15 +18,26 @@ import time
 
 import torch
 import torch.nn.functional as F
+from neural_compressor.common.base_tuning import default_sampler
+from neural_compressor.torch.export import export
+from neural_compressor.torch.quantization import (
+    INT8StaticQuantConfig,
+    RTNConfig,
+    TuningConfig,
+    autotune,
+)
 from torch import nn
 
 import pathmetric as pm
 from pathmetric.adapters.neural_compressor import (
-    PathMetricConfig, path_metric_config_set, path_metric_sampler, storage_bits, quantization_bound, simulate_weights)
+    PathMetricConfig,
+    path_metric_config_set,
+    path_metric_sampler,
+    quantization_bound,
+    simulate_weights,
+    storage_bits,
+)
 from pathmetric.app.digits import load_digits_tensors, train
-from neural_compressor.common.base_tuning import default_sampler
-from neural_compressor.torch.export import export
-from neural_compressor.torch.quantization import INT8StaticQuantConfig, RTNConfig, TuningConfig, autotune
 
 
 class DigitsNet(nn.Module):

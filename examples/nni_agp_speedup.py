@@ -12,8 +12,8 @@ import torchvision
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import AGPPruner
 from nni.compression.speedup import ModelSpeedup
-from nni.runtime.log import silence_stdout
 from nni.compression.utils import auto_set_denpendency_group_ids
+from nni.runtime.log import silence_stdout
 
 from pathmetric.adapters.nni import PathMetricPruner
 

@@ -21,9 +21,13 @@ import torchvision
 from nni.runtime.log import silence_stdout
 
 import pathmetric as pm
+from pathmetric.adapters.nni import (
+    load_config,
+    prune_from_config,
+    quantization_bound_from_config,
+    quantized_parameters,
+)
 from pathmetric.app import digits
-from pathmetric.adapters.nni import (load_config, prune_from_config,
-                                     quantization_bound_from_config, quantized_parameters)
 
 silence_stdout()          # NNI's INFO log lines (ModelSpeedup's ~300) off stdout
 torch.set_num_threads(1)  # small tensors: more threads only contend (9x slower here)

@@ -20,10 +20,14 @@ import pathmetric as pm
 def quantizer(name):
     if name == "x86":
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
         return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    from torchao.testing.pt2e._xnnpack_quantizer import (XNNPACKQuantizer,
-                                                         get_symmetric_quantization_config)
+    from torchao.testing.pt2e._xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 

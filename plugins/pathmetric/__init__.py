@@ -1,7 +1,7 @@
 """pathmetric: path-metrics of ReLU networks for pruning and quantization (see docs/design.md)."""
 from .calibration import Calibration, Estimate, adversarial_gap, calibrate, estimate
 from .core.ir import Layer
-from .core.support import check_support
+from .core.support import check_support, output_head
 from .deployed import DeploymentReport, deployment_report, downstream_masses
 from .errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from .metric import (
@@ -34,7 +34,7 @@ from .sensitivity import Plan, Sensitivity, layer_sensitivity, mixed_precision_p
 __all__ = [
     # path-norms and support
     "path_norm", "log_path_norm", "check_support", "SupportReport", "UnsupportedModelError",
-    "ModelCaptureError", "Layer",
+    "ModelCaptureError", "Layer", "output_head",
     # certificates
     "path_metric", "log_path_metric", "path_metric_with_log", "output_bound", "log_output_bound",
     "quantization_bound", "log_quantization_bound", "head_factor", "head_output_bound",

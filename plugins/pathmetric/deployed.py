@@ -80,7 +80,7 @@ def _resolver(graph: Graph, tensors: dict):
 def _points(graph: Graph, model: nn.Module) -> list:
     """The quantization points of ``graph``, in order, with their grids read off ``model``."""
     resolve = _resolver(graph, named_tensors(model))
-    out = []
+    out: list = []
     for index, node in graph.operations():
         if node.rule not in quantization.POINTS:
             continue
@@ -295,8 +295,8 @@ def _frozen(quantized: nn.Module) -> nn.Module:
     frozen = copy.deepcopy(quantized)
     for k, node in enumerate(n for n in frozen.graph.nodes if n.op == "call_function"
                              and n.name in {c.name for c in constant}):
-        args = torch.fx.node.map_arg(node.args, lambda a: functools.reduce(
-            getattr, a.target.split("."), frozen) if a.op == "get_attr" else a)
+        args = torch.fx.node.map_arg(node.args, lambda a: functools.reduce(  # type: ignore
+            getattr, str(a.target).split("."), frozen) if a.op == "get_attr" else a)
         name = f"_pathmetric_frozen_weight_{k}"
         with torch.no_grad():
             frozen.register_buffer(name, node.target(*args, **node.kwargs))
@@ -501,14 +501,14 @@ class DeploymentReport:
     ``max(||x_i||_inf, 1)``), ``activation_terms`` the per-point ``sum_v (s_v / 2) G(v)`` and
     ``activation_term`` their sum (rounded up), over the static points; ``dynamic_term[i]`` the
     term of the dynamic points on sample ``i`` (``(s_t(x_i) / 2) sum_v G(v)``, the scale of
-    each computed from sample ``i`` alone: the model run on one sample);
-    ``weight_share``/``activation_share`` the shares of the two in the bound of the certified
-    samples (mean); ``saturated`` the per-sample flags
-    and ``saturated_points`` how many samples each point saturates on. ``safe_radius[key]`` is
-    the input radius ``r`` such that no ``x`` with ``||x||_inf <= r`` saturates the point
-    (``inf`` at a dynamic point and where a clamp bounds the value inside the grid; 0 where
-    ``||x||_inf <= 1`` is not shown safe), ``safe_input_radius`` its minimum over the points.
-    ``arithmetic`` says which arithmetic the bound is for.
+    each computed from sample ``i`` alone: the model run on one sample); ``weight_share`` /
+    ``activation_share`` the shares of the two in the bound of the certified samples (mean);
+    ``saturated`` the per-sample flags and ``saturated_points`` how many samples each point
+    saturates on. ``safe_radius[key]`` is the input radius ``r`` such that no ``x`` with
+    ``||x||_inf <= r`` saturates the point (``inf`` at a dynamic point and where a clamp bounds
+    the value inside the grid; 0 where ``||x||_inf <= 1`` is not shown safe),
+    ``safe_input_radius`` its minimum over the points. ``arithmetic`` says which arithmetic the
+    bound is for.
     """
     bound: torch.Tensor
     log_bound: torch.Tensor

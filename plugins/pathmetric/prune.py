@@ -152,18 +152,21 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds}")
     # the certificate compares with the original parameters: the user's own unless pruned in place
     original = {n: p.detach().clone() if inplace else p.detach()
                 for n, p in model.named_parameters()}
-    pruned = model if inplace else copy.deepcopy(model)
-    graph = capture(pruned, example_inputs)
+    pruned = model if inplace else None   # a copy is made once the first scores are taken
+    graph = capture(model, example_inputs)
     table = graph.layers()
     chosen = list(table) if layers is None else list(layers)
-    params = dict(pruned.named_parameters())
+    params = dict(model.named_parameters())
     masks: dict = {}
     for r in range(1, rounds + 1):
         target = 1.0 - (1.0 - sparsity) ** (r / rounds)
-        masses = PathMasses(pruned, example_inputs, precision)
+        # the first round scores the model itself (the copy's parameters are its own)
+        masses = PathMasses(model if pruned is None else pruned, example_inputs, precision)
         if structured:
             targets = {k: v for k, v in _structured_targets(masses).items() if k in chosen}
             parts = {k: masses.channel_share(k) for k in targets}
@@ -187,6 +190,9 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
         del masses, parts
         keep = _select(scores, sizes, target, scope, max_layer_sparsity)
         del scores
+        if pruned is None:
+            pruned = copy.deepcopy(model)
+            params = dict(pruned.named_parameters())
         with torch.no_grad():
             for key, mask in keep.items():
                 for node, role, name in targets[key]:
@@ -195,6 +201,7 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
                         else mask.reshape(p.shape)
                     masks[name] = full.to(p.device).clone()
                     p.mul_(masks[name])
+    assert pruned is not None   # made in the first round (rounds >= 1)
     bound, log_bound = path_metric_with_log(pruned, original, example_inputs, precision)
     return PruneResult(pruned, masks, bound, log_bound)
 

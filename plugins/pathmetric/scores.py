@@ -91,7 +91,10 @@ class PathMasses:
         self._leaves = {} if gradients_only else {key: leaf.detach()
                                                   for key, leaf in ev.leaves.items()}
         self._shares = {}
-        self._kept = {index: value[0].m for index, value in kept.items()}
+        # values and gradients without their autograd graph, whose AccumulateGrad nodes would
+        # keep every lifted parameter alive after release()
+        self._kept = {index: (value[0].m.detach(), value[0].m.grad)
+                      for index, value in kept.items()}
         self.output_layers = self.graph.output_layers()
         self.batch_norm_after = {name: self.graph.nodes[j].module
                                  for name, j in self.graph.batch_norm_after().items()}
@@ -134,10 +137,10 @@ class PathMasses:
 
     def _neurons(self, index) -> torch.Tensor:
         """Share of N through each output neuron of node ``index``: ``a * dN/da / N``."""
-        value = self._kept[index]
-        if value.grad is None:
-            return torch.zeros_like(value.detach())
-        return torch.mul(value.detach(), value.grad).div_(self._total)
+        value, grad = self._kept[index]
+        if grad is None:
+            return torch.zeros_like(value)
+        return torch.mul(value, grad).div_(self._total)
 
     def gradient(self, key) -> torch.Tensor:
         """``dN/d|theta|`` up to the common factor ``2**exponent`` (shared by all keys)."""

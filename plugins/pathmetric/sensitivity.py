@@ -10,6 +10,7 @@ sum an upper bound (``N`` has non-negative coefficients): a knapsack with a cert
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -121,6 +122,32 @@ def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
     return out
 
 
+class _Upper(Mapping):
+    """``weight name -> U = max(|w|, |q_b(w)| for every b)``, formed when read (one layer at a
+    time: the lifted walk turns it into its float64 leaf and moves on; the last one read is
+    kept for the walk's next look-up of the same name)."""
+
+    def __init__(self, weights: dict, bits, options):
+        self.weights, self.bits, self.options = weights, bits, options
+        self.last = (None, None)
+
+    def __getitem__(self, name):
+        if self.last[0] != name:
+            w, dim = self.weights[name]
+            quantize = quantizer(w, *self.options, dim)
+            top = w.abs()
+            for b in self.bits:
+                top = torch.maximum(top, quantize(b).abs_(), out=top)
+            self.last = (name, top)
+        return self.last[1]
+
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __len__(self):
+        return len(self.weights)
+
+
 @dataclass
 class Plan:
     """A mixed-precision assignment and its certificate.
@@ -208,13 +235,8 @@ def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
         _, w, dim = weights[layer]
         return quantizer(w, scheme, granularity, group_size, dim)(b)
 
-    upper = {}
-    for layer, (name, w, dim) in weights.items():   # one layer's candidates at a time
-        quantize_layer = quantizer(w, scheme, granularity, group_size, dim)
-        top = w.abs()
-        for b in bits:
-            top = torch.maximum(top, quantize_layer(b).abs_(), out=top)
-        upper[name] = top
+    upper = _Upper({name: (w, dim) for name, w, dim in weights.values()}, bits,
+                   (scheme, granularity, group_size))
     masses = PathMasses(model, example_inputs, precision, overrides=upper,
                         gradients_only=True)
     del upper

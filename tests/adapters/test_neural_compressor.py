@@ -15,11 +15,23 @@ from neural_compressor.common.base_tuning import default_sampler  # noqa: E402
 from neural_compressor.torch.algorithms.weight_only.modules import INCWeightOnlyLinear  # noqa: E402
 from neural_compressor.torch.export import export  # noqa: E402
 from neural_compressor.torch.quantization import (  # noqa: E402
-    DynamicQuantConfig, INT8StaticQuantConfig, RTNConfig, TuningConfig, autotune, quantize)
+    DynamicQuantConfig,
+    INT8StaticQuantConfig,
+    RTNConfig,
+    TuningConfig,
+    autotune,
+    quantize,
+)
 
 from pathmetric.adapters.neural_compressor import (  # noqa: E402
-    PathMetricConfig, PrunedThenQuantizedConfig, path_metric_config_set, path_metric_sampler,
-    quantization_bound, simulate_weights, storage_bits)
+    PathMetricConfig,
+    PrunedThenQuantizedConfig,
+    path_metric_config_set,
+    path_metric_sampler,
+    quantization_bound,
+    simulate_weights,
+    storage_bits,
+)
 
 FP32_PT2E = dict(w_dtype="fp32", act_dtype="fp32")
 

@@ -14,6 +14,7 @@ pytest.importorskip("nni", reason="the nni extra (NNI 3.0) is not installed")
 from nni.common.concrete_trace_utils import concrete_tracer  # noqa: E402
 from nni.compression.pruning import L1NormPruner  # noqa: E402
 from nni.compression.speedup import ModelSpeedup  # noqa: E402
+
 from pathmetric.adapters import nni as pnni  # noqa: E402
 from pathmetric.app import digits, models
 from pathmetric.app.digits import DigitsCNN

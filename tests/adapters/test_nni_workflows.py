@@ -16,6 +16,7 @@ pytest.importorskip("nni", reason="the nni extra is not installed")
 from nni.compression.quantization import QATQuantizer  # noqa: E402
 from nni.compression.speedup import ModelSpeedup  # noqa: E402
 from nni.compression.utils import auto_set_denpendency_group_ids  # noqa: E402
+
 from pathmetric.adapters import nni as pnni  # noqa: E402
 from pathmetric.app import digits, models  # noqa: E402
 
@@ -53,7 +54,7 @@ def test_pd_fuse_config_aligns_batch_norm_outputs_to_conv_weights():
 
 
 def test_from_compressor_fuses_with_a_quantizer(tmp_path):
-    from test_nni import _digits_evaluator   # tests/adapters/test_nni.py: digits training steps
+    from test_nni import _digits_evaluator  # tests/adapters/test_nni.py: digits training steps
 
     model = digits.pretrained()
     quantizer = QATQuantizer(model, [{"op_types": ["Linear"], "quant_dtype": "int8",

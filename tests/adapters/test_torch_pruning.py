@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 import torchvision
+from conftest import model_state, same_state
 from torch import nn
 
 import pathmetric as pm
-from conftest import model_state, same_state
 
 tp = pytest.importorskip("torch_pruning", reason="the tp extra (torch-pruning) is not installed")
 smp = pytest.importorskip("segmentation_models_pytorch", reason="the zoo extra is not installed")

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torchvision
+from models import Depthwise, MatmulNet, _at_w_pair, _with
 from torch import nn
 
 import pathmetric as pm
@@ -138,19 +139,18 @@ def test_scores_and_masks_are_rescaling_invariant_while_magnitude_is_not(name):
     rescaled = [pm.random_rescale(model, X, seed=4)]
     if name == "resnet18":
         rescaled.append(_independent_rescale(model))
-    base = pm.prune(model, 0.6, X)
-    base_structured = pm.prune(model, 0.3, X, structured=True)
+    base = pm.prune(model, 0.6, X).masks   # masks only: each result holds a pruned copy
+    base_structured = pm.prune(model, 0.3, X, structured=True).masks
     scores = pm.weight_scores(model, X, relative=True)
     for other in rescaled:
         x = torch.randn(2, 3, 32, 32)
         assert torch.allclose(model(x), other(x), rtol=1e-4, atol=1e-5)
         other_scores = pm.weight_scores(other, X, relative=True)
         assert all(torch.allclose(scores[k], other_scores[k], rtol=1e-9, atol=0) for k in scores)
-        pruned = pm.prune(other, 0.6, X)
-        assert all(torch.equal(base.masks[k], pruned.masks[k]) for k in base.masks)
-        structured = pm.prune(other, 0.3, X, structured=True)
-        assert all(torch.equal(base_structured.masks[k], structured.masks[k])
-                   for k in base_structured.masks)
+        pruned = pm.prune(other, 0.6, X).masks
+        assert all(torch.equal(base[k], pruned[k]) for k in base)
+        structured = pm.prune(other, 0.3, X, structured=True).masks
+        assert all(torch.equal(base_structured[k], structured[k]) for k in base_structured)
         magnitude, magnitude_other = _magnitude_masks(model, 0.6), _magnitude_masks(other, 0.6)
         assert any(not torch.equal(magnitude[k], magnitude_other[k]) for k in magnitude)
 
@@ -204,3 +204,47 @@ def test_protect_top_raises_the_best_entries_and_leaves_the_input_alone():
     assert pm.protect_top(scores, 1, offset=10.0).tolist() == [[0.3, -math.inf], [10.9, 0.1]]
     assert pm.protect_top(scores, 4).isinf().all() and pm.protect_top(scores, 0).equal(scores)
     assert torch.equal(scores, before)
+
+
+def test_depthwise_members_zero_their_own_rows():
+    torch.manual_seed(0)
+    model = Depthwise().eval()
+    x = torch.randn(1, 3, 5, 5)
+    members = [("pw", "out", [1, 3], [1, 3]), ("dw", "in", [1, 3], [1, 3]),
+               ("dw", "out", [1, 3], [1, 3])]
+    zeroed = pm.zeroed_members(model, x, members)
+    assert set(zeroed) == {"pw.weight", "pw.bias", "dw.weight", "dw.bias"}
+    for c in range(4):
+        assert bool((zeroed["dw.weight"][c] == 0).all()) == (c in (1, 3))
+        assert bool(zeroed["dw.bias"][c] == 0) == (c in (1, 3))
+    assert pm.path_metric(model, zeroed, x) > 0
+
+
+def test_x_at_w_is_a_layer_with_output_channels_along_dim_1():
+    at_w, linear, x = _at_w_pair()
+    assert pm.prunable_layers(at_w, x) == pm.prunable_layers(linear, x) == ["W", "head"]
+    assert pm.path_norm(at_w, x) == pytest.approx(pm.path_norm(linear, x), rel=1e-12)
+    for relative in (False, True):
+        mine, theirs = pm.channel_scores(at_w, x, relative), pm.channel_scores(linear, x, relative)
+        assert mine.keys() == theirs.keys()
+        for name in mine:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-10, atol=0)
+    members = [pm.Member("W", "out", [1, 4], [0, 1]), ("head", "in", [2, 4], [0, 1])]
+    torch.testing.assert_close(pm.group_mass(at_w, x, members, 2),
+                               pm.group_mass(linear, x, members, 2), rtol=1e-10, atol=0)
+    zeroed = pm.zeroed_members(at_w, x, members)
+    assert zeroed["W"][:, [1, 4]].eq(0).all() and zeroed["W"][:, [0, 2, 3, 5]].ne(0).all()
+    assert pm.path_metric(at_w, zeroed, x) == pytest.approx(
+        pm.path_metric(linear, pm.zeroed_members(linear, x, members), x), rel=1e-10)
+
+
+def test_weight_scores_cover_x_at_w_weights():
+    torch.manual_seed(0)
+    model, x = MatmulNet().eval(), torch.randn(2, 4)
+    scores = pm.weight_scores(model, x)
+    total = pm.path_norm(model, x)
+    for i, j in ((0, 0), (3, 2)):   # N(theta) - N(theta with W_ij = 0)
+        zeroed = model.proj.detach().clone()
+        zeroed[i, j] = 0
+        assert float(scores["proj"][i, j]) == pytest.approx(
+            total - pm.path_norm(_with(model, proj=zeroed), x), rel=1e-9, abs=1e-12)

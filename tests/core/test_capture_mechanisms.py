@@ -440,3 +440,18 @@ def test_engine_failures_are_clear_refusals_naming_the_op(case):
     with pytest.raises(pm.UnsupportedModelError, match=match):
         pm.path_norm(model, X)
     assert same_state(before, model_state(model))
+
+
+def test_output_head_is_read_off_the_cached_graph():
+    from pathmetric.core.support import cached_graph
+
+    class LogSoftmax(Net):
+        def forward(self, x):
+            return F.log_softmax(super().forward(x), dim=1)
+    model = LogSoftmax()
+    before = model_state(model)
+    assert pm.output_head(model, X) == "log_softmax"
+    graph = cached_graph(model)
+    assert pm.output_head(model, X) == "log_softmax" and cached_graph(model) is graph
+    assert pm.output_head(Net(), X) is None
+    assert same_state(before, model_state(model))

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_state, same_state
 from torch import nn
 
 import pathmetric as pm
-from conftest import model_state, same_state
 
 X = torch.randn(1, 3, 8, 8)
 
@@ -124,7 +124,7 @@ def test_in_place_ops_on_whole_activations_still_work():
 
 def test_replay_writes_in_place_calls_into_copies():
     """The replay check computes what the graph says, not what the aliasing write does."""
-    from pathmetric.core.capture import replay
+    from pathmetric.core.replay import replay
     from pathmetric.core.support import capture
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True))
     graph = capture(model, X)

@@ -16,12 +16,12 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_state, same_state
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import pathmetric as pm
-from conftest import model_state, same_state
 
 C, L = 2, 6
 EXAMPLES = int(os.environ.get("SOUNDNESS_EXAMPLES", 200))

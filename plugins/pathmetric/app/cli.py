@@ -21,9 +21,18 @@ from importlib.metadata import entry_points
 import torch
 
 from . import certify, demo_command, prune_command, quant_command, report_command
+
 # the helpers an adapter's subcommand module (adapters/nni_cli.py) takes from the command
-from .common import (default_threads, emit, load, model_args, progress, refusal,
-                     stdout_for_result_only, table)
+from .common import (
+    default_threads,
+    emit,
+    load,
+    model_args,
+    progress,
+    refusal,
+    stdout_for_result_only,
+    table,
+)
 
 __all__ = ["main", "parser", "emit", "load", "model_args", "progress", "table"]
 

@@ -5,12 +5,23 @@ import math
 
 import torch
 
-from .common import (emit, fmt_log, fraction, head_certificate, head_fields, load, model_args,
-                     positive, progress, table)
+from .common import (
+    emit,
+    fmt_log,
+    fraction,
+    head_certificate,
+    head_fields,
+    load,
+    model_args,
+    positive,
+    progress,
+    table,
+)
 
 
 def cmd_prune(args) -> int:
     import pathmetric as pm
+
     from .. import reports
 
     model, x = load(args)

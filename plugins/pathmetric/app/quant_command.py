@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from .common import (bit_widths, emit, head_certificate, head_fields, load, model_args,
-                     positive_number, progress)
+from .common import (
+    bit_widths,
+    emit,
+    head_certificate,
+    head_fields,
+    load,
+    model_args,
+    positive_number,
+    progress,
+)
 
 
 def cmd_quant_plan(args) -> int:

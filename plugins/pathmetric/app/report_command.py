@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import math
 
-from .common import (bit_widths, emit, fmt_log, head_fields, load, model_args, positive,
-                     positive_number, progress, table)
+from .common import (
+    bit_widths,
+    emit,
+    fmt_log,
+    head_fields,
+    load,
+    model_args,
+    positive,
+    positive_number,
+    progress,
+    table,
+)
 
 
 def cmd_report(args) -> int:
     import pathmetric as pm
+
     from .. import reports
     from ..metric import quantized_weights
 

@@ -20,14 +20,22 @@ the count of the map they apply as a required keyword, so no sum of a rule goes 
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from typing import NamedTuple
 
 import torch
 
 from .interpreter import Interpreter, named_tensors
 from .ir import Buffer, Computed, Param, ParamView
-from .scaled import (ZERO_EXPONENT, Scaled, aligned, common_exponent, scaled_affine, scaled_sum,
-                     scaled_total)
+from .scaled import (
+    ZERO_EXPONENT,
+    Scaled,
+    aligned,
+    common_exponent,
+    scaled_affine,
+    scaled_sum,
+    scaled_total,
+)
 
 
 class Lifting(Interpreter):
@@ -64,18 +72,19 @@ class Lifting(Interpreter):
 class NormLifting(Lifting):
     """Lifted network for ``||Phi(theta)||_q^q``: parameters ``|w|^q``, all-ones input.
 
-    ``overrides`` replaces named parameters or buffers by other signed tensors (a quantised copy,
-    say) without building a model; ``track`` makes each lifted parameter of a named tensor an
-    autograd leaf, collected in ``self.leaves`` by name (derived ones, such as a folded BatchNorm
-    scale, under :class:`~pathmetric.core.ir.Computed` keys ``(module path, part)``).
+    ``overrides`` (a mapping, read when the walk reaches each name) replaces named parameters or
+    buffers by other signed tensors (a quantised copy, say) without building a model; ``track``
+    makes each lifted parameter of a named tensor an autograd leaf, collected in ``self.leaves``
+    by name (derived ones, such as a folded BatchNorm scale, under
+    :class:`~pathmetric.core.ir.Computed` keys ``(module path, part)``).
     """
 
     def __init__(self, graph, model, q=1.0, dtype=torch.float64, overrides=None, track=False):
         tensors = named_tensors(model)
         super().__init__(graph, dtype, next(iter(tensors.values())).device, scratch=not track)
         self.q = float(q)
-        tensors.update(overrides or {})
-        self.tensors = (tensors,)
+        # looked up, never copied: a mapping that forms its tensors when read stays lazy
+        self.tensors = (ChainMap(overrides, tensors) if overrides else tensors,)
         self.leaves = {} if track else None
 
     def inputs(self, shape):

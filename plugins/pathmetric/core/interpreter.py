@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 import torch
 
+from ..errors import UnsupportedModelError
 from . import rules
 from .ir import Buffer, Derived, Graph, Param, ParamView, Value
-from ..errors import UnsupportedModelError
 
 
 def precision_dtype(precision) -> torch.dtype:
@@ -108,11 +109,11 @@ class Interpreter:
         self.graph = graph
         self.dtype = dtype
         self.device = device
-        self.node = None
+        self.node: Any = None   # the node being evaluated (None between runs)
         self.summed_terms = 0
         self.uses_scratch = scratch
-        self.scratch = None
-        self.derived_memo = ({}, {})  # per model: buffer-derived tensors of this evaluation
+        self.scratch: Any = None   # the Scratch acquired for a run
+        self.derived_memo: tuple[dict, dict] = ({}, {})  # per model: buffer-derived tensors of this evaluation
 
     # -- what rules read of the op being evaluated
     def shape(self, x):

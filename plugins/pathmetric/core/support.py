@@ -1,6 +1,6 @@
 """Support: the captured graph every analysis uses, decided once and cached per model.
 
-A model is supported when capture records it (:func:`pathmetric.core.capture.trace`) *and* the
+A model is supported when capture records it (:func:`pathmetric.core.capture.record`) *and* the
 lifted network evaluates on its graph once (a rule may refuse at evaluation: PReLU slopes
 outside [0, 1], ...). Both decisions are made here, above the capture and the interpreter, so
 :func:`check_support` and every computation share them. The graph is cached per model and
@@ -16,16 +16,15 @@ import torch
 from torch import nn
 
 from ..errors import SupportReport, UnsupportedModelError
-from . import capture as recording
-from .capture import as_tuple
 from .algebras import NormLifting
+from .capture import as_tuple, check_capturable, record
 from .ir import Graph
 
 
-def trace(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
-    """Capture ``model`` and evaluate its lifted network once; the graph (None if unsupported)
-    and the support report."""
-    graph, report = recording.trace(model, example_inputs)
+def decide(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
+    """Capture ``model`` and evaluate its lifted network once: the support decision, the graph
+    (None if unsupported) and the support report."""
+    graph, report = record(model, example_inputs)
     if graph is None:
         return None, report
     _evaluate_once(graph, model, report)
@@ -189,12 +188,12 @@ def _refusal(model, unsupported) -> UnsupportedModelError:
 
 def capture(model: nn.Module, example_inputs) -> Graph:
     """The captured graph of ``model`` (cached), or UnsupportedModelError listing every bad op."""
-    recording.check_capturable(model)
+    check_capturable(model)
     key = _cache_key(model, example_inputs)
     per_model = _CACHE.setdefault(model, {})
     if key in per_model:
         return per_model[key]
-    graph, report = trace(model, example_inputs)
+    graph, report = decide(model, example_inputs)
     if graph is None:
         raise _refusal(model, report.unsupported)
     per_model.clear()
@@ -206,10 +205,17 @@ def check_support(model: nn.Module, example_inputs) -> SupportReport:
     """Report every operation of ``model`` outside the path-lifting model, at once: the same
     decision as every computation (which raise :class:`UnsupportedModelError` with this list)."""
     try:
-        _, report = trace(model, example_inputs)
+        _, report = decide(model, example_inputs)
     except UnsupportedModelError as exc:
         return SupportReport(unsupported=exc.unsupported)
     return report
+
+
+def output_head(model: nn.Module, example_inputs) -> str | None:
+    """The softmax head set aside after the logits ('softmax' or 'log_softmax'), or None, read off
+    the cached graph (:func:`check_support` captures anew at every call); UnsupportedModelError
+    for a model outside the path-lifting model."""
+    return capture(model, example_inputs).head
 
 
 def cached_graph(model: nn.Module) -> Graph | None:

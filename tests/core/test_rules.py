@@ -1,129 +1,15 @@
-"""Issue 15: ReLU6 networks (MobileNetV2 and friends), softmax heads and the other exactly
-representable ops, through every public function and the three adapters."""
-import copy
+"""Rules (core/rules): each op's lifted image and facts against the brute-force oracle
+or an equivalent model, and the refusals a rule states."""
 import math
 
 import pytest
-import segmentation_models_pytorch as smp
-import timm
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
-import torchvision
 from bruteforce import lq_norm_q, paths, to_dag
+from models import X32, QuickstartNet, _at_w_pair
 from torch import nn
 
 import pathmetric as pm
-from pathmetric import reports
-from pathmetric.core.ir import Param
-from pathmetric.core.support import capture
-
-X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def mobilenet_v2(width_mult=1.0):
-    torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v2(weights=None, num_classes=10,
-                                            width_mult=width_mult).eval()
-    with torch.no_grad():   # non-trivial running statistics, some negative BatchNorm scales
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1.0, 0.4)
-                m.bias.normal_(0, 0.2)
-    return model
-
-
-class QuickstartNet(nn.Module):
-    """NNI's pruning quickstart model (LeNet-style, ends in log_softmax)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, 1)
-        self.conv2 = nn.Conv2d(6, 16, 5, 1)
-        self.fc1 = nn.Linear(16 * 4 * 4, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2, 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2, 2)
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return F.log_softmax(self.fc3(x), dim=1)
-
-
-# ------------------------------------------------------------------ zoo models are supported
-
-ZOO = {
-    "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(weights=None),
-    "mnasnet0_5": lambda: torchvision.models.mnasnet0_5(weights=None),
-    "shufflenet_v2_x0_5": lambda: torchvision.models.shufflenet_v2_x0_5(weights=None),
-    "timm_mobilenetv2_100": lambda: timm.create_model("mobilenetv2_100", pretrained=False),
-    "smp_unet_mobilenet_v2": lambda: smp.Unet("mobilenet_v2", encoder_weights=None, classes=2),
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_models_are_supported_and_certified(name):
-    torch.manual_seed(0)
-    model = ZOO[name]().eval()
-    report = pm.check_support(model, X32)
-    assert report.ok, str(report)
-    assert math.isfinite(pm.log_path_norm(model, X32))
-    bound = pm.quantization_bound(model, X32, bits=8)
-    assert 0 < bound < math.inf
-    scores = pm.weight_scores(model, X32)
-    assert all(torch.isfinite(s).all() for s in scores.values())
-
-
-@pytest.mark.slow
-def test_mobilenet_v2_public_functions():
-    model = mobilenet_v2()
-    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 3
-    facts = reports.graph_facts(model, X32)
-    # 17 blocks, each conv-BN-ReLU6 (ReLU6: two neuron layers) ...: depth counts the ReLU6 layers
-    assert facts.depth >= 3 * 35 and facts.max_pools_on_path == 0
-    sensitivity = pm.layer_sensitivity(model, X32, bits=(4, 8))
-    assert all(0 < v < math.inf for v in sensitivity.values())
-    plan = pm.mixed_precision_plan(model, X32, bits=(4, 8), avg_bits=6)
-    assert 0 < plan.certified_bound < math.inf
-    result = pm.prune(model, 0.3, X32, structured=True)
-    with torch.no_grad():
-        gap = (model(x) - result.model(x)).abs().sum(dim=1)
-    assert (gap <= pm.output_bound(model, result.model, x)).all()
-    generalization = reports.generalization_bound(model, X32, n=50_000)
-    assert math.isfinite(generalization["log_bound"])
-
-
-@pytest.mark.slow
-def test_mobilenet_v2_random_rescale_keeps_function_and_scores():
-    model = mobilenet_v2()
-    rescaled = pm.random_rescale(model, X32, seed=3)
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 3
-    with torch.no_grad():
-        out, out2 = model(x), rescaled(x)
-    assert (out - out2).abs().max() <= 1e-4 * out.abs().max()
-    changed = [n for n, p in model.named_parameters()
-               if not torch.equal(p, dict(rescaled.named_parameters())[n])]
-    assert changed   # something was rescaled (the linear bottlenecks feed convolutions directly)
-    # never across a ReLU6: the BatchNorms in front of one keep their parameters
-    graph = capture(model, X32)
-    users = graph.users()
-    guarded = 0
-    for index, node in enumerate(graph.nodes):
-        if node.rule == "batch_norm" and any(graph.nodes[j].rule == "hardtanh" for j in users[index]):
-            names = [r.name for r in list(node.args) + list(node.kwargs.values())
-                     if isinstance(r, Param)]
-            assert names and not set(names) & set(changed)
-            guarded += 1
-    assert guarded == 35
-    before, after = pm.weight_scores(model, X32), pm.weight_scores(rescaled, X32)
-    for name in before:
-        assert torch.allclose(before[name], after[name], rtol=1e-9, atol=1e-12 * float(before[name].abs().max()))
 
 
 def test_treating_relu6_as_relu_would_be_wrong():
@@ -140,70 +26,12 @@ def test_treating_relu6_as_relu_would_be_wrong():
     assert pm.path_norm(model, x) > pm.path_norm(relu, x)
 
 
-# ------------------------------------------------------------------ adapters
-
-@pytest.mark.slow
-def test_torch_pruning_prunes_mobilenet_v2():
-    from pathmetric.adapters.torch_pruning import PathMetricImportance, certified_step
-    model = mobilenet_v2()
-    shape = model(X32).shape
-    convs = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
-    original = copy.deepcopy(model)
-    pruner = tp.pruner.MetaPruner(model, X32, importance=PathMetricImportance(X32),
-                                  pruning_ratio=0.4, ignored_layers=[model.classifier[-1]])
-    bound = certified_step(pruner, X32)   # depthwise convolutions zeroed row by row
-    assert model(X32).shape == shape
-    kept = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert 0.5 * convs <= kept <= 0.7 * convs
-    assert 0 < bound < math.inf
-    for seed in range(3):
-        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-        change = (original(x) - model(x)).abs().sum(1).max().item()
-        assert change <= max(x.abs().max().item(), 1.0) * bound
-    assert math.isfinite(pm.log_path_norm(model, X32))
-
-
-@pytest.mark.slow
-def test_nni_prunes_mobilenet_v2_and_the_quickstart_model(tmp_path):
-    from pathmetric.adapters import nni as pnni
-    model = mobilenet_v2()
-    config = {"pruner": "path_metric", "speedup": True,
-              "config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.4,
-                               "exclude_op_names": ["features.0.0"]}]}
-    shape = model(X32).shape
-    result = pnni.prune_from_config(model, config, X32)
-    assert result.speedup and result.params_after < 0.85 * result.params_before
-    assert model.eval()(X32).shape == shape
-    assert 0 < result.certified_bound < math.inf
-
-    torch.manual_seed(0)
-    net = QuickstartNet().eval()
-    mnist = torch.randn(1, 1, 28, 28)
-    quick = pnni.prune_from_config(net, {"pruner": "path_metric", "speedup": True, "config_list": [
-        {"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5, "exclude_op_names": ["fc3"]}]},
-        mnist)
-    assert quick.params_after < quick.params_before and net(mnist).shape == (1, 10)
-    assert 0 < quick.certified_bound < math.inf
-
-
-@pytest.mark.slow
-def test_neural_compressor_certifies_mobilenet_v2():
-    from neural_compressor.torch.quantization import RTNConfig
-
-    from pathmetric.adapters import neural_compressor as pinc
-    model = mobilenet_v2()
-    bound = pinc.quantization_bound(model, X32, RTNConfig(bits=4))
-    assert 0 < bound < math.inf
-
-
 def test_quickstart_model_reports_its_head():
     net = QuickstartNet().eval()
     report = pm.check_support(net, torch.zeros(1, 1, 28, 28))
     assert report.ok and report.head == "log_softmax" and "logits" in report.notes[0]
     assert pm.head_factor(net, torch.zeros(1, 1, 28, 28)) == 11
 
-
-# ------------------------------------------------------------------ item 4: every other op
 
 def _norm_of(model, x):
     return pm.path_norm(model, x)
@@ -362,3 +190,58 @@ def test_bicubic_and_antialiased_interpolation_against_their_coefficients(mode, 
     expected = float(fc.weight.detach().abs() @ hidden) + float(fc.bias.abs())
     for q in (1.0,):
         assert pm.path_norm(Net().eval(), x, q=q) == pytest.approx(expected, rel=1e-12)
+
+
+def test_x_at_w_with_a_vector_w_has_no_output_channels():
+    class Vector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return torch.relu(x) @ self.w
+    model, x = Vector().eval(), torch.randn(2, 4)
+    assert pm.path_norm(model, x) > 0 and pm.weight_scores(model, x)["w"].shape == (4,)
+    with pytest.raises(pm.UnsupportedModelError, match="no output channels"):
+        pm.channel_scores(model, x)
+
+
+class TransposedW(nn.Module):
+    """A hand-written linear layer: ``x @ W.t()`` (or ``torch.mm``, ``W.T``) with W laid out
+    (out, in) as nn.Linear keeps it."""
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.W = nn.Parameter(torch.randn(6, 4))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        weight = {"t": lambda: self.W.t(), "T": lambda: self.W.T, "mm": lambda: self.W.t()}[
+            self.how]()
+        hidden = torch.mm(x, weight) if self.how == "mm" else x @ weight
+        return self.head(torch.relu(hidden))
+
+
+@pytest.mark.parametrize("how", ["t", "T", "mm"])
+def test_x_at_a_transposed_parameter_is_refused_pointing_to_f_linear(how):
+    model = TransposedW(how).eval()
+    report = pm.check_support(model, torch.randn(2, 4))
+    assert not report.ok
+    with pytest.raises(pm.UnsupportedModelError, match=r"rearranged in forward.*F\.linear\(x, W\)"):
+        pm.path_norm(model, torch.randn(2, 4))
+
+
+def test_torch_mm_with_a_parameter_is_x_at_w():
+    at_w, linear, x = _at_w_pair()
+
+    class Mm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W, self.head = at_w.W, at_w.head
+
+        def forward(self, x):
+            return self.head(torch.relu(torch.mm(x, self.W)))
+    model = Mm().eval()
+    assert pm.path_norm(model, x) == pytest.approx(pm.path_norm(linear, x), rel=1e-12)
+    for name, score in pm.channel_scores(linear, x).items():
+        torch.testing.assert_close(pm.channel_scores(model, x)[name], score, rtol=1e-10, atol=0)

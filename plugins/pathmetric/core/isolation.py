@@ -1,0 +1,200 @@
+"""Running the user's model without changing it: eval mode and module paths for the duration, every
+module's state, parameters and buffers restored bit for bit afterwards, the random generators
+watched and restored (:func:`forward`), and the random sample inputs the engine runs it on.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ..errors import ModelCaptureError, UnsupportedModelError
+
+
+class RandomDraws:
+    """Watches the default random generators (CPU, and the current CUDA device's when CUDA is
+    initialised) across calls: a call that moves one, or that is handed a ``torch.Generator``,
+    draws random numbers, so the function analysed would not be a function of the input.
+    :meth:`restore` puts the generators back as they were at the start."""
+
+    def __init__(self):
+        self.start = self.states()
+        self.last = self.start
+
+    @staticmethod
+    def states() -> tuple:
+        states: tuple = (torch.random.get_rng_state(),)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states += (torch.cuda.get_rng_state(),)
+        return states
+
+    def moved(self) -> bool:
+        """Whether a generator moved since the last check (the check moves ``last`` along)."""
+        now = self.states()
+        moved = len(now) != len(self.last) or not all(
+            torch.equal(a, b) for a, b in zip(now, self.last))
+        self.last = now
+        return moved
+
+    def drawn_by(self, args, kwargs) -> str | None:
+        """Why the call just made draws random numbers, or None."""
+        if any(isinstance(x, torch.Generator) for x in pytree.tree_leaves((args, kwargs))):
+            return ("draws random numbers from the torch.Generator passed to it: the function "
+                    "analysed must be deterministic")
+        if self.moved():
+            return ("draws random numbers (the default random generator moved): the function "
+                    "analysed must be deterministic (dropout with training=True, torch.rand*, "
+                    "bernoulli, RReLU in training mode, ...); remove it or disable it in eval mode")
+        return None
+
+    def restore(self):
+        torch.random.set_rng_state(self.start[0])
+        if len(self.start) > 1:
+            torch.cuda.set_rng_state(self.start[1])
+
+
+@contextlib.contextmanager
+def eval_mode_with_paths(model: nn.Module, paths: list):
+    """Eval mode (the ``training`` flags set directly: a user ``train()`` override is not run)
+    and a module-path stack for the duration; the hooks are removed afterwards (the flags are
+    restored by :func:`model_untouched`)."""
+    handles = []
+    seen = set()
+    for name, module in model.named_modules():
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        module.training = False
+        entry = (name, type(module).__name__)
+        handles.append(module.register_forward_pre_hook(
+            lambda _m, _a, entry=entry: paths.append(entry)))
+        handles.append(module.register_forward_hook(
+            lambda _m, _a, _o: paths.pop() and None, always_call=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _contents(value):
+    """A copy of the items of a mutable container (list, dict, set), None for anything else."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, (list, set)):
+        return list(value) if isinstance(value, list) else set(value)
+    return None
+
+
+def _put_back(container, items):
+    """Refill ``container`` with the ``items`` :func:`_contents` copied from it."""
+    if isinstance(container, list):
+        container[:] = items
+    else:
+        container.clear()
+        container.update(items)
+
+
+@contextlib.contextmanager
+def model_untouched(model):
+    """Leave ``model`` exactly as it was: every module's ``__dict__`` (plain attributes, flags,
+    the parameter, buffer, submodule and hook dicts, and the items of other lists, dicts and
+    sets it holds: forward may rebind or append to them), every parameter's ``data``,
+    ``requires_grad`` and ``grad``, and buffer values bit for bit (train-mode batch statistics
+    write into them inside the op). Yields a list that then names the parameters and buffers
+    that forward rebound or wrote into: a refusal, as the function analysed would not be the
+    model's (writes into parameters through the recorder already went to copies)."""
+    modules = []
+    for module in model.modules():
+        state = dict(module.__dict__)
+        modules.append((module, state, {k: c for k, v in state.items()
+                                        if (c := _contents(v)) is not None}))
+    params = [(n, p, p.data, p.requires_grad, p.grad, p._version)
+              for n, p in model.named_parameters()]
+    buffers = [(n, b, b.detach().clone()) for n, b in model.named_buffers()]
+    changed: list = []
+    try:
+        yield changed
+    finally:
+        now_params = dict(model.named_parameters(remove_duplicate=False))
+        now_buffers = dict(model.named_buffers(remove_duplicate=False))
+        changed.extend(n for n, p, *_ in params if now_params.get(n) is not p)
+        changed.extend(n for n, b, _ in buffers if now_buffers.get(n) is not b)
+        for module, state, contents in modules:
+            module.__dict__.clear()
+            module.__dict__.update(state)
+            for key, items in contents.items():
+                _put_back(state[key], items)
+        with torch.no_grad():
+            for name, p, data, requires_grad, grad, version in params:
+                if p.data.data_ptr() != data.data_ptr() or p.data.shape != data.shape \
+                        or p.data.dtype != data.dtype:
+                    p.data = data
+                    changed.append(name)
+                elif p._version != version:
+                    changed.append(name)
+                if p.requires_grad != requires_grad:
+                    p.requires_grad_(requires_grad)
+                if p.grad is not grad:
+                    p.grad = grad
+            for name, tensor, copy in buffers:
+                if tensor.dtype != copy.dtype or tensor.shape != copy.shape:
+                    tensor.data = copy
+                    changed.append(name)
+                elif not torch.equal(tensor, copy):
+                    tensor.copy_(copy)
+                    changed.append(name)
+
+
+def forward(model, inputs, what, recorder=None):
+    """``model(*inputs)`` in eval mode without gradients, the model left as it was
+    (:func:`model_untouched`) and the random generators too; returns the output, the names of
+    the parameters and buffers forward changed and why it draws random numbers (or None)."""
+    paths = recorder.paths if recorder is not None else []
+    random = recorder.random if recorder is not None else RandomDraws()
+    with model_untouched(model) as changed:
+        try:
+            with eval_mode_with_paths(model, paths), recorder or contextlib.nullcontext():
+                out = _called(model, inputs, what)
+        finally:
+            drew = (random.drawn_by((), {}) if recorder is None else None)
+            random.restore()
+    return out, changed, drew
+
+
+def sample_inputs(examples, generator, like=None):
+    """Random inputs of the example shapes with batch size 1, in the model's dtype and device
+    (only the shapes of ``example_inputs`` matter)."""
+    out = []
+    for x in examples:
+        if x.dim() == 0:
+            raise ModelCaptureError("example inputs need a batch dimension")
+        if not x.is_floating_point():
+            why = (f"the model takes a {x.dtype} input (indices for an embedding, say): the "
+                   "path-lifting model's input is a real vector; analyse the part of the model "
+                   "after the embedding, with its output as input")
+            raise UnsupportedModelError(f"input: {why}", [("input", "", why)])
+        shape = (1,) + tuple(x.shape[1:])
+        dtype = like.dtype if like is not None and like.is_floating_point() else x.dtype
+        device = like.device if like is not None else x.device
+        out.append(torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype))
+    return out
+
+
+def first_parameter(model):
+    return next(iter(model.parameters()), None)
+
+
+def _called(model, inputs, what):
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # the model's own error, reported with the input shapes
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise ModelCaptureError(
+            f"{type(model).__name__} failed to run {what} on inputs of shape {shapes}: "
+            f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,117 @@
+"""Validation of a capture: the graph evaluated with the model's own semantics (:func:`replay`) and
+the per-sample check (:func:`check_per_sample`) that the graph stands for the model on every
+batch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ..errors import ModelCaptureError
+from .ir import Buffer, Derived, Graph, Param, ParamView, Value
+from .isolation import first_parameter, forward, sample_inputs
+
+
+def replay(graph: Graph, model: nn.Module, inputs):
+    """Evaluate the captured graph with the model's own semantics (used to validate a capture).
+
+    In-place calls write into a copy, so the replay computes what the graph says, not what an
+    aliasing write would do to other tensors."""
+    named: dict = dict(model.named_parameters())
+    named.update(model.named_buffers())
+    results: list = []
+    memo: dict = {}
+
+    def resolve(x):
+        if isinstance(x, Value):
+            value = results[x.node]
+            return value if x.item is None else value[x.item]
+        if isinstance(x, Derived):
+            return graph.derive(x, named, memo)
+        if isinstance(x, ParamView):
+            return x.of(named[x.name])
+        if isinstance(x, (Param, Buffer)):
+            return named[x.name]
+        return x
+
+    feed = iter(inputs)
+    for node in graph.nodes:
+        if node.rule == "input":
+            results.append(next(feed))
+            continue
+        args, kwargs = node.call(resolve)
+        if node.inplace:
+            args = (args[0].clone(),) + tuple(args[1:])
+        results.append(node.func(*args, **kwargs))
+    return [resolve(v) for v in graph.head_outputs or graph.outputs]
+
+
+def close(expected, got) -> bool:
+    if expected.shape != got.shape:
+        return False
+    if not expected.numel():
+        return True
+    return torch.allclose(expected.double(), got.double(), rtol=1e-3, equal_nan=True,
+                          atol=1e-4 * (1 + float(expected.double().nan_to_num(0, 0, 0).abs().max())))
+
+
+def output_tensors(out) -> list:
+    """The tensors among a model's outputs, in order."""
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def check_per_sample(model, graph, examples, generator, first, first_out):
+    """Why the graph may not stand for the model, or None. The model runs on a batch of the
+    capture sample ``first`` and two new samples: each output must keep the batch dimension,
+    row 0 must be the capture's output (the model treats samples independently: no reduction,
+    roll or flip over dim 0, no branch on the batch size; three samples, as a roll composed with
+    a flip is the identity on two, and a permutation of three rows that fixes two is the
+    identity) and row 1 the graph's replay on its sample (nothing escaped capture: a value
+    computed outside torch or with torch functions disabled, input-dependent control flow). The
+    run must not draw random numbers either. A model that cannot run on a batch
+    (``x.view(1, -1)``) is checked on one new sample alone."""
+    others = [sample_inputs(examples, generator, first_parameter(model)) for _ in range(2)]
+    batch = [torch.cat(rows) for rows in zip(first, *others)]
+    alone = output_tensors(first_out)
+    try:
+        out, _, drew = forward(model, batch, "a batch of three samples")
+        rows = [[t[k:k + 1] for t in output_tensors(out)] for k in range(3)] if all(
+            t.dim() > 0 and t.shape[0] == 3 for t in output_tensors(out)) else None
+    except ModelCaptureError:  # a model written for one sample at a time (x.view(1, -1))
+        out, _, drew = forward(model, others[0], "its forward on a second input")
+        rows = [None, output_tensors(out)]
+        others = others[:1]
+    if drew:
+        return ("forward", "", drew)
+    if rows is None or rows[0] is not None and (len(rows[0]) != len(alone) or not all(
+            r.shape == a.shape for r, a in zip(rows[0], alone))):
+        shapes = [tuple(t.shape) for t in alone], [tuple(t.shape) for t in output_tensors(out)]
+        return ("batch dimension", "", f"the outputs at batch size 1 ({shapes[0]}) and 3 "
+                                       f"({shapes[1]}) are not one row per sample: an output "
+                                       "without a batch dimension (summed over the batch, "
+                                       "squeezed) or an op across the batch dimension; the "
+                                       "function analysed must map each sample alone")
+    if rows[0] is not None and not all(close(r, a) for r, a in zip(rows[0], alone)):
+        return ("batch dimension", "", "a sample's output changes when other samples are in the "
+                                       "batch: an op mixes samples across the batch dimension "
+                                       "(a reduction, roll, flip or normalisation over dim 0, a "
+                                       "branch on the batch size); the function analysed must "
+                                       "map each sample alone")
+    for inputs, expected in zip(others[:1], rows[1:]):  # rows 0 and 1 right: row 2 is too
+        with torch.no_grad():
+            got = replay(graph, model, [x.clone() for x in inputs])
+        if len(got) != len(expected) or not all(close(e, g) for e, g in zip(expected, got)):
+            single = None if rows[0] is None else output_tensors(
+                forward(model, inputs, "a sample alone")[0])  # which of the two went wrong
+            if single is not None and not all(close(e, t) for e, t in zip(expected, single)):
+                return ("batch dimension", "", "a sample's output changes when other samples "
+                                               "are in the batch: an op mixes samples across "
+                                               "the batch dimension; the function analysed must "
+                                               "map each sample alone")
+            return ("capture", "", f"the captured graph of {type(model).__name__} does not "
+                                   "reproduce the model on another input: an operation escaped "
+                                   "capture (a value computed outside torch or under "
+                                   "torch._C.DisableTorchFunction, input-dependent Python "
+                                   "control flow). Please report the model.")
+    return None
