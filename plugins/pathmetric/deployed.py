@@ -151,6 +151,97 @@ def _downstream(graph: Graph, model: nn.Module, points, overrides=None):
     return masses, math.expm1(2.0 * math.log1p(ev.relative_error()))
 
 
+#: the output range ``(low, high)`` of ReLU and the clamps, from a node's roles (None: unbounded
+#: that side)
+_OUTPUT_RANGES = {
+    "relu": lambda roles: (0.0, None),
+    "relu6": lambda roles: (0.0, 6.0),
+    "hardtanh": lambda roles: (roles["min_val"], roles["max_val"]),
+    "clamp": lambda roles: (roles["min"], roles["max"]),
+    "clamp_min": lambda roles: (roles["min"], None),
+    "clamp_max": lambda roles: (None, roles["max"]),
+}
+
+
+class _Magnitudes(NormLifting):
+    """The L1 lifted network of ``theta'`` (all-ones input, biases included) with the rounding
+    of every point: the lifted value after a static point ``t`` is ``A(v) + s_v / 2``, after a
+    dynamic one ``A(v) + max_u A(u) / (qmax - qmin) + eps / 2`` (``s_t(x) / 2 <= max_u |z_u| /
+    (qmax - qmin)``, or the float32 ``eps`` floor of the scale), so that ``|z_v(x)| <=
+    max(||x||_inf, 1) * A(v)`` holds for the value a point reads in the deployed model.
+    ``before[key]`` is ``A(v)`` of the value point ``key`` reads, as float64 (batch dimension 1)."""
+
+    def __init__(self, graph, model, points, overrides=None):
+        super().__init__(graph, model, q=1.0, overrides=overrides)
+        self.points = {id(graph.nodes[p.node]): p for p in points}
+        self.before: dict = {}
+
+    def fixed(self, x, fn, *, terms):
+        out = super().fixed(x, fn, terms=terms)
+        point = self.points.get(id(self.node))
+        if point is None:
+            return out
+        value = out[0]
+        magnitude = (times_pow2(value.m.detach(), value.e) if bool((value.m != 0).any())
+                     else torch.zeros_like(value.m)).cpu()   # beyond float64: inf, radius 0
+        self.before[point.key] = magnitude
+        if point.dynamic:
+            step = (float(magnitude.amax()) / (point.quant_max - point.quant_min)
+                    + torch.finfo(torch.float32).eps / 2)
+        else:
+            step = point.scale / 2
+        self.summed_terms += 1
+        rounding = torch.as_tensor(step, dtype=value.m.dtype).to(value.m.device)
+        return (scaled_sum([value, Scaled.normalized(rounding.expand_as(value.m).clone())]),)
+
+
+def _source_range(graph: Graph, point: Point) -> tuple:
+    """``(low, high)``: the output range of the op whose value ``point`` reads when it is ReLU or
+    a clamp (:data:`_OUTPUT_RANGES`), None on an unbounded side."""
+    source = graph.nodes[point.node].roles["x"]
+    if not isinstance(source, Value) or source.item is not None or source.node in graph.inputs:
+        return None, None
+    node = graph.nodes[source.node]
+    known = _OUTPUT_RANGES.get(aten.canonical(node.rule))
+    return (None, None) if known is None else known(node.roles)
+
+
+def _safe_radii(graph: Graph, model: nn.Module, points, overrides=None) -> dict:
+    """``{point key: r}``: every input with ``||x||_inf <= r`` leaves the value of the point
+    inside its grid ``[s (qmin - zp), s (qmax - zp)]``, from ``|z_v(x)| <= max(||x||_inf, 1) *
+    A(v)``: ``r = min_v d_v / A(v)``, rounded down (the a priori relative error of ``A``), with
+    ``d_v`` the distance from 0 of the nearer end of the grid, or of the upper (lower) end alone
+    where the op before the point (ReLU, a clamp) cannot go below (above) the other one. 0 where
+    even ``||x||_inf <= 1`` is not shown safe; ``inf`` at a dynamic point (its grid spans the
+    tensor) and where both ends are out of the op's range (ReLU6 into a ``[0, 6]`` grid)."""
+    ev = _Magnitudes(graph, model, points, overrides=overrides)
+    with torch.no_grad():
+        ev.run()
+    inflation = (1 + ev.relative_error()) * (1 + 4 * torch.finfo(torch.float64).eps)
+    radii = {}
+    for p in points:
+        if p.dynamic:
+            radii[p.key] = math.inf
+            continue
+        lower, upper = p.scale * (p.quant_min - p.zero_point), p.scale * (p.quant_max - p.zero_point)
+        low, high = _source_range(graph, p)
+        lower_safe = low is not None and bool((lower <= low).all())
+        upper_safe = high is not None and bool((upper >= high).all())
+        if lower_safe and upper_safe:
+            radii[p.key] = math.inf
+            continue
+        reach = (upper if lower_safe else -lower if upper_safe
+                 else torch.minimum(upper, -lower))
+        if bool((reach <= 0).any()):
+            radii[p.key] = 0.0
+            continue
+        magnitude = ev.before[p.key].double() * inflation
+        ratio = torch.where(magnitude > 0, reach / magnitude, torch.full_like(reach, math.inf))
+        r = math.nextafter(float(ratio.amin()), 0.0)
+        radii[p.key] = r if r >= 1.0 else 0.0
+    return radii
+
+
 def _activation_terms(points, masses, error) -> tuple[dict, float]:
     """``{key: Scaled sum_v (s_v / 2) G(v)}`` and the relative error bound of the terms (that of
     ``G`` and of the float64 products and sums)."""
@@ -413,7 +504,11 @@ class DeploymentReport:
     each computed from sample ``i`` alone: the model run on one sample); ``weight_share`` /
     ``activation_share`` the shares of the two in the bound of the certified samples (mean);
     ``saturated`` the per-sample flags and ``saturated_points`` how many samples each point
-    saturates on. ``arithmetic`` says which arithmetic the bound is for.
+    saturates on. ``safe_radius[key]`` is the input radius ``r`` such that no ``x`` with
+    ``||x||_inf <= r`` saturates the point (``inf`` at a dynamic point and where a clamp bounds
+    the value inside the grid; 0 where ``||x||_inf <= 1`` is not shown safe),
+    ``safe_input_radius`` its minimum over the points. ``arithmetic`` says which arithmetic the
+    bound is for.
     """
     bound: torch.Tensor
     log_bound: torch.Tensor
@@ -427,6 +522,8 @@ class DeploymentReport:
     weight_share: float
     activation_share: float
     dynamic_term: torch.Tensor
+    safe_radius: dict = field(default_factory=dict)
+    safe_input_radius: float = math.inf
     arithmetic: str = ARITHMETIC
     notes: list = field(default_factory=list)
 
@@ -457,6 +554,7 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
                           log_round_up(parts, error))
     masses, g_error = _downstream(paired, quantized, points, overrides=theta_q)
     terms, t_error = _activation_terms(points, masses, g_error)
+    radii = _safe_radii(paired, quantized, points, overrides=theta_q)
     total = [t for p in points if not p.dynamic for t in [terms[p.key]]]
     activation = round_up(to_float(float(scaled_sum(total).m), scaled_sum(total).e),
                           t_error) if total else 0.0
@@ -500,7 +598,8 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
         activation_term=activation, log_activation_term=log_activation,
         activation_terms={p.key: round_up(to_float(float(terms[p.key].m), terms[p.key].e),
                                           t_error) for p in points if not p.dynamic},
-        dynamic_term=dynamic,
+        dynamic_term=dynamic, safe_radius=radii,
+        safe_input_radius=min(radii.values(), default=math.inf),
         saturated=saturated, saturated_points=per_point, weight_share=weight_share,
         activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan)
 

@@ -3,6 +3,8 @@
 and per tensor), on the shipped digits CNN (BatchNorm, folded by the backend), on the 450 test
 digits (the calibration distribution; benchmarks/deployed_int8.py takes all 1,797 and the
 larger models)."""
+import math
+
 import pytest
 import torch
 
@@ -83,6 +85,10 @@ def test_certificate_holds_on_every_certified_digit(float_model, backend):
     assert (gap[certified] <= report.bound[certified]).all()
     assert torch.equal(pm.output_bound(model, deployed, x_all), report.bound)
     assert 0.0 < report.activation_share < 1.0
+    radius = report.safe_input_radius
+    assert 0.0 <= radius < math.inf
+    inside = x_all.flatten(1).abs().amax(dim=1) <= radius
+    assert not report.saturated[inside].any()
 
 
 def test_weights_quantized_in_forward_are_the_dequantized_weights(float_model):
@@ -113,6 +119,7 @@ def test_dynamic_quantization_gets_a_per_sample_bound(float_model):
     with torch.no_grad():
         gap = torch.cat([(model(v) - deployed(v)).abs().sum(dim=1) for v in x.split(1)]).double()
     assert report.saturated_count == 0 and report.activation_terms == {}
+    assert report.safe_input_radius == math.inf   # a dynamic grid spans its tensor
     assert (report.dynamic_term > 0).all() and report.dynamic_term.unique().numel() > 1
     assert (gap <= report.bound).all()
     sup = x.flatten(1).abs().amax(1).double().clamp(min=1.0)

@@ -164,3 +164,79 @@ def test_gradient_ascent_on_the_gap_stays_below_the_bound(small_pair):
     gap, worst = pm.adversarial_gap(model, deployed, x, radius=1.0, starts=8, steps=30)
     bound = pm.output_bound(model, deployed, worst.unsqueeze(0).float())
     assert torch.isfinite(bound).all() and gap <= float(bound[0])
+
+
+# ---------------------------------------------------------------- the no-saturation radius
+
+class Tiny(nn.Module):
+    """linear-ReLU-linear, a signed 8-bit point on the second linear's output (before its
+    ReLU, about [-25.6, 25.4]), then ``act`` into an unsigned 8-bit point of step ``top`` and a
+    linear head; the input point's grid is wide (about [-128, 127])."""
+
+    def __init__(self, act, top, points=True):
+        super().__init__()
+        self.points, self.act, self.top = points, act, top
+        self.l1, self.l2, self.l3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def q(self, x, scale, low):
+        return torch.fake_quantize_per_tensor_affine(x, scale, 0, low, low + 255) if self.points \
+            else x
+
+    def hidden(self, x):
+        """The value the signed hidden point reads."""
+        return self.l2(torch.relu(self.l1(self.q(x, 1.0, -128))))
+
+    def forward(self, x):
+        return self.l3(self.q(self.act(self.q(self.hidden(x), 0.2, -128)), self.top, 0))
+
+
+def _tiny(act, top=6 / 255):
+    torch.manual_seed(3)
+    model = Tiny(act, top, points=False).eval()
+    deployed = Tiny(act, top).eval()
+    deployed.load_state_dict(model.state_dict())
+    return model, deployed
+
+
+def _worst_hidden(deployed, radius, starts=64, steps=60):
+    """Gradient ascent (signed steps, projected on the box ``||x||_inf <= radius``) on the
+    largest ``|z|`` the signed hidden point reads: the final iterates."""
+    x = radius * (2 * torch.rand(starts, 4, generator=torch.Generator().manual_seed(4)) - 1)
+    for _ in range(steps):
+        x.requires_grad_(True)
+        peak = deployed.hidden(x).abs().amax(dim=1).sum()
+        grad, = torch.autograd.grad(peak, x)
+        x = (x.detach() + 0.05 * radius * grad.sign()).clamp(-radius, radius)
+    return x.detach()
+
+
+def test_no_input_inside_the_safe_radius_saturates_a_point():
+    """The radius is the signed hidden point's (the head's grid is wide): random inputs, the
+    box's corners and gradient ascent on that point's ``|z|`` inside it saturate nothing; at six
+    times the radius the ascent saturates the point."""
+    model, deployed = _tiny(torch.relu, top=1.0)
+    report = pm.deployment_report(model, deployed, torch.zeros(1, 4))
+    radius = report.safe_input_radius
+    assert list(report.safe_radius) == ["0:input", "1:l2", "2:relu"]
+    assert radius == report.safe_radius["1:l2"] == min(report.safe_radius.values())
+    assert 1.0 <= radius < math.inf
+    assert 127 * (1 - 1e-9) <= report.safe_radius["0:input"] <= 127
+    corners = torch.tensor([[(k >> i) & 1 for i in range(4)] for k in range(16)]) * 2.0 - 1.0
+    box = torch.cat([radius * (2 * torch.rand(2000, 4, generator=torch.Generator().manual_seed(5))
+                               - 1), radius * corners, _worst_hidden(deployed, radius)])
+    assert box.abs().amax() <= radius
+    inside = pm.deployment_report(model, deployed, box)
+    assert inside.saturated_count == 0
+    outside = pm.deployment_report(model, deployed, _worst_hidden(deployed, 6 * radius))
+    assert outside.saturated_points["1:l2"] > 0
+
+
+def test_relu6_into_a_0_6_grid_never_saturates():
+    """ReLU6 into a [0, 6] grid: an infinite radius at that point; ReLU into the same grid: the
+    upper end alone bounds it (finite, at least 1)."""
+    model, deployed = _tiny(nn.ReLU6())
+    report = pm.deployment_report(model, deployed, torch.zeros(1, 4))
+    assert report.safe_radius["2:act"] == math.inf
+    assert report.safe_input_radius == report.safe_radius["1:l2"] < math.inf
+    relu = pm.deployment_report(*_tiny(torch.relu), torch.zeros(1, 4))
+    assert 1.0 <= relu.safe_radius["2:relu"] < math.inf

@@ -34,6 +34,8 @@ def test_certify_json_matches_the_library(tmp_path, capsys):
     assert out["weight_term"] == report.weight_term
     assert out["activation_term"] == report.activation_term
     assert out["bounds"] == report.bound.tolist()
+    assert out["safe_input_radius"] == report.safe_input_radius
+    assert out["safe_radius"] == report.safe_radius
     assert "exact" in out["arithmetic"]
 
 

@@ -61,6 +61,7 @@ def cmd_certify(args, load, emit, table) -> int:
         "activation_terms": report.activation_terms, "saturated_points": report.saturated_points,
         "weight_share": report.weight_share, "activation_share": report.activation_share,
         "max_certified_bound": float(certified.max()) if len(certified) else math.inf,
+        "safe_input_radius": report.safe_input_radius, "safe_radius": report.safe_radius,
         "bounds": report.bound.tolist(), "arithmetic": report.arithmetic}
     rows = [(key, term, report.saturated_points[key])
             for key, term in report.activation_terms.items()]
@@ -69,7 +70,8 @@ def cmd_certify(args, load, emit, table) -> int:
         f"||R(x) - Rq(x)||_1 <= max(||x||_inf, 1) * {report.weight_term:.6e} + "
         f"{report.activation_term:.6e}  (bound for exact arithmetic)",
         f"saturated samples (not certified, bound inf): {report.saturated_count} of {len(inputs)}",
-        f"largest certified bound: {result['max_certified_bound']:.6e}", "",
+        f"largest certified bound: {result['max_certified_bound']:.6e}",
+        f"no point saturates for ||x||_inf <= {report.safe_input_radius:.6g}", "",
         table(("point", "activation term", "saturated samples"), rows)])
     emit(args, result, text)
     return 0
