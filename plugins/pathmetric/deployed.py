@@ -30,7 +30,7 @@ from . import metric
 from .core.algebras import NormLifting, total_of
 from .core.capture import as_tuple
 from .core.interpreter import named_tensors
-from .core.ir import Buffer, Derived, Graph, Node, Param, ParamView, Value, fact
+from .core.ir import Graph, Node, Param, ParamView, Value, fact
 from .core.rules import aten, batch_norm_scale, batch_norm_shift, lookup, quantization
 from .core.scaled import Scaled, scaled_sum, times_pow2, to_float
 from .core.support import capture
@@ -61,25 +61,9 @@ class Point:
         return self.scale is None
 
 
-def _resolver(graph: Graph, tensors: dict):
-    """``resolve(ref)``: the value of a parameter, buffer, derived tensor or constant of one
-    model (``tensors``: its parameters and buffers by name)."""
-    memo: dict = {}
-
-    def resolve(ref):
-        if isinstance(ref, Derived):
-            return graph.derive(ref, tensors, memo)
-        if isinstance(ref, ParamView):
-            return ref.of(tensors[ref.name])
-        if isinstance(ref, (Param, Buffer)):
-            return tensors[ref.name]
-        return ref
-    return resolve
-
-
 def _points(graph: Graph, model: nn.Module) -> list:
     """The quantization points of ``graph``, in order, with their grids read off ``model``."""
-    resolve = _resolver(graph, named_tensors(model))
+    resolve = graph.resolver(named_tensors(model))
     out: list = []
     for index, node in graph.operations():
         if node.rule not in quantization.POINTS:
@@ -318,7 +302,7 @@ def _reference_roles(graph: Graph, model: nn.Module, node: Node, folded) -> dict
     """The parametrised roles of the float model's ``node``: role -> tensor (None where absent),
     with the frozen BatchNorm node ``folded`` (or None) folded into it, as backends fold it:
     weight ``W s`` along its output channels, bias ``b s + t``."""
-    resolve = _resolver(graph, named_tensors(model))
+    resolve = graph.resolver(named_tensors(model))
     roles = {role: resolve(value) for role, value in node.roles.items()
              if not isinstance(value, Value)}
     roles = {role: v.detach() if isinstance(v, torch.Tensor) else v for role, v in roles.items()}
@@ -392,7 +376,7 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
     folded it) and the quantized model's (its dequantized weights ``theta'``)."""
     float_graph = capture(model, inputs)
     graph = capture(quantized, inputs)
-    resolve = _resolver(graph, named_tensors(quantized))
+    resolve = graph.resolver(named_tensors(quantized))
     base = named_tensors(quantized)
     theta, theta_q = dict(base), dict(base)
     nodes = list(graph.nodes)
@@ -439,7 +423,7 @@ def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
     """``{point key: (z, scale, zero point)}``: the value each point quantizes, and its grid, when
     the captured graph of the quantized model runs on ``inputs`` (upstream points quantized, as
     deployed)."""
-    resolve_ref = _resolver(graph, named_tensors(model))
+    resolve_ref = graph.resolver(named_tensors(model))
     results: list = []
     wanted = {p.node: p.key for p in points}
     out = {}

@@ -40,24 +40,24 @@ def bit_widths(text: str) -> tuple:
     return bits
 
 
-def positive_number(text: str) -> float:
+def _number(text: str, accepted, expected: str) -> float:
+    """``text`` as a float for which ``accepted(value)`` holds, else an argparse error saying it
+    ``must be {expected}`` (a non-number is NaN, which no range accepts)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0.0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    if not accepted(value):
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
     return value
+
+
+def positive_number(text: str) -> float:
+    return _number(text, lambda v: 0.0 < v < math.inf, "a positive number")
 
 
 def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
+    return _number(text, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def positive(text: str) -> int:

@@ -184,6 +184,22 @@ class Graph:
             memo[ref.name] = out if item is None else out[item]
         return memo[ref.name]
 
+    def resolver(self, tensors: dict):
+        """``resolve(ref)``: the value of a parameter, parameter view, buffer, buffer-derived
+        tensor or constant of one model (``tensors``: its parameters and buffers by name); the
+        derived tensors are computed once per resolver."""
+        memo: dict = {}
+
+        def resolve(ref):
+            if isinstance(ref, Derived):
+                return self.derive(ref, tensors, memo)
+            if isinstance(ref, ParamView):
+                return ref.of(tensors[ref.name])
+            if isinstance(ref, (Param, Buffer)):
+                return tensors[ref.name]
+            return ref
+        return resolve
+
     def buffer_names(self) -> tuple:
         """Buffers the operations read, in order of first use."""
         if self._buffer_names is None:

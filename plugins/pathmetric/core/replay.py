@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ..errors import ModelCaptureError
-from .ir import Buffer, Derived, Graph, Param, ParamView, Value
+from .ir import Graph, Value
 from .isolation import first_parameter, forward, sample_inputs
 
 
@@ -21,19 +21,13 @@ def replay(graph: Graph, model: nn.Module, inputs):
     named: dict = dict(model.named_parameters())
     named.update(model.named_buffers())
     results: list = []
-    memo: dict = {}
+    reference = graph.resolver(named)
 
     def resolve(x):
         if isinstance(x, Value):
             value = results[x.node]
             return value if x.item is None else value[x.item]
-        if isinstance(x, Derived):
-            return graph.derive(x, named, memo)
-        if isinstance(x, ParamView):
-            return x.of(named[x.name])
-        if isinstance(x, (Param, Buffer)):
-            return named[x.name]
-        return x
+        return reference(x)
 
     feed = iter(inputs)
     for node in graph.nodes:
