@@ -455,3 +455,39 @@ def test_output_head_is_read_off_the_cached_graph():
     assert pm.output_head(model, X) == "log_softmax" and cached_graph(model) is graph
     assert pm.output_head(Net(), X) is None
     assert same_state(before, model_state(model))
+
+
+# ---------------------------------------------------------------- item 6: the sign test
+
+def _flipped(magnitude):
+    """A float32 ``Net`` with ``conv.weight[0, 0, 0] = magnitude``, the same model with that
+    weight negated, and the model with it zeroed (theta'' of the sign rule)."""
+    torch.manual_seed(0)
+    model = Net(dtype=torch.float32)
+    with torch.no_grad():
+        model.conv.weight[0, 0, 0] = magnitude
+    flipped, mid = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        flipped.conv.weight[0, 0, 0] = -magnitude
+        mid.conv.weight[0, 0, 0] = 0.0
+    return model, flipped, mid
+
+
+def test_a_sign_flip_of_a_tiny_float32_weight_is_a_sign_conflict():
+    x = X.float()
+    tiny, flipped, mid = _flipped(1e-30)          # 1e-30 * -1e-30 underflows to -0.0 in float32
+    before = model_state(tiny)
+    metric = pm.path_metric(tiny, flipped, x[:1])
+    # the sign rule: d(theta, theta'') + d(theta'', theta'), each pair in one orthant
+    assert metric == pytest.approx(pm.path_metric(tiny, mid, x[:1])
+                                   + pm.path_metric(mid, flipped, x[:1]), rel=1e-9, abs=0)
+    assert metric > 0
+    # the same certificate per unit of the weight as a flip of a 1e-3 weight
+    large, large_flipped, _ = _flipped(1e-3)
+    assert metric / 1e-30 == pytest.approx(pm.path_metric(large, large_flipped, x[:1]) / 1e-3,
+                                           rel=1e-5, abs=0)
+    bound = pm.output_bound(tiny, flipped, x).double()
+    exact = [copy.deepcopy(m).double()(X) for m in (tiny, flipped)]     # the gap in float64
+    assert ((exact[0] - exact[1]).abs().sum(1) <= bound).all()
+    assert (bound > 0).all()     # the outputs do move (by ~1e-30, below float64's resolution)
+    assert same_state(before, model_state(tiny))

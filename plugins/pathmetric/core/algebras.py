@@ -192,9 +192,7 @@ class PairLifting(Lifting):
         conflicts = 0
         for rows in PairParam.blocks(a, self.BLOCK_ENTRIES):
             mark = self.scratch.mark()
-            a_rows, b_rows = a[rows], b[rows]
-            product = torch.mul(a_rows, b_rows, out=self.empty(a_rows.shape, a.dtype))
-            conflicts += int(torch.count_nonzero(product.lt_(0)))
+            conflicts += int(torch.count_nonzero(PairParam.sign_conflicts(self, a[rows], b[rows])))
             self.scratch.rewind(mark)
         self.conflicts += conflicts
         if self.stage == "to_mid" and not conflicts:  # theta versus theta'': equal here
@@ -302,6 +300,13 @@ class PairParam:
         rows = max(1, entries // max(1, tensor[0].numel()))
         return [slice(k, k + rows) for k in range(0, tensor.shape[0], rows)]
 
+    @staticmethod
+    def sign_conflicts(ev, a, b) -> torch.Tensor:
+        """Where ``a`` and ``b`` have strictly opposite signs: ``sign(a) * b < 0`` (nonzero
+        there, in ``ev``'s scratch memory). Exact: ``a * b`` would underflow to 0 for entries as
+        small as 1e-30 in float32 and hide the conflict."""
+        return torch.sign(a, out=ev.empty(a.shape, a.dtype)).mul_(b).lt_(0)
+
     def whole(self) -> Bounds:
         if self._whole is None:
             self._whole = self.parts(...)
@@ -317,7 +322,7 @@ class PairParam:
             return Bounds(upper, None, upper)
         b = self.b[rows]
         if self.zero_conflicts:
-            conflict = torch.mul(a, b, out=ev.empty(a.shape, a.dtype)).lt_(0).bool()
+            conflict = self.sign_conflicts(ev, a, b).bool()
             if ev.stage == "to_mid":  # theta versus theta'': they differ only where signs conflict
                 b = torch.where(conflict, torch.zeros_like(a), a)
             else:
