@@ -491,3 +491,29 @@ def test_a_sign_flip_of_a_tiny_float32_weight_is_a_sign_conflict():
     assert ((exact[0] - exact[1]).abs().sum(1) <= bound).all()
     assert (bound > 0).all()     # the outputs do move (by ~1e-30, below float64's resolution)
     assert same_state(before, model_state(tiny))
+
+
+# ---------------------------------------------------------------- item 2: cast round trips
+
+ROUND_TRIPS = {
+    ".double().float()": lambda m, h: h.double().float(),
+    ".double().to(float64).type(float32)": lambda m, h: h.double().to(torch.float64).type(
+        torch.float32),
+    ".double().to(h.dtype)": lambda m, h: h.double().to(h.dtype),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROUND_TRIPS))
+def test_a_cast_back_after_widening_casts_only_passes(case):
+    plain = Net(dtype=torch.float32)
+    model = Net(ROUND_TRIPS[case], dtype=torch.float32)
+    model.load_state_dict(plain.state_dict())
+    before = model_state(model)
+    assert pm.path_norm(model, X.float()) == pm.path_norm(plain, X.float())
+    assert same_state(before, model_state(model))
+
+
+def test_a_cast_back_after_arithmetic_in_the_wider_dtype_is_refused():
+    # h * 1.5 in float64 needs one more bit than float32 holds: the cast back rounds
+    model = Net(lambda m, h: (h.double() * 1.5).float(), dtype=torch.float32)
+    refused(model, X.float(), "cast from torch.float64 to torch.float32")

@@ -70,16 +70,32 @@ def rearrange(ev, x, *args, func, **kwargs):
       Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type, family=ACTIVATION)
 def cast(ev, x, *args, func=None, **kwargs):
     """Device changes and value-preserving dtype changes (the same dtype, a wider floating
-    dtype: float16 -> float32 -> float64): the identity, as the lifted network keeps its own
-    precision. A cast that rounds or truncates values (to an integer, bool or narrower floating
-    dtype, ``.half()`` on float32) changes the function and is refused."""
+    dtype: float16 -> float32 -> float64, or back to dtype ``D`` from a value that only widening
+    casts made from a ``D`` value: ``h.double().float()``): the identity, as the lifted network
+    keeps its own precision. A cast that rounds or truncates values (to an integer, bool or
+    narrower floating dtype, ``.half()`` on float32, ``(h.double() * 1.5).float()``) changes the
+    function and is refused."""
     source, target = ev.graph.nodes[ev.node.roles["x"].node].dtype, ev.node.dtype
-    if not preserves_values(source, target):
+    if not preserves_values(source, target) and not preserves_values(
+            widened_from(ev.graph, ev.node.roles["x"].node), target):
         raise ev.unsupported(f"a cast from {source} to {target} changes values (rounding or "
                              "truncation), which the path-lifting model does not contain; cast "
                              "the whole model instead, or quantize it with a recognised "
                              "quantization op")
     return x
+
+
+def widened_from(graph, index):
+    """The dtype of the value that node ``index`` holds exactly: through a chain of
+    value-preserving casts back to the first value that is not one (every value of a widening
+    cast's output is a value of its input's dtype)."""
+    node = graph.nodes[index]
+    while node.rule == "cast":
+        producer = graph.nodes[node.roles["x"].node]
+        if not preserves_values(producer.dtype, node.dtype):
+            break
+        node = producer
+    return node.dtype
 
 
 def preserves_values(source, target) -> bool:
