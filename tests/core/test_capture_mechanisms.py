@@ -517,3 +517,51 @@ def test_a_cast_back_after_arithmetic_in_the_wider_dtype_is_refused():
     # h * 1.5 in float64 needs one more bit than float32 holds: the cast back rounds
     model = Net(lambda m, h: (h.double() * 1.5).float(), dtype=torch.float32)
     refused(model, X.float(), "cast from torch.float64 to torch.float32")
+
+
+# ---------------------------------------------------------------- item 9: a root-module batch_norm
+
+class RootBatchNorm(nn.Module):
+    """conv -> ``F.batch_norm`` with the root module's own parameters and buffers (a BatchNorm
+    whose module path is '') -> relu -> 1x1 conv; ``submodule=True``: the same with an
+    ``nn.BatchNorm1d`` child."""
+
+    def __init__(self, submodule=False):
+        super().__init__()
+        generator = torch.Generator().manual_seed(1)
+        self.conv = nn.Conv1d(2, 4, 3, padding=1).double()
+        self.head = nn.Conv1d(4, 2, 1).double()
+        state = {"weight": torch.rand(4, generator=generator, dtype=torch.float64) + 0.5,
+                 "bias": torch.randn(4, generator=generator, dtype=torch.float64),
+                 "running_mean": torch.randn(4, generator=generator, dtype=torch.float64),
+                 "running_var": torch.rand(4, generator=generator, dtype=torch.float64) + 0.5}
+        self.bn = nn.BatchNorm1d(4).double().eval() if submodule else None
+        owner = self.bn or self
+        for name in ("weight", "bias"):
+            setattr(owner, name, nn.Parameter(state[name]))
+        for name in ("running_mean", "running_var"):
+            if submodule:
+                getattr(owner, name).copy_(state[name])
+            else:
+                self.register_buffer(name, state[name])
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = self.bn(h) if self.bn is not None else F.batch_norm(
+            h, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, 1e-5)
+        return self.head(F.relu(h))
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_channel_scores_with_a_batch_norm_in_the_root_module(relative):
+    root, child = RootBatchNorm().eval(), RootBatchNorm(submodule=True).eval()
+    for name in ("conv", "head"):
+        getattr(child, name).load_state_dict(getattr(root, name).state_dict())
+    assert torch.equal(root(X), child(X))
+    before = model_state(root)
+    scores = pm.channel_scores(root, X, relative=relative)
+    expected = pm.channel_scores(child, X, relative=relative)
+    assert scores.keys() == expected.keys() == {"conv", "head"}
+    for name in scores:
+        torch.testing.assert_close(scores[name], expected[name], rtol=1e-12, atol=0)
+    assert same_state(before, model_state(root))
