@@ -66,7 +66,7 @@ def _points(graph: Graph, model: nn.Module) -> list:
     resolve = graph.resolver(named_tensors(model))
     out: list = []
     for index, node in graph.operations():
-        if node.rule not in quantization.POINTS:
+        if node.facts.quantization != "point":
             continue
         grid = quantization.grid(node)
         shape = graph.nodes[index].shape
@@ -269,7 +269,7 @@ def _frozen(quantized: nn.Module) -> nn.Module:
     if not isinstance(quantized, torch.fx.GraphModule):
         return quantized
     constant = [n for n in quantized.graph.nodes if n.op == "call_function"
-                and getattr(lookup(n.target), "name", None) in quantization.POINTS
+                and getattr(lookup(n.target), "quantization", None) == "point"
                 and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"]
     if not constant:
         return quantized
@@ -294,8 +294,11 @@ def _frozen(quantized: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- the float model, as deployed
 
-def _operations(graph: Graph, skip) -> list:
-    return [(i, n) for i, n in graph.operations() if n.rule not in skip]
+def _operations(graph: Graph, quantization_too: bool) -> list:
+    """The operations of ``graph`` but dropouts and, if ``quantization_too``, the quantize,
+    dequantize and grid computations (the rules stating a ``quantization`` part)."""
+    return [(i, n) for i, n in graph.operations() if n.rule not in _SKIPPED
+            and not (quantization_too and n.facts.quantization is not None)]
 
 
 def _reference_roles(graph: Graph, model: nn.Module, node: Node, folded) -> dict:
@@ -328,9 +331,8 @@ def _matched(float_graph: Graph, graph: Graph) -> list:
     """Pairs ``(float node index, quantized node index, folded BatchNorm index or None)`` of the
     operations of the two graphs, quantization points and dropouts aside; a BatchNorm right
     after a float layer is folded into it when the quantized graph has no BatchNorm there."""
-    skip = _SKIPPED + quantization.POINTS + quantization.DEQUANTIZE + quantization.QPARAMS
-    mine = _operations(float_graph, _SKIPPED)
-    theirs = _operations(graph, skip)
+    mine = _operations(float_graph, quantization_too=False)
+    theirs = _operations(graph, quantization_too=True)
     after = float_graph.batch_norm_after()
     layer_of = {j: float_graph.layers()[name].node for name, j in after.items()}
     pairs, folded, k = [], {}, 0
@@ -519,7 +521,7 @@ class DeploymentReport:
 def has_quantization_points(model: nn.Module, example_inputs) -> bool:
     """Whether the captured graph of ``model`` has a quantization point (a deployed model)."""
     graph = capture(_frozen(model), example_inputs)
-    return any(node.rule in quantization.POINTS for _, node in graph.operations())
+    return any(node.facts.quantization == "point" for _, node in graph.operations())
 
 
 def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentReport:

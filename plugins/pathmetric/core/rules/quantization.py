@@ -39,7 +39,8 @@ class Grid(NamedTuple):
     axis: int | None
 
 
-@rule("fake_quantize", torch.fake_quantize_per_tensor_affine, family=QUANTIZATION_POINT)
+@rule("fake_quantize", torch.fake_quantize_per_tensor_affine, family=QUANTIZATION_POINT,
+      quantization="point")
 def fake_quantize(ev, x, scale, zero_point, quant_min, quant_max, *, func=None):
     """``Q(z)`` on a per-tensor grid (``scale``, ``zero_point``): the identity in the lifted
     network; the rounding error ``|Q(z) - z| <= scale / 2`` (unsaturated) is the deployed
@@ -48,7 +49,8 @@ def fake_quantize(ev, x, scale, zero_point, quant_min, quant_max, *, func=None):
     return ev.fixed(x, torch.clone, terms=0)
 
 
-@rule("fake_quantize_per_channel", torch.fake_quantize_per_channel_affine, family=QUANTIZATION_POINT)
+@rule("fake_quantize_per_channel", torch.fake_quantize_per_channel_affine,
+      family=QUANTIZATION_POINT, quantization="point")
 def fake_quantize_per_channel(ev, x, scale, zero_point, axis, quant_min, quant_max, *,
                               func=None):
     """``Q(z)`` on a grid per channel along ``axis``: the identity (a copy) in the lifted
@@ -57,14 +59,15 @@ def fake_quantize_per_channel(ev, x, scale, zero_point, axis, quant_min, quant_m
 
 
 @rule("quantize", _OPS.quantize_per_tensor.default, _OPS.quantize_per_tensor.tensor,
-      _OPS.quantize_per_tensor.tensor2, family=QUANTIZATION_POINT)
+      _OPS.quantize_per_tensor.tensor2, family=QUANTIZATION_POINT, quantization="point")
 def quantize(ev, x, scale, zero_point, quant_min, quant_max, dtype, *, func=None):
     """The integers ``clamp(round(z / s) + zp, qmin, qmax)`` of a PT2E point, lifted as the
     identity, a copy (the dequantize after it maps them back: together they are ``Q(z)``)."""
     return ev.fixed(x, torch.clone, terms=0)
 
 
-@rule("quantize_per_channel", _OPS.quantize_per_channel.default, family=QUANTIZATION_POINT)
+@rule("quantize_per_channel", _OPS.quantize_per_channel.default, family=QUANTIZATION_POINT,
+      quantization="point")
 def quantize_per_channel(ev, x, scales, zero_points, axis, quant_min, quant_max, dtype, *,
                          func=None):
     """The integers of a PT2E point with a grid per channel along ``axis``: the identity (a
@@ -73,21 +76,23 @@ def quantize_per_channel(ev, x, scales, zero_points, axis, quant_min, quant_max,
 
 
 @rule("dequantize", _OPS.dequantize_per_tensor.default, _OPS.dequantize_per_tensor.tensor,
-      _OPS.dequantize_per_tensor.tensor2, family=QUANTIZATION_POINT)
+      _OPS.dequantize_per_tensor.tensor2, family=QUANTIZATION_POINT, quantization="dequantize")
 def dequantize(ev, x, scale, zero_point, quant_min, quant_max, dtype, *, out_dtype=None,
                func=None):
     """``s (q - zp)``, exact on the integers of the quantize before it: the identity."""
     return x
 
 
-@rule("dequantize_per_channel", _OPS.dequantize_per_channel.default, family=QUANTIZATION_POINT)
+@rule("dequantize_per_channel", _OPS.dequantize_per_channel.default,
+      family=QUANTIZATION_POINT, quantization="dequantize")
 def dequantize_per_channel(ev, x, scales, zero_points, axis, quant_min, quant_max, dtype, *,
                            out_dtype=None, func=None):
     """``s_c (q - zp_c)`` per channel along ``axis``, exact: the identity."""
     return x
 
 
-@rule("choose_qparams", _OPS.choose_qparams.tensor, family=QUANTIZATION_POINT)
+@rule("choose_qparams", _OPS.choose_qparams.tensor, family=QUANTIZATION_POINT,
+      quantization="qparams")
 def choose_qparams(ev, x, quant_min, quant_max, eps, dtype, *, func=None):
     """The scale and zero point of a dynamic point, computed from the activation itself: no
     value of the network (zero lifted tensors; the quantize that reads them is the point)."""
@@ -95,16 +100,9 @@ def choose_qparams(ev, x, quant_min, quant_max, eps, dtype, *, func=None):
     return ev.fixed(x, lambda m: tuple(m.new_zeros(shape) for shape in shapes), terms=0)
 
 
-#: the rules that round (each is one quantization point), and the exact maps back to floats
-POINTS = ("fake_quantize", "fake_quantize_per_channel", "quantize", "quantize_per_channel")
-DEQUANTIZE = ("dequantize", "dequantize_per_channel")
-#: the rules that compute a dynamic point's grid (not values of the network)
-QPARAMS = ("choose_qparams",)
-
-
 def grid(node) -> Grid:
-    """The grid of the quantization point ``node`` (a node of one of the :data:`POINTS` rules),
-    read off its argument roles."""
+    """The grid of the quantization point ``node`` (a node whose rule states
+    ``quantization="point"``), read off its argument roles."""
     roles = node.roles
     scale = roles["scale"] if "scale" in roles else roles["scales"]
     zero_point = roles["zero_point"] if "zero_point" in roles else roles["zero_points"]

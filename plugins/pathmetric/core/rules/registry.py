@@ -79,7 +79,10 @@ class Rule:
       (``torch.max(x, dim)``'s second item): :func:`check_graph` refuses their use;
     - ``moves_entries``: its op only copies or moves the entries of its first argument (views,
       reshapes, indexing), so a parameter passed through it in forward stays a parameter
-      coordinate (a :class:`~pathmetric.core.ir.ParamView`, read by capture).
+      coordinate (a :class:`~pathmetric.core.ir.ParamView`, read by capture);
+    - ``quantization``: its part in a deployed model's quantization (``"point"``: a quantize or
+      fake-quantize, whose node records a grid; ``"dequantize"``; ``"qparams"``: a dynamic
+      point's grid computed from the activation); None for every other op.
     """
     name: str
     funcs: tuple
@@ -101,6 +104,7 @@ class Rule:
     missing_entries: object = None
     index_outputs: tuple = ()
     moves_entries: bool = False
+    quantization: str | None = None
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False,
                                                  compare=False)
 
