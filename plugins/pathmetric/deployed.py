@@ -66,7 +66,7 @@ def _points(graph: Graph, model: nn.Module) -> list:
     resolve = graph.resolver(named_tensors(model))
     out: list = []
     for index, node in graph.operations():
-        if node.facts.quantization != "point":
+        if node.rule.quantization != "point":
             continue
         grid = quantization.grid(node)
         shape = graph.nodes[index].shape
@@ -82,7 +82,7 @@ def _points(graph: Graph, model: nn.Module) -> list:
         if not isinstance(source, Value) or source.node in graph.inputs:
             what = "input"
         else:
-            what = graph.nodes[source.node].module or graph.nodes[source.node].rule
+            what = graph.nodes[source.node].module or graph.nodes[source.node].rule_name
         out.append(Point(f"{len(out)}:{what}", index, scale, zero, grid.quant_min,
                          grid.quant_max))
     return out
@@ -102,8 +102,8 @@ def _grid_tensors(node, grid, shape, scale, zero):
 
 
 def _refusal(node: Node, why: str):
-    return UnsupportedModelError(f"{node.rule} in '{node.module or '<model>'}': {why}",
-                                 [(node.rule, node.module, why)])
+    return UnsupportedModelError(f"{node.rule_name} in '{node.module or '<model>'}': {why}",
+                                 [(node.rule_name, node.module, why)])
 
 
 class _Downstream(NormLifting):
@@ -186,7 +186,7 @@ def _source_range(graph: Graph, point: Point) -> tuple:
     if not isinstance(source, Value) or source.item is not None or source.node in graph.inputs:
         return None, None
     node = graph.nodes[source.node]
-    known = _OUTPUT_RANGES.get(aten.canonical(node.rule))
+    known = _OUTPUT_RANGES.get(aten.canonical(node.rule_name))
     return (None, None) if known is None else known(node.roles)
 
 
@@ -297,8 +297,8 @@ def _frozen(quantized: nn.Module) -> nn.Module:
 def _operations(graph: Graph, quantization_too: bool) -> list:
     """The operations of ``graph`` but dropouts and, if ``quantization_too``, the quantize,
     dequantize and grid computations (the rules stating a ``quantization`` part)."""
-    return [(i, n) for i, n in graph.operations() if n.rule not in _SKIPPED
-            and not (quantization_too and n.facts.quantization is not None)]
+    return [(i, n) for i, n in graph.operations() if n.rule_name not in _SKIPPED
+            and not (quantization_too and n.rule.quantization is not None)]
 
 
 def _reference_roles(graph: Graph, model: nn.Module, node: Node, folded) -> dict:
@@ -337,7 +337,7 @@ def _matched(float_graph: Graph, graph: Graph) -> list:
     layer_of = {j: float_graph.layers()[name].node for name, j in after.items()}
     pairs, folded, k = [], {}, 0
     for i, node in mine:
-        if k < len(theirs) and aten.canonical(node.rule) == aten.canonical(theirs[k][1].rule):
+        if k < len(theirs) and aten.canonical(node.rule_name) == aten.canonical(theirs[k][1].rule_name):
             pairs.append([i, theirs[k][0], None])
             k += 1
         elif i in layer_of and pairs and pairs[-1][0] == layer_of[i]:
@@ -345,16 +345,16 @@ def _matched(float_graph: Graph, graph: Graph) -> list:
             folded[i] = True
         else:
             other = theirs[k][1] if k < len(theirs) else None
-            found = (f"{other.rule} in '{other.module or '<model>'}'" if other is not None
+            found = (f"{other.rule_name} in '{other.module or '<model>'}'" if other is not None
                      else "the end of the graph")
             raise ValueError(
                 f"the quantized model is not the float model deployed: the float model's "
-                f"{node.rule} in '{node.module or '<model>'}' meets {found} (a BatchNorm is "
+                f"{node.rule_name} in '{node.module or '<model>'}' meets {found} (a BatchNorm is "
                 "matched only when folded into the layer right before it)")
     if k != len(theirs):
         extra = theirs[k][1]
         raise ValueError(f"the quantized model has an operation the float model lacks: "
-                         f"{extra.rule} in '{extra.module or '<model>'}'")
+                         f"{extra.rule_name} in '{extra.module or '<model>'}'")
     return [tuple(p) for p in pairs]
 
 
@@ -368,8 +368,8 @@ def _renamed(node: Node, renames: dict) -> Node:
     args, kwargs = node.call(swap)
     roles = {role: renames[role][1] if role in renames else value
              for role, value in node.roles.items()}
-    return Node(node.rule, node.func, args, kwargs, node.module, node.module_type, node.shape,
-                inplace=node.inplace, roles=roles, facts=node.facts)
+    return Node(node.rule_name, node.func, args, kwargs, node.module, node.module_type, node.shape,
+                inplace=node.inplace, roles=roles, rule=node.rule)
 
 
 def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
@@ -397,7 +397,7 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
             if mine is None:   # a bias the float layer lacks is a zero bias
                 mine = torch.zeros_like(deployed)
             if not isinstance(mine, torch.Tensor) or tuple(mine.shape) != tuple(deployed.shape):
-                raise ValueError(f"'{node.module or '<model>'}' ({node.rule}): its {role} has "
+                raise ValueError(f"'{node.module or '<model>'}' ({node.rule_name}): its {role} has "
                                  f"shape {tuple(deployed.shape)} in the quantized model and "
                                  f"{getattr(mine, 'shape', mine)} in the float model")
             theta[name] = mine.to(deployed.device, torch.float64)
@@ -406,7 +406,7 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
         missing = [role for role, v in reference.items() if isinstance(v, torch.Tensor)
                    and node.roles.get(role) is None and bool((v != 0).any())]
         if missing:
-            raise ValueError(f"'{node.module or '<model>'}' ({node.rule}): the quantized model "
+            raise ValueError(f"'{node.module or '<model>'}' ({node.rule_name}): the quantized model "
                              f"drops the float model's {missing}")
         nodes[j] = _renamed(node, renames) if renames else node
     used: dict = {}
@@ -521,7 +521,7 @@ class DeploymentReport:
 def has_quantization_points(model: nn.Module, example_inputs) -> bool:
     """Whether the captured graph of ``model`` has a quantization point (a deployed model)."""
     graph = capture(_frozen(model), example_inputs)
-    return any(node.facts.quantization == "point" for _, node in graph.operations())
+    return any(node.rule.quantization == "point" for _, node in graph.operations())
 
 
 def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentReport:

@@ -63,13 +63,13 @@ def graph_facts(model, example_inputs) -> GraphFacts:
         ins = [v.node for v in values_read(node)]
         before = lambda values: max((values[i] for i in ins), default=0)  # noqa: E731
         if index in inputs:
-            layers, pooling, is_affine, weighted = 0, 0, False, True
+            added, pooling, is_affine, weighted = 0, 0, False, True
         else:
-            layers = fact(node, "layers", "the neuron layers it adds")
-            pooling = node.facts.max_pool_kernel(graph, node)
+            added = fact(node, "depth", "the neuron layers it adds")
+            pooling = node.rule.max_pool_kernel(graph, node)
             is_affine = fact(node, "affine", "whether it is a conv/linear-like layer")
             weighted = fact(node, "weighted", "whether its neurons have their own weights")
-        depth.append(before(depth) + layers)
+        depth.append(before(depth) + added)
         pools.append(before(pools) + (pooling > 0))
         affine.append(before(affine) + is_affine)
         if pooling:
@@ -334,7 +334,7 @@ def _channel_groups(graph, bn_diagonal: bool) -> list:
         else:                                 # cat, stack, reductions over channels
             new(i, None, False)
             children[i] = ins
-            if node.facts.channels != "join":
+            if node.rule.channels != "join":
                 bad.update(ins)
     bad.update(space[v.node] for v in graph.outputs)
     bad = {find(b) for b in bad}

@@ -164,8 +164,8 @@ class PathMasses:
         if per_channel.numel() != channel_count(view):
             why = (f"its output has {per_channel.numel()} channels along dim {dim}, its weight "
                    f"{channel_count(view)}")
-            raise UnsupportedModelError(f"{node.rule} in '{node.module or '<model>'}': {why}",
-                                        [(node.rule, node.module, why)])
+            raise UnsupportedModelError(f"{node.rule_name} in '{node.module or '<model>'}': {why}",
+                                        [(node.rule_name, node.module, why)])
         bn = self.batch_norm_after.get(layer)
         if bn is not None:
             per_channel = per_channel + self.share(Computed(bn, Part.SHIFT))
@@ -264,7 +264,7 @@ def zeroed_members(model: torch.nn.Module, example_inputs: Inputs, members: Sequ
             if node is None:
                 raise KeyError(f"cannot zero channels of '{module}': not a conv/linear layer, an "
                                "affine frozen BatchNorm or a PReLU on the captured graph")
-            roles = tuple(node.facts.channel_params)
+            roles = tuple(node.rule.channel_params)
         for role in roles:
             ref = node.roles.get(role)
             if isinstance(ref, Param):

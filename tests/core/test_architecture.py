@@ -59,7 +59,7 @@ def test_a_rule_stating_only_its_lifted_image_is_refused_by_name_where_a_fact_is
 
 
 def test_every_registered_rule_states_every_fact():
-    facts = ("layers", "max_pool", "affine", "weighted", "homogeneous", "channels",
+    facts = ("depth", "max_pool", "affine", "weighted", "homogeneous", "channels",
              "transforms_through", "channel_params", "channel_dim", "channel_affine")
     missing = [(name, f) for name, r in rules.RULES.items() for f in facts
                if getattr(r, f) is None]
@@ -81,13 +81,13 @@ def _string_constants(node) -> list:
 
 
 def _rule_name_comparisons(source: str) -> list:
-    """Every comparison in ``source`` of an ``.rule`` attribute with string constants (``==``,
+    """Every comparison in ``source`` of a ``.rule_name`` attribute with string constants (``==``,
     ``!=``, ``in``, ``not in`` a tuple, list or set of them), as source text."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Compare):
             operands = [node.left] + node.comparators
-            if any(isinstance(o, ast.Attribute) and o.attr == "rule" for o in operands) and \
+            if any(isinstance(o, ast.Attribute) and o.attr == "rule_name" for o in operands) and \
                     any(_string_constants(o) for o in operands):
                 found.append(ast.unparse(node))
     return found
@@ -99,9 +99,9 @@ OUTSIDE_CORE = sorted([p for p in PACKAGE.rglob("*.py") if "core" not in p.relat
 
 
 def test_analyses_and_adapters_ask_rules_for_facts_never_op_names():
-    assert _rule_name_comparisons('a = node.rule in ("conv", "linear")\n'
-                                  'b = graph.nodes[0].rule != "input"\nc = n.rule == rule\n') \
-        == ["node.rule in ('conv', 'linear')", "graph.nodes[0].rule != 'input'"]
+    assert _rule_name_comparisons('a = node.rule_name in ("conv", "linear")\n'
+                                  'b = graph.nodes[0].rule_name != "input"\nc = n.rule_name == rule\n') \
+        == ["node.rule_name in ('conv', 'linear')", "graph.nodes[0].rule_name != 'input'"]
     assert any(p.name == "scores.py" for p in OUTSIDE_CORE) and \
         any(p.name == "torch_pruning.py" for p in OUTSIDE_CORE)
     found = {str(p): hits for p in OUTSIDE_CORE if (hits := _rule_name_comparisons(p.read_text()))}
@@ -296,11 +296,11 @@ def _delegations() -> list:
 
 #: facts a delegating rule states differently from the rule it calls, and why
 DIFFERS = {
-    ("minimum", "maximum"): {"layers"},   # min = -max(-x, -y): an identity layer after the max
+    ("minimum", "maximum"): {"depth"},   # min = -max(-x, -y): an identity layer after the max
     # a max/min reduction calls the elementwise maximum only when its ``dim`` is an activation;
     # otherwise it reduces entries (channels reindexed, a max neuron over the reduced entries)
     ("max", "maximum"): {"max_pool", "channels", "index_outputs", "skips_missing"},
-    ("min", "maximum"): {"layers", "max_pool", "channels", "index_outputs"},
+    ("min", "maximum"): {"depth", "max_pool", "channels", "index_outputs"},
 }
 
 

@@ -473,7 +473,7 @@ def test_rounding_terms_grow_with_the_fan_in_of_a_sum():
 def test_a_rule_that_leaves_a_sum_uncounted_fails_at_once(call):
     """``ev.fixed`` and ``ev.linear`` require ``terms=``: a rule that omits it is a TypeError at
     the first evaluation, reported with the op and module, never an uncounted rounding error."""
-    @rules.rule("uncounted", F.softshrink, layers=0, max_pool=0, affine=False, weighted=False,
+    @rules.rule("uncounted", F.softshrink, depth=0, max_pool=0, affine=False, weighted=False,
                 homogeneous=True, channels="preserve", transforms_through=True)
     def uncounted(ev, x, lambd=0.5, *, func=None):
         if call == "fixed":

@@ -74,7 +74,7 @@ def test_mobilenet_v2_random_rescale_keeps_function_and_scores():
     users = graph.users()
     guarded = 0
     for index, node in enumerate(graph.nodes):
-        if node.rule == "batch_norm" and any(graph.nodes[j].rule == "hardtanh" for j in users[index]):
+        if node.rule_name == "batch_norm" and any(graph.nodes[j].rule_name == "hardtanh" for j in users[index]):
             names = [r.name for r in list(node.args) + list(node.kwargs.values())
                      if isinstance(r, Param)]
             assert names and not set(names) & set(changed)

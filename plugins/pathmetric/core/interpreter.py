@@ -127,8 +127,8 @@ class Interpreter:
 
     def unsupported(self, why):
         return UnsupportedModelError(
-            f"{self.node.rule} in '{self.node.module or '<model>'}' ({self.node.module_type}): {why}",
-            [(self.node.rule, self.node.module, why)])
+            f"{self.node.rule_name} in '{self.node.module or '<model>'}' ({self.node.module_type}): {why}",
+            [(self.node.rule_name, self.node.module, why)])
 
     # -- parameters
     def raw(self, ref, which):
@@ -235,14 +235,14 @@ class Interpreter:
 
         for index, node in enumerate(self.graph.nodes):
             self.node = node
-            if node.rule == "input":
+            if node.rule_name == "input":
                 values.append(self.inputs(node.shape))
                 continue
             args, kwargs = node.call(resolve)
             if self.scratch is not None:
                 self.scratch.reset()
             try:
-                out = rules.RULES[node.rule].lift(self, *args, func=node.func, **kwargs)
+                out = rules.RULES[node.rule_name].lift(self, *args, func=node.func, **kwargs)
             except FloatingPointError as exc:
                 raise self._non_finite_parameter() or exc
             if self.scratch is not None:

@@ -88,7 +88,7 @@ class ParamView:
 
 @dataclass
 class Node:
-    rule: str          # rule name in ``rules.RULES`` ("input" for a model input)
+    rule_name: str     # name of its rule in ``rules.RULES`` ("input" for a model input)
     func: object       # the torch function that was called
     args: tuple
     kwargs: dict
@@ -98,7 +98,7 @@ class Node:
     inplace: bool = False  # the call writes into its first argument
     dtype: object = None   # output dtype, or tuple of dtypes for multi-output ops
     roles: dict = field(default_factory=dict)  # arguments bound to the rule's names, at capture
-    facts: object = field(default=None, repr=False, compare=False)  # its rules.Rule (None: input)
+    rule: object = field(default=None, repr=False, compare=False)  # its rules.Rule (None: input)
     _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def call(self, resolve):
@@ -149,7 +149,7 @@ class Graph:
         others = other.nodes + [n for n, _ in other.derived.values()]
         index, a, b = next((i, a, b) for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
         node, twin = nodes[index], others[index]
-        where = f"{function_name(node.func) if node.func else node.rule} in '{node.module or '<model>'}'"
+        where = f"{function_name(node.func) if node.func else node.rule_name} in '{node.module or '<model>'}'"
         for what, k in (("op", -6), ("function", -5), ("module", -4), ("output shape", -3),
                         ("output dtype", -2)):
             if a[k] != b[k]:
@@ -229,11 +229,11 @@ class Graph:
     @property
     def inputs(self) -> tuple:
         """Indices of the nodes that are model inputs, in order."""
-        return tuple(i for i, node in enumerate(self.nodes) if node.rule == "input")
+        return tuple(i for i, node in enumerate(self.nodes) if node.rule_name == "input")
 
     def operations(self) -> list:
         """``(index, node)`` of every node that is an op (all but the model inputs), in order."""
-        return [(i, node) for i, node in enumerate(self.nodes) if node.rule != "input"]
+        return [(i, node) for i, node in enumerate(self.nodes) if node.rule_name != "input"]
 
     def layers(self) -> dict:
         """Conv/linear-like layers with a parameter weight: layer name -> :class:`Layer`.
@@ -275,8 +275,8 @@ class Graph:
     def rule_counts(self) -> dict:
         counts: dict = {}
         for node in self.nodes:
-            if node.rule != "input":
-                counts[node.rule] = counts.get(node.rule, 0) + 1
+            if node.rule_name != "input":
+                counts[node.rule_name] = counts.get(node.rule_name, 0) + 1
         return counts
 
 
@@ -303,8 +303,8 @@ def channel_view(node: Node, role: str, tensor: torch.Tensor, side: str = "out")
     if role not in dims or tensor.dim() <= (dims[role] if side == "out" else 1 - dims[role]):
         why = (f"its '{role}' of shape {tuple(tensor.shape)} has no {side}put channels "
                f"(channel_params {dims})")
-        raise UnsupportedModelError(f"{node.rule} in '{node.module or '<model>'}': {why}",
-                                    [(node.rule, node.module, why)])
+        raise UnsupportedModelError(f"{node.rule_name} in '{node.module or '<model>'}': {why}",
+                                    [(node.rule_name, node.module, why)])
     dim = dims[role] if side == "out" else 1 - dims[role]
     if dim == 0:
         return tensor.view(1, 1, tensor.shape[0], -1)
@@ -331,12 +331,12 @@ def channel_sums(node: Node, role: str, tensor: torch.Tensor, side: str = "out")
 def fact(node: Node, name: str, what: str):
     """The fact ``name`` of ``node``'s rule (see ``rules.Rule``), described by ``what`` for the
     error; an UnsupportedModelError naming the op when the rule does not state it."""
-    value = getattr(node.facts, name, None)
+    value = getattr(node.rule, name, None)
     if value is None:
-        why = f"the rule of {node.rule} does not state {what} ({name}), which this analysis needs"
+        why = f"the rule of {node.rule_name} does not state {what} ({name}), which this analysis needs"
         raise UnsupportedModelError(
-            f"{node.rule} in '{node.module or '<model>'}': {why}; add it to the rule "
-            "(pathmetric/core/rules)", [(node.rule, node.module, why)])
+            f"{node.rule_name} in '{node.module or '<model>'}': {why}; add it to the rule "
+            "(pathmetric/core/rules)", [(node.rule_name, node.module, why)])
     return value
 
 
@@ -386,7 +386,7 @@ def arguments_key(args, kwargs):
 
 def node_signature(node: Node) -> tuple:
     """One node as :meth:`Graph.signature` compares it."""
-    return (node.rule, function_name(node.func) if node.func else None, node.module, node.shape,
+    return (node.rule_name, function_name(node.func) if node.func else None, node.module, node.shape,
             node.dtype, arguments_key(node.args, node.kwargs))
 
 

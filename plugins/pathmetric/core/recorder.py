@@ -331,5 +331,5 @@ class Recorder(TorchFunctionMode):
         self.stale.pop(id(written), None)
         dtype = out.dtype if isinstance(out, torch.Tensor) else tuple(t.dtype for t in out)
         self.nodes.append(Node(rule.name, func, enc_args, enc_kwargs, path, module_type, shape,
-                               inplace=written is not None, dtype=dtype, roles=roles, facts=rule))
+                               inplace=written is not None, dtype=dtype, roles=roles, rule=rule))
         return out

@@ -31,7 +31,7 @@ def replay(graph: Graph, model: nn.Module, inputs):
 
     feed = iter(inputs)
     for node in graph.nodes:
-        if node.rule == "input":
+        if node.rule_name == "input":
             results.append(next(feed))
             continue
         args, kwargs = node.call(resolve)

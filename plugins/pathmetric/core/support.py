@@ -45,14 +45,14 @@ def _evaluate_once(graph, model, report):
         if ev.node is None:
             raise
         report.unsupported.append(
-            (ev.node.rule, ev.node.module, "its lifted value is not finite (a division by a "
+            (ev.node.rule_name, ev.node.module, "its lifted value is not finite (a division by a "
                                            "zero buffer, a negative running variance, an "
                                            f"overflow): {exc}"))
     except Exception as exc:  # a rule that cannot evaluate this call: refused, naming the op
         if ev.node is None:
             raise
         report.unsupported.append(
-            (ev.node.rule, ev.node.module, f"the lifted network cannot evaluate this call "
+            (ev.node.rule_name, ev.node.module, f"the lifted network cannot evaluate this call "
                                            f"({type(exc).__name__}: {exc})"))
 
 

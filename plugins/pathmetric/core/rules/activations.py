@@ -52,7 +52,7 @@ def _check_slope(x, negative_slope=0.01, *args, **kwargs):
 
 
 @rule("leaky_relu", F.leaky_relu, F.leaky_relu_, check=_check_slope,
-      family=ACTIVATION, layers=2, max_pool=2)
+      family=ACTIVATION, depth=2, max_pool=2)
 def leaky_relu(ev, x, negative_slope=0.01, inplace=False, *, func=None):
     """``max(x, a x)``: a max neuron over ``x`` and the identity neuron ``a x``; lifted
     ``x + |a|^q x``."""
@@ -61,7 +61,7 @@ def leaky_relu(ev, x, negative_slope=0.01, inplace=False, *, func=None):
 
 
 @rule("prelu", F.prelu,
-      family=ACTIVATION, layers=2, max_pool=2, homogeneous=False, channel_params={"weight": 0})
+      family=ACTIVATION, depth=2, max_pool=2, homogeneous=False, channel_params={"weight": 0})
 def prelu(ev, x, weight, *, func=None):
     """PReLU with learnt slopes ``a`` in [0, 1]: lifted ``x + |a|^q x`` (slopes are parameters)."""
     def slope(a):
@@ -79,7 +79,7 @@ def _check_rrelu(x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False)
     return _check_slope(x, (lower + upper) / 2)
 
 
-@rule("rrelu", F.rrelu, F.rrelu_, check=_check_rrelu, family=ACTIVATION, layers=2, max_pool=2)
+@rule("rrelu", F.rrelu, F.rrelu_, check=_check_rrelu, family=ACTIVATION, depth=2, max_pool=2)
 def rrelu(ev, x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False, *, func=None):
     """RReLU in eval mode is LeakyReLU with slope ``(lower + upper) / 2``."""
     return leaky_relu(ev, x, (lower + upper) / 2)
@@ -188,7 +188,7 @@ def hardsigmoid(ev, x, inplace=False, *, func=None):
 
 
 @rule("abs", torch.abs, Tensor.abs, Tensor.abs_, Tensor.__abs__, torch.absolute, Tensor.absolute,
-      family=ACTIVATION, layers=2)
+      family=ACTIVATION, depth=2)
 def absolute(ev, x, *, func=None):
     """``|v| = relu(v) + relu(-v)``: lifted ``2 v``."""
     return ev.fixed(x, lambda m: m * 2.0, terms=2)
@@ -212,7 +212,7 @@ def maximum(ev, x, other, *, func=None):
 
 
 @rule("minimum", torch.minimum, Tensor.minimum, torch.fmin, Tensor.fmin, check=_check_elementwise,
-      family=MAX_NEURONS, layers=2, max_pool=2)
+      family=MAX_NEURONS, depth=2, max_pool=2)
 def minimum(ev, x, other, *, func=None):
     """``min(x, y) = -max(-x, -y)``: a max neuron with edges of coefficient -1 and an identity
     neuron after it; lifted ``x + y``."""
@@ -255,5 +255,5 @@ rule("max", torch.max, Tensor.max, torch.amax, Tensor.amax, check=_check_reducti
       family=MAX_NEURONS, max_pool=_reduction_kernel, channels="reindex", index_outputs=(1,),
       skips_missing=True)(_reduce_max)
 rule("min", torch.min, Tensor.min, torch.amin, Tensor.amin, check=_check_reduction,
-      family=MAX_NEURONS, layers=2, max_pool=_reduction_kernel, channels="reindex",
+      family=MAX_NEURONS, depth=2, max_pool=_reduction_kernel, channels="reindex",
       index_outputs=(1,))(_reduce_max)

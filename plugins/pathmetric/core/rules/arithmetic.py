@@ -58,7 +58,7 @@ def sub(ev, x, y, *, alpha=1, func=None):
     return add(ev, x, y, alpha=alpha)
 
 
-@rule("neg", torch.neg, Tensor.neg, Tensor.__neg__, family=ARITHMETIC, layers=0)
+@rule("neg", torch.neg, Tensor.neg, Tensor.__neg__, family=ARITHMETIC, depth=0)
 def neg(ev, x, *, func=None):
     """Negation: coefficient minus one, lifted to one."""
     return x
@@ -94,7 +94,7 @@ def mul(ev, x, y, *, func=None):
 
 
 @rule("div", torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__, Tensor.__itruediv__,
-      check=_check_div, family=ARITHMETIC, layers=0)
+      check=_check_div, family=ARITHMETIC, depth=0)
 def div(ev, x, y, *, rounding_mode=None, func=None):
     """Division by a constant ``c``: coefficients ``|1/c|^q``."""
     if rounding_mode is not None:

@@ -15,9 +15,10 @@ HEAD_NOTE = ("the analysed function is the logits before the final {head} (docs/
              "factor 1 (softmax) and the log-probabilities with factor n + 1 (n classes)")
 
 
-@rule("softmax_head", F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax,
-      Tensor.log_softmax,
-      family=PARAMETER_FREE, layers=0, homogeneous=False, channels="mix", transforms_through=False)
+_HEAD = dict(PARAMETER_FREE, depth=0, homogeneous=False, channels="mix", transforms_through=False)
+
+
+@rule("softmax_head", F.softmax, torch.softmax, Tensor.softmax, family=_HEAD, head="softmax")
 def softmax_head(ev, x, dim=None, *args, func=None, **kwargs):
     """A final softmax or log-softmax over the class dimension of every output is set aside at
     capture (:func:`set_aside_head`): the logits are the analysed outputs and this node's value is
@@ -25,8 +26,11 @@ def softmax_head(ev, x, dim=None, *args, func=None, **kwargs):
     return x
 
 
-def head_kind(node) -> str:
-    return "log_softmax" if "log" in getattr(node.func, "__name__", "") else "softmax"
+@rule("log_softmax_head", F.log_softmax, torch.log_softmax, Tensor.log_softmax, family=_HEAD,
+      head="log_softmax")
+def log_softmax_head(ev, x, dim=None, *args, func=None, **kwargs):
+    """As :func:`softmax_head`, for a final log-softmax."""
+    return x
 
 
 def _head_dim(node):
@@ -40,10 +44,13 @@ def set_aside_head(nodes, outputs):
     and 'softmax', 'log_softmax' or both joined by '+'. Otherwise ``(outputs, None, refused)``
     with the refused softmax nodes as ``[(index, reason)]``."""
     read = {ref.node for node in nodes for ref in values_read(node)}
-    heads = [v for v in outputs if nodes[v.node].rule == "softmax_head"]
+    def head(node):
+        return node.rule.head if node.rule is not None else None
+
+    heads = [v for v in outputs if head(nodes[v.node])]
     refused = []
     for index, node in enumerate(nodes):
-        if node.rule != "softmax_head":
+        if not head(node):
             continue
         dim, ndim = _head_dim(node), len(node.shape)
         if dim is None or ndim < 2 or dim % ndim != 1:
@@ -56,5 +63,5 @@ def set_aside_head(nodes, outputs):
                                    "mix logits and probabilities"))
     if refused or not heads:
         return outputs, None, refused
-    kinds = sorted({head_kind(nodes[v.node]) for v in heads})
+    kinds = sorted({head(nodes[v.node]) for v in heads})
     return [nodes[v.node].roles["x"] for v in heads], "+".join(kinds), []

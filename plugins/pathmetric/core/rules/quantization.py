@@ -24,7 +24,7 @@ _OPS = torch.ops.quantized_decomposed
 
 #: quantization points: the identity in the lifted passes, channel by channel; not homogeneous
 #: (a rescaled channel would change the rounding grid)
-QUANTIZATION_POINT = dict(PARAMETER_FREE, layers=0, homogeneous=False, channels="preserve",
+QUANTIZATION_POINT = dict(PARAMETER_FREE, depth=0, homogeneous=False, channels="preserve",
                           transforms_through=False)
 
 

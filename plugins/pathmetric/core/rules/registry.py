@@ -38,7 +38,7 @@ class Rule:
 
     - ``lift(ev, *args, **kwargs)``: the op's image in the lifted network (the only required fact);
     - ``check(*args, **kwargs)``: reason for refusing a call at capture time, or None;
-    - ``layers``: neuron layers the op adds to the DAG description (depth ``D`` of the reports);
+    - ``depth``: neuron layers the op adds to the DAG description (depth ``D`` of the reports);
     - ``max_pool``: inputs of its largest max-pooling neuron (``K``): 0 when it has none, an int,
       or ``max_pool(graph, node) -> int``;
     - ``max_pool_rank``: the ``k`` of its ``k``-max-pooling neurons (1: the largest input wins),
@@ -82,13 +82,16 @@ class Rule:
       coordinate (a :class:`~pathmetric.core.ir.ParamView`, read by capture);
     - ``quantization``: its part in a deployed model's quantization (``"point"``: a quantize or
       fake-quantize, whose node records a grid; ``"dequantize"``; ``"qparams"``: a dynamic
-      point's grid computed from the activation); None for every other op.
+      point's grid computed from the activation); None for every other op;
+    - ``head``: the output head it is when it ends the network (``"softmax"``, ``"log_softmax"``),
+      set aside at capture (:func:`~pathmetric.core.rules.heads.set_aside_head`); None for every
+      other op.
     """
     name: str
     funcs: tuple
     lift: Callable
     check: Callable | None = None
-    layers: int | None = None
+    depth: int | None = None
     max_pool: object = None
     max_pool_rank: int | None = None
     affine: bool | None = None
@@ -105,6 +108,7 @@ class Rule:
     index_outputs: tuple = ()
     moves_entries: bool = False
     quantization: str | None = None
+    head: str | None = None
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False,
                                                  compare=False)
 
@@ -146,40 +150,40 @@ PARAMETER_FREE = dict(max_pool=0, max_pool_rank=1, affine=False, weighted=False,
 
 #: positively homogeneous activations that keep each channel apart (ReLU and its kin, identity
 #: maps in eval mode, casts): ``f(lambda x) = lambda f(x)`` for ``lambda > 0``, per channel
-ACTIVATION = dict(PARAMETER_FREE, layers=0, homogeneous=True, channels="preserve",
+ACTIVATION = dict(PARAMETER_FREE, depth=0, homogeneous=True, channels="preserve",
                   transforms_through=True)
 
 #: clipped activations ``clamp(v, a, b) = a + relu(v - a) - relu(v - b)``: an identity output
 #: neuron fed by one layer of ReLU neurons, with constant biases (so not homogeneous)
-CLIPPED = dict(PARAMETER_FREE, layers=2, homogeneous=False, channels="preserve",
+CLIPPED = dict(PARAMETER_FREE, depth=2, homogeneous=False, channels="preserve",
                transforms_through=False)
 
 #: max and min neurons over several activations or entries (``max_pool`` stated by each rule)
-MAX_NEURONS = dict(PARAMETER_FREE, layers=1, homogeneous=False, channels="preserve",
+MAX_NEURONS = dict(PARAMETER_FREE, depth=1, homogeneous=False, channels="preserve",
                    transforms_through=False, max_pool=None)
 
 #: one layer of neurons per window, with fixed non-negative (or resampling) coefficients:
 #: poolings and interpolation, positively homogeneous and channel-preserving
-POOLING = dict(PARAMETER_FREE, layers=1, homogeneous=True, channels="preserve",
+POOLING = dict(PARAMETER_FREE, depth=1, homogeneous=True, channels="preserve",
                transforms_through=True)
 
 #: sums and means over the dims of their ``dim`` role
-REDUCTION = dict(PARAMETER_FREE, layers=1, homogeneous=False, channels="reduce",
+REDUCTION = dict(PARAMETER_FREE, depth=1, homogeneous=False, channels="reduce",
                  transforms_through=False)
 
 #: conv/linear-like layers: weights ``(out, in, ...)`` and bias sliced along dim 0 per output
 #: channel, every output channel reading every input channel of its group
-WEIGHTED_LAYER = dict(layers=1, max_pool=0, max_pool_rank=1, affine=True, weighted=True,
+WEIGHTED_LAYER = dict(depth=1, max_pool=0, max_pool_rank=1, affine=True, weighted=True,
                       homogeneous=False, channels="mix", transforms_through=False,
                       channel_params={"weight": 0, "bias": 0}, channel_dim=1,
                       channel_affine=False)
 
 #: sums and scalings of activations (add, sub, neg, mul, div): entrywise, channels kept
-ARITHMETIC = dict(PARAMETER_FREE, layers=1, homogeneous=False, channels="preserve",
+ARITHMETIC = dict(PARAMETER_FREE, depth=1, homogeneous=False, channels="preserve",
                   transforms_through=True)
 
 #: ops that copy or move entries (coefficients one, no neurons): reshapes, padding, concatenation
-STRUCTURE = dict(PARAMETER_FREE, layers=0, homogeneous=False, channels="reindex",
+STRUCTURE = dict(PARAMETER_FREE, depth=0, homogeneous=False, channels="reindex",
                  transforms_through=True)
 
 
@@ -291,17 +295,17 @@ def check_graph(nodes, outputs) -> list:
     entry read by anything but the ``x`` of a rule that ``skips_missing``, and for an item of
     ``index_outputs`` (max/min indices) used as a value or returned."""
     def missing(source):
-        return source.facts is not None and source.facts.missing_entries is not None and \
-            source.facts.missing_entries(source)
+        return source.rule is not None and source.rule.missing_entries is not None and \
+            source.rule.missing_entries(source)
 
     def indices(source, ref):
-        return source.facts is not None and ref.item in source.facts.index_outputs
+        return source.rule is not None and ref.item in source.rule.index_outputs
 
     bad = []
     for node in nodes:
         for ref in values_read(node):
             source = nodes[ref.node]
-            if missing(source) and not (node.facts.skips_missing and ref is node.roles.get("x")):
+            if missing(source) and not (node.rule.skips_missing and ref is node.roles.get("x")):
                 bad.append((ref.node, "-inf padding is only a missing entry before a max-pooling"))
             if indices(source, ref):
                 bad.append((ref.node, "max/min indices are not a value of the network"))

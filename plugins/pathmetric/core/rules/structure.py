@@ -90,7 +90,7 @@ def widened_from(graph, index):
     value-preserving casts back to the first value that is not one (every value of a widening
     cast's output is a value of its input's dtype)."""
     node = graph.nodes[index]
-    while node.rule == "cast":
+    while node.rule_name == "cast":
         producer = graph.nodes[node.roles["x"].node]
         if not preserves_values(producer.dtype, node.dtype):
             break
