@@ -56,6 +56,13 @@ def check_capturable(model):
                 "(model.to_empty(device=...) and load_state_dict)")
 
 
+def all_finite(tensor) -> bool:
+    """Whether every entry of ``tensor`` is finite. One reduction decides it when the sum is
+    finite (an infinite or NaN entry makes the sum infinite or NaN); a sum that overflows is
+    decided entry by entry."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
     """Record ``model``; return the graph (None if unsupported) and the support report.
 
@@ -67,7 +74,7 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
     check_capturable(model)
     examples = as_tuple(example_inputs)
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not all_finite(tensor):
             raise ValueError(f"'{name}' holds NaN or infinite values")
     generator = torch.Generator().manual_seed(0)
     inputs = sample_inputs(examples, generator, first_parameter(model))

@@ -56,10 +56,10 @@ class RandomDraws:
 
 
 @contextlib.contextmanager
-def eval_mode_with_paths(model: nn.Module, paths: list):
+def eval_mode_with_paths(model: nn.Module, paths: list | None):
     """Eval mode (the ``training`` flags set directly: a user ``train()`` override is not run)
-    and a module-path stack for the duration; the hooks are removed afterwards (the flags are
-    restored by :func:`model_untouched`)."""
+    and, unless ``paths`` is None, a module-path stack for the duration; the hooks are removed
+    afterwards (the flags are restored by :func:`model_untouched`)."""
     handles = []
     seen = set()
     for name, module in model.named_modules():
@@ -67,6 +67,8 @@ def eval_mode_with_paths(model: nn.Module, paths: list):
             continue
         seen.add(id(module))
         module.training = False
+        if paths is None:
+            continue
         entry = (name, type(module).__name__)
         handles.append(module.register_forward_pre_hook(
             lambda _m, _a, entry=entry: paths.append(entry)))
@@ -152,7 +154,7 @@ def forward(model, inputs, what, recorder=None):
     """``model(*inputs)`` in eval mode without gradients, the model left as it was
     (:func:`model_untouched`) and the random generators too; returns the output, the names of
     the parameters and buffers forward changed and why it draws random numbers (or None)."""
-    paths = recorder.paths if recorder is not None else []
+    paths = recorder.paths if recorder is not None else None
     random = recorder.random if recorder is not None else RandomDraws()
     with model_untouched(model) as changed:
         try:

@@ -20,25 +20,31 @@ from .algebras import NormLifting
 from .capture import as_tuple, check_capturable, record
 from .ir import Graph
 
+#: the lifted pass run once at capture: the default path-norm pass (``q = 1``, float64, the
+#: model's own parameters), whose outputs a cold ``path_norm`` uses instead of running it again
+TRIAL = {"q": 1.0, "dtype": torch.float64}
 
-def decide(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
-    """Capture ``model`` and evaluate its lifted network once: the support decision, the graph
-    (None if unsupported) and the support report."""
+
+def decide(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport, list | None]:
+    """Capture ``model`` and evaluate its lifted network once (:data:`TRIAL`): the support
+    decision, the graph (None if unsupported), the support report and the lifted outputs of
+    that evaluation (None if unsupported)."""
     graph, report = record(model, example_inputs)
     if graph is None:
-        return None, report
-    _evaluate_once(graph, model, report)
-    return (graph if report.ok else None), report
+        return None, report, None
+    outputs = _evaluate_once(graph, model, report)
+    return (graph, report, outputs) if report.ok else (None, report, None)
 
 
 def _evaluate_once(graph, model, report):
     """Run the lifted network once, so that ``check_support`` and every computation share one
     decision: whatever a rule refuses (PReLU slopes outside [0, 1], ...) or cannot evaluate is
-    reported here, at capture, with its op and module."""
-    ev = NormLifting(graph, model)
+    reported here, at capture, with its op and module. Returns the lifted outputs (None if
+    refused)."""
+    ev = NormLifting(graph, model, **TRIAL)
     try:
         with torch.no_grad():
-            ev.run()
+            return ev.run()[0]
     except UnsupportedModelError as exc:
         report.unsupported.extend(exc.unsupported)
     except FloatingPointError as exc:
@@ -54,6 +60,7 @@ def _evaluate_once(graph, model, report):
         report.unsupported.append(
             (ev.node.rule_name, ev.node.module, f"the lifted network cannot evaluate this call "
                                            f"({type(exc).__name__}: {exc})"))
+    return None
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -188,24 +195,34 @@ def _refusal(model, unsupported) -> UnsupportedModelError:
 
 def capture(model: nn.Module, example_inputs) -> Graph:
     """The captured graph of ``model`` (cached), or UnsupportedModelError listing every bad op."""
+    return capture_lifted(model, example_inputs)[0]
+
+
+def capture_lifted(model: nn.Module, example_inputs, q=None, dtype=None,
+                   overrides=None) -> tuple[Graph, list | None]:
+    """:func:`capture`, with the lifted outputs of the capture's evaluation when this call
+    captured the model and ``q``, ``dtype`` and ``overrides`` are that evaluation's
+    (:data:`TRIAL`, no overrides): the pass the caller would run next, already run on the
+    same, unchanged model. None otherwise (run the pass)."""
     check_capturable(model)
     key = _cache_key(model, example_inputs)
     per_model = _CACHE.setdefault(model, {})
     if key in per_model:
-        return per_model[key]
-    graph, report = decide(model, example_inputs)
+        return per_model[key], None
+    graph, report, outputs = decide(model, example_inputs)
     if graph is None:
         raise _refusal(model, report.unsupported)
     per_model.clear()
     per_model[key] = graph
-    return graph
+    same = overrides is None and {"q": q, "dtype": dtype} == TRIAL
+    return graph, (outputs if same else None)
 
 
 def check_support(model: nn.Module, example_inputs) -> SupportReport:
     """Report every operation of ``model`` outside the path-lifting model, at once: the same
     decision as every computation (which raise :class:`UnsupportedModelError` with this list)."""
     try:
-        _, report = decide(model, example_inputs)
+        _, report, _ = decide(model, example_inputs)
     except UnsupportedModelError as exc:
         return SupportReport(unsupported=exc.unsupported)
     return report
