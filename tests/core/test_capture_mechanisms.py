@@ -257,6 +257,27 @@ def test_a_buffer_rebound_or_data_written_in_forward_is_refused_and_restored():
     refused(WritesData(), X, r"changes \['head.weight'\]")
 
 
+class WritesUnseen(Net):
+    """Writes into a parameter's memory where the recorder cannot see it (no version bump)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        with torch._C.DisableTorchFunction():
+            if self.how == "data":
+                self.head.weight.data.mul_(0.5)
+            else:
+                self.head.weight.detach().numpy()[0, 0] += 1.0
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("how", ["data", "numpy"])
+def test_a_parameter_written_with_torch_functions_disabled_is_refused_and_restored(how):
+    refused(WritesUnseen(how), X, r"changes \['head.weight'\]")
+
+
 def test_every_public_call_leaves_counters_lists_and_flags_as_they_were():
     for model in (Counter(), TrainOverride()):
         model.train()

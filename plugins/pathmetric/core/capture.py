@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from . import rules
 from .ir import Graph, Param, ParamView, function_name, references
-from .isolation import first_parameter, forward, sample_inputs
+from .isolation import changes_refused, first_parameter, forward, parameter_values, sample_inputs
 from .recorder import Recorder, storage
 from .replay import check_per_sample
 
@@ -85,16 +85,14 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
     recorder = Recorder(params, buffers, [], state, {storage(p) for p in model.parameters()})
     for x in inputs:
         recorder.add_input(x)
-    out, changed, _ = forward(model, inputs, "its forward", recorder)
+    values = parameter_values(model)
+    out, changed, _ = forward(model, inputs, "its forward", values, recorder)
     report = SupportReport(unsupported=recorder.unsupported)
     graph = _graph_of(recorder, out, inputs, report)
     if changed and report.ok:
-        report.unsupported.append(
-            ("forward", "", f"the forward changes {changed[:3]} (train-mode batch statistics, a "
-                            "buffer or parameter rebound or its .data replaced, an in-place "
-                            "update of model state); the engine restored them"))
+        report.unsupported.append(changes_refused(changed))
     elif graph is not None and report.ok:
-        problem = check_per_sample(model, graph, examples, generator, inputs, out)
+        problem = check_per_sample(model, graph, examples, generator, inputs, out, values)
         if problem:
             report.unsupported.append(problem)
     low = sorted({str(t.dtype) for t in list(model.parameters()) + list(inputs)
