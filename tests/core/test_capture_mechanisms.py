@@ -303,6 +303,7 @@ class Stateful(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(2, 2, 3, padding=1)
         self.t = torch.ones(2, 1, dtype=torch.float64)
+        self.big = torch.ones(1 << 20, dtype=torch.float64)  # 8 MiB
         self.items = [1.0]
         self.table = {"a": 1.0}
         self.np = np.float64(1.0)
@@ -312,7 +313,7 @@ class Stateful(nn.Module):
 
     def forward(self, x):
         h = F.relu(self.conv(x)) * self.t * self.items[0] * self.table["a"]
-        h = h * float(self.np) * self.factor * SCALE
+        h = h * float(self.np) * self.factor * SCALE * self.big[-1]
         return self.head(self.pool(h).flatten(1)[:, :8])
 
 
@@ -324,6 +325,7 @@ def _change_global():
 CHANGES = {
     "tensor attribute via .data": lambda m: setattr(m.t, "data", m.t.data * 10),
     "tensor attribute via .data.copy_": lambda m: m.t.data.copy_(m.t * 10),
+    "tensor attribute over 4 MiB via .data": lambda m: m.big.data.__setitem__(-1, 10.0),
     "list item": lambda m: m.items.__setitem__(0, 10.0),
     "dict item": lambda m: m.table.__setitem__("a", 10.0),
     "numpy scalar": lambda m: setattr(m, "np", np.float64(10.0)),

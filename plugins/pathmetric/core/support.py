@@ -9,6 +9,7 @@ captured anew when the model's structure changes (:func:`_cache_key`).
 from __future__ import annotations
 
 import enum
+import hashlib
 import inspect
 import weakref
 
@@ -69,24 +70,22 @@ _VALUES = (torch.dtype, torch.device, torch.memory_format, torch.layout, enum.En
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
           "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
-#: tensors held as plain attributes up to this size are keyed by value (their bytes), larger
-#: ones by identity, storage and version counter
-_TENSOR_BYTES_BY_VALUE = 1 << 22
 
 
 def _fingerprint(value, depth=0):
     """``value`` (state a forward may read) as a key that changes whenever the value does:
-    plain values as they are, containers item by item, numpy values and small tensors by their
-    bytes (a ``.data`` write bumps no version counter), callables and other objects by
+    plain values as they are, containers item by item, numpy values by their bytes, tensors by
+    the SHA-256 digest of their bytes besides identity and version (a ``.data`` write bumps no
+    version counter; the digest costs about 1 ms per MiB), callables and other objects by
     identity and their attributes."""
     kind = type(value)
     if kind in _PLAIN:
         return value
     if isinstance(value, torch._C.TensorBase):  # (the torch.Tensor check is slower)
         key = (id(value), value._version, value.data_ptr(), value.dtype, tuple(value.shape))
-        if value.numel() * value.element_size() <= _TENSOR_BYTES_BY_VALUE and not value.is_meta:
+        if not value.is_meta:
             data = value.detach().cpu().contiguous().reshape(-1)
-            key += (data.view(torch.uint8).numpy().tobytes(),)
+            key += (hashlib.sha256(data.view(torch.uint8).numpy()).digest(),)
         return key
     if depth > 4:
         return ("object", id(value))
