@@ -9,8 +9,10 @@ captured anew when the model's structure changes (:func:`_cache_key`).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import inspect
+import types
 import weakref
 
 import torch
@@ -107,49 +109,86 @@ def _fingerprint(value, depth=0):
     return ("object", id(value), _fingerprint(attributes, depth + 1) if attributes else None)
 
 
-def _attributes(module) -> tuple:
+def _attributes(module, seen: dict) -> tuple:
     """What a module's forward may read besides parameters and buffers: every attribute that is
     not the module's own bookkeeping (settings, flags, lists and dicts, tensors, numpy values,
-    an instance-level ``forward``: :func:`_fingerprint`) and its forward hooks (handle ids)."""
+    an instance-level ``forward``: :func:`_fingerprint`; what a function held as an attribute
+    reads: :func:`_reads`) and its forward hooks (handle ids)."""
     state = module.__dict__
     out = [(key, _fingerprint(value)) for key, value in state.items()
            if key not in _MODULE_INTERNALS]
+    out.extend(_reads(value, seen) for value in state.values() if type(value) is types.FunctionType)
     out.extend(tuple(state[key]) for key in _HOOKS if state.get(key))
     return tuple(out)
 
 
 def _code_state(cls, seen: dict) -> tuple:
     """For a module class defined outside torch: its class attributes along the MRO (settings,
-    methods by identity) and the globals and closure cells its ``forward`` reads, following the
-    plain functions it calls two levels deep; ``()`` for torch's own classes, whose code reads
-    only module attributes. ``seen`` caches the classes of one key."""
+    methods by identity) and what the functions among them read (:func:`_reads`: ``forward``
+    and every other method, which forward may call through ``self``); ``()`` for torch's own
+    classes, whose code reads only module attributes. ``seen`` holds the classes and functions
+    already in this key."""
     if cls in seen:
         return seen[cls]
     out: list = []
     for klass in cls.__mro__:
         if klass is nn.Module or klass.__module__.startswith("torch."):
             break
-        out.append((klass, _fingerprint({k: v for k, v in vars(klass).items()
-                                         if not (k.startswith("__") and k.endswith("__"))})))
-    if out:
-        out.append(_reads(getattr(cls, "forward", None), 2))
+        state = vars(klass)
+        out.append((klass, _fingerprint({k: v for k, v in state.items()
+                                         if not (k.startswith("__") and k.endswith("__"))}),
+                    tuple(_reads(f, seen) for f in map(_function_of, state.values()) if f)))
     seen[cls] = tuple(out)
     return seen[cls]
 
 
-def _reads(function, depth) -> tuple:
-    """The globals and closure cells ``function`` reads (names in its code), fingerprinted;
-    functions among them are followed ``depth`` levels deeper."""
+def _function_of(value):
+    """The plain function behind a class attribute (a method, static or class method, a
+    property's getter), or None."""
+    value = getattr(value, "fget", value)
+    value = getattr(value, "__func__", value)
+    return value if inspect.isfunction(value) else None
+
+
+def _own(value) -> bool:
+    """Whether ``value`` (a function or module) belongs to torch, whose code reads no model
+    state outside the module attributes."""
+    name = getattr(value, "__module__" if inspect.isfunction(value) else "__name__", None) or ""
+    return name == "torch" or name.startswith("torch.")
+
+
+def _reads(function, seen: dict) -> tuple:
+    """What ``function`` reads besides its arguments, fingerprinted: the globals named in its
+    code and in the code nested in it (inner functions, comprehensions, generator
+    expressions), ``module.NAME`` for a module among them, and its closure cells; the
+    functions among them are followed to any depth (each once per key: ``seen``), torch's own
+    excepted."""
     code = getattr(function, "__code__", None)
-    if code is None or depth < 0:
+    if code is None or function in seen:
         return ()
-    names = getattr(function, "__globals__", {})
-    cells = tuple(c.cell_contents for c in (function.__closure__ or ()) if _filled(c))
-    values = [(name, names[name]) for name in code.co_names if name in names] + list(
-        enumerate(cells))
-    return tuple((name, _fingerprint(value), _reads(value, depth - 1)
-                  if inspect.isfunction(value) else ()) for name, value in values
+    seen[function] = True
+    names = _names(code)
+    space = getattr(function, "__globals__", {})
+    values = [(name, space[name]) for name in names if name in space]
+    values += [(f"{name}.{attribute}", vars(value)[attribute]) for name, value in list(values)
+               if inspect.ismodule(value) and not _own(value)
+               for attribute in names if attribute in vars(value)]
+    values += [(k, c.cell_contents) for k, c in enumerate(function.__closure__ or ())
+               if _filled(c)]
+    return tuple((name, _fingerprint(value), _reads(value, seen)
+                  if inspect.isfunction(value) and not _own(value) else ())
+                 for name, value in values
                  if not inspect.ismodule(value) and not isinstance(value, type))
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(code) -> tuple:
+    """The global and attribute names of ``code`` and of the code objects nested in it."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_names(const))
+    return tuple(sorted(names))
 
 
 def _filled(cell) -> bool:
@@ -163,16 +202,17 @@ def _filled(cell) -> bool:
 def _cache_key(model: nn.Module, example_inputs):
     """What the captured graph depends on besides parameter and buffer values: input shapes, the
     module tree (identities, types, forward code, hooks, every attribute: :func:`_attributes`),
-    what user module classes read (class attributes, globals: :func:`_code_state`), the
+    what user module classes and their functions read (class attributes, globals, module
+    attributes, closure cells, to any call depth: :func:`_code_state`), the
     identities and shapes of parameters and buffers, and torch's global module hooks
     (``Tensor.size`` is read unbound: attribute access on a ``Parameter`` costs tens of
     microseconds)."""
     from torch.nn.modules import module as module_globals
     shapes = tuple((tuple(x.shape[1:]), x.dtype) for x in as_tuple(example_inputs))
     size = torch.Tensor.size
-    classes: dict = {}
+    seen: dict = {}   # the classes and functions already in the key
     tree = tuple(
-        (name, id(m), type(m), type(m).forward, _attributes(m), _code_state(type(m), classes),
+        (name, id(m), type(m), type(m).forward, _attributes(m, seen), _code_state(type(m), seen),
          tuple((k, id(t), size(t)) for k, t in m._parameters.items() if t is not None),
          tuple((k, id(t), size(t)) for k, t in m._buffers.items() if t is not None))
         for name, m in model.named_modules(remove_duplicate=False))
