@@ -1,7 +1,7 @@
 """Engine speed of this tree against another checkout, alternated in one session.
 
 Usage: python benchmarks/engine_speed_ab.py --baseline ../old-checkout [--rounds 4] [--threads 1]
-       [--model resnet50] [--out benchmarks/results/engine_speed_ab.md]
+       [--model resnet50] [--quick] [--out benchmarks/results/engine_speed_ab.md]
 
 On a shared machine the ratios of ``engine_speed.py`` move by 10-20 % from one session to the
 next (the float32 forward they divide by moves too). This script separates that noise from a code
@@ -9,7 +9,8 @@ change: it runs ``engine_speed.py`` alternately with the baseline's engine (``--
 root of another checkout, whose ``plugins/`` is put first on ``PYTHONPATH``) and with this tree's,
 ``--rounds`` times each, keeps each row's best time per engine and prints, per row, both times,
 their quotient and both ratios (each against its own engine's best denominator), beside the
-ratio recorded in ``benchmarks/results/engine_speed.md``.
+ratio recorded in ``benchmarks/results/engine_speed.md``. ``--quick`` passes ``--quick`` on
+(the forward and path_norm rows only, the cold one best of 5), so that more rounds fit.
 """
 import argparse
 import os
@@ -48,7 +49,8 @@ def run(tree, args, out: pathlib.Path) -> dict:
         env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(tree) / "plugins"),
                                              env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_speed.py"), "--threads",
-                    args.threads, "--model", args.model, "--out", str(out)],
+                    args.threads, "--model", args.model, "--out", str(out)]
+                   + (["--quick"] if args.quick else []),
                    check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
     return rows(out.read_text())
 
@@ -59,6 +61,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", default="1")
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--quick", action="store_true", help="engine_speed.py --quick")
     parser.add_argument("--out", default="benchmarks/results/engine_speed_ab.md")
     args = parser.parse_args()
     recorded = rows((ROOT / "benchmarks/results/engine_speed.md").read_text())
@@ -79,7 +82,8 @@ def main():
         lines.append(f"| {row} | {old[row]:.4f} | {new[row]:.4f} | {new[row] / old[row]:.2f} | "
                      f"{base:.2f}x | {ours:.2f}x | {mark:.2f}x | {100 * (ours / mark - 1):+.1f} % |")
     report = (f"# Engine speed A/B: {args.model}, {args.threads} thread(s), best of "
-              f"{args.rounds} alternated runs of engine_speed.py per engine\n\nbaseline: "
+              f"{args.rounds} alternated runs of engine_speed.py{' --quick' * args.quick} per "
+              f"engine\n\nbaseline: "
               f"`{args.baseline}`\n\n" + "\n".join(lines) + "\n")
     print(report)
     pathlib.Path(args.out).write_text(report)
