@@ -1,17 +1,22 @@
 """Engine speed on a zoo model, every ratio measured side by side in one run.
 
 Usage: python benchmarks/engine_speed.py [--model resnet50] [--size 224] [--repeat 5]
-       [--threads 1,2] [--out benchmarks/results/engine_speed.md]
+       [--threads 1,2] [--quick] [--out benchmarks/results/engine_speed.md]
 
 Times (best of --repeat, warm unless stated) against one float32 forward (and forward+backward)
 of the same model at 1x3xSxS:
 - path_norm in float64 (default) and float32, cold (first call, capture included) and warm;
+- warm path_norm of the model holding a 64 MiB plain tensor attribute (the cache key digests it);
 - the straightforward baseline: deep copy, module swaps (|w|, folded |BN|, ReLU -> identity,
   max-pool -> sum-pool), float64 forward on ones;
 - path_metric (two lifted passes) against path_norm;
 - weight_scores and layer_sensitivity over 4 bit-widths against forward+backward;
 - a SynFlow-style score (|theta| everywhere, ones input, one backward), with how its numbers
   differ from ours (max-pooling, BatchNorm).
+
+``--quick`` times the forward and the path_norm rows only, the cold one as the best of
+``--repeat`` captures anew (``forget`` before each): the capture path, for the A/B of
+``engine_speed_ab.py`` on a loaded machine.
 """
 import argparse
 import copy
@@ -93,8 +98,9 @@ def synflow_scores(model, size):
     return {n: (p * p.grad).detach() for n, p in net.named_parameters()}, float(out.detach())
 
 
-def measure(model, x, size, repeat):
-    """Rows ``(what, seconds, ratio, target ratio or None)`` of one run, and the SynFlow table."""
+def measure(model, x, size, repeat, quick=False):
+    """Rows ``(what, seconds, ratio, target ratio or None)`` of one run, and the SynFlow table
+    (only the forward and path_norm rows with ``quick``)."""
     with torch.no_grad():
         forward = best_time(lambda: model(x), repeat)
 
@@ -105,9 +111,23 @@ def measure(model, x, size, repeat):
     model.zero_grad(set_to_none=True)
 
     forget(model)
-    cold = best_time(lambda: (forget(model), pm.path_norm(model, x)), 1)
+    cold = best_time(lambda: (forget(model), pm.path_norm(model, x)), repeat if quick else 1)
     warm64 = best_time(lambda: pm.path_norm(model, x), repeat)
     warm32 = best_time(lambda: pm.path_norm(model, x, precision="float32"), repeat)
+    model.spare = torch.zeros(1 << 24)  # 64 MiB as a plain attribute: in the cache key by digest
+    spare = best_time(lambda: pm.path_norm(model, x), repeat, warmup=1)
+    del model.spare
+    rows = [
+        ("float32 forward of the model", forward, 1.0, None),
+        ("float32 forward+backward of the model", fwd_bwd, fwd_bwd / forward, None),
+        ("path_norm, float64, cold (capture included)", cold, cold / forward, 12),
+        ("path_norm, float64, warm", warm64, warm64 / forward, 4),
+        ("path_norm, float32, warm", warm32, warm32 / forward, 1.5),
+        ("path_norm, float64, warm, a 64 MiB tensor attribute on the model", spare,
+         spare / forward, None),
+    ]
+    if quick:
+        return rows, (pm.path_norm(model, x), naive_path_norm(model, size)), []
     naive = best_time(lambda: naive_path_norm(model, size), repeat)
     ours, baseline = pm.path_norm(model, x), naive_path_norm(model, size)
     other = copy.deepcopy(model)
@@ -130,12 +150,7 @@ def measure(model, x, size, repeat):
         corr = torch.corrcoef(torch.stack([a.argsort().argsort().double(),
                                            b.argsort().argsort().double()]))[0, 1]
         differences.append((name, float(a.sum()), float(b.sum()), float(corr)))
-    rows = [
-        ("float32 forward of the model", forward, 1.0, None),
-        ("float32 forward+backward of the model", fwd_bwd, fwd_bwd / forward, None),
-        ("path_norm, float64, cold (capture included)", cold, cold / forward, 12),
-        ("path_norm, float64, warm", warm64, warm64 / forward, 4),
-        ("path_norm, float32, warm", warm32, warm32 / forward, 1.5),
+    rows += [
         ("baseline: deep copy + module swaps + float64 forward", naive, naive / forward, None),
         ("path_metric, float64 (vs path_norm float64 warm)", metric, metric / warm64, 2.5),
         ("weight_scores, float64 (vs forward+backward)", scores64, scores64 / fwd_bwd, 3),
@@ -154,6 +169,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, one "
                         "table each")
+    parser.add_argument("--quick", action="store_true", help="the forward and path_norm rows "
+                        "only, cold as the best of --repeat")
     parser.add_argument("--out", default="benchmarks/results/engine_speed.md")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -163,7 +180,8 @@ def main(argv=None):
              f"torch {torch.__version__}, best of {args.repeat}", ""]
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        rows, (ours, baseline), differences = measure(model, x, args.size, args.repeat)
+        rows, (ours, baseline), differences = measure(model, x, args.size, args.repeat,
+                                                      args.quick)
         lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
                   "| what | seconds | ratio | target | met |", "|---|---:|---:|---|---|"]
         lines += [f"| {what} | {t:.4f} | {r:.2f}x | "
@@ -172,6 +190,8 @@ def main(argv=None):
                   for what, t, r, target in rows]
         lines += ["", f"path_norm = {ours:.6e}; baseline = {baseline:.6e}; relative difference "
                   f"{abs(ours - baseline) / baseline:.2e}", ""]
+    if args.quick:
+        return publish(lines, args.out)
     lines += ["SynFlow vs path mass (share of the total) on a few layers: SynFlow keeps max-pooling "
               "as max (one path per window instead of all of them) and runs BatchNorm with |gamma|, "
               "|beta| and the raw running statistics, so its total and shares differ from the "

@@ -1,7 +1,7 @@
 """Engine speed of this tree against another checkout, alternated in one session.
 
 Usage: python benchmarks/engine_speed_ab.py --baseline ../old-checkout [--rounds 4] [--threads 1]
-       [--model resnet50] [--out benchmarks/results/engine_speed_ab.md]
+       [--model resnet50] [--quick] [--out benchmarks/results/engine_speed_ab.md]
 
 On a shared machine the ratios of ``engine_speed.py`` move by 10-20 % from one session to the
 next (the float32 forward they divide by moves too). This script separates that noise from a code
@@ -9,12 +9,16 @@ change: it runs ``engine_speed.py`` alternately with the baseline's engine (``--
 root of another checkout, whose ``plugins/`` is put first on ``PYTHONPATH``) and with this tree's,
 ``--rounds`` times each, keeps each row's best time per engine and prints, per row, both times,
 their quotient and both ratios (each against its own engine's best denominator), beside the
-ratio recorded in ``benchmarks/results/engine_speed.md``.
+ratio recorded in ``benchmarks/results/engine_speed.md``; and, per engine, the median over its
+runs of each run's own ratio (numerator and denominator timed in the same process, minutes
+apart at most), which a load that comes and goes moves less than a best time. ``--quick`` passes ``--quick`` on
+(the forward and path_norm rows only, the cold one best of 5), so that more rounds fit.
 """
 import argparse
 import os
 import pathlib
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +52,8 @@ def run(tree, args, out: pathlib.Path) -> dict:
         env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(tree) / "plugins"),
                                              env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_speed.py"), "--threads",
-                    args.threads, "--model", args.model, "--out", str(out)],
+                    args.threads, "--model", args.model, "--out", str(out)]
+                   + (["--quick"] if args.quick else []),
                    check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
     return rows(out.read_text())
 
@@ -59,6 +64,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", default="1")
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--quick", action="store_true", help="engine_speed.py --quick")
     parser.add_argument("--out", default="benchmarks/results/engine_speed_ab.md")
     args = parser.parse_args()
     recorded = rows((ROOT / "benchmarks/results/engine_speed.md").read_text())
@@ -70,16 +76,22 @@ def main():
                 runs[name].append(run(tree, args, pathlib.Path(tmp) / f"{name}{k}.md"))
     best = {name: {row: min(r[row] for r in found) for row in found[0]}
             for name, found in runs.items()}
+    median = {name: {row: statistics.median(r[row] / r[denominator(row)] for r in found)
+                     for row in found[0]} for name, found in runs.items()}
     old, new = best["baseline"], best["this tree"]
     lines = ["| what | baseline s | this tree s | this/baseline | baseline ratio | this ratio | "
-             "recorded ratio | this vs recorded |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "median run ratio, baseline / this | this/baseline (medians) | recorded ratio | "
+             "this vs recorded |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in old:
         base, ours = old[row] / old[denominator(row)], new[row] / new[denominator(row)]
+        mid = median["baseline"][row], median["this tree"][row]
         mark = recorded[row] / recorded[denominator(row)] if row in recorded else float("nan")
         lines.append(f"| {row} | {old[row]:.4f} | {new[row]:.4f} | {new[row] / old[row]:.2f} | "
-                     f"{base:.2f}x | {ours:.2f}x | {mark:.2f}x | {100 * (ours / mark - 1):+.1f} % |")
+                     f"{base:.2f}x | {ours:.2f}x | {mid[0]:.2f}x / {mid[1]:.2f}x | "
+                     f"{mid[1] / mid[0]:.2f} | {mark:.2f}x | {100 * (ours / mark - 1):+.1f} % |")
     report = (f"# Engine speed A/B: {args.model}, {args.threads} thread(s), best of "
-              f"{args.rounds} alternated runs of engine_speed.py per engine\n\nbaseline: "
+              f"{args.rounds} alternated runs of engine_speed.py{' --quick' * args.quick} per "
+              f"engine\n\nbaseline: "
               f"`{args.baseline}`\n\n" + "\n".join(lines) + "\n")
     print(report)
     pathlib.Path(args.out).write_text(report)

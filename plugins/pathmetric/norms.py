@@ -8,7 +8,7 @@ import torch
 from .core.algebras import NormLifting, total_of
 from .core.interpreter import precision_dtype
 from .core.ir import Inputs
-from .core.support import capture
+from .core.support import capture_lifted
 
 
 def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=None):
@@ -19,10 +19,12 @@ def lifted_mass(model, example_inputs, q=1.0, precision="float64", overrides=Non
         raise ValueError("q = inf (the largest path product, max over paths of |Phi_p|) needs a "
                          "max-product pass that is not implemented; use a large finite q (the "
                          "L_q path-norm tends to it as q grows)")
-    graph = capture(model, example_inputs)
-    ev = NormLifting(graph, model, q=q, dtype=precision_dtype(precision), overrides=overrides)
-    with torch.no_grad():
-        outputs, _ = ev.run()
+    dtype = precision_dtype(precision)
+    graph, outputs = capture_lifted(model, example_inputs, q, dtype, overrides)
+    if outputs is None:  # (else a cold capture's own evaluation was this pass)
+        ev = NormLifting(graph, model, q=q, dtype=dtype, overrides=overrides)
+        with torch.no_grad():
+            outputs, _ = ev.run()
     return total_of(outputs)
 
 

@@ -7,6 +7,7 @@ checks that the model is left bit for bit as it was (``conftest.model_state``).
 import copy
 import random
 import re
+import types
 
 import numpy as np
 import pytest
@@ -272,6 +273,27 @@ def test_a_buffer_rebound_or_data_written_in_forward_is_refused_and_restored():
     refused(WritesData(), X, r"changes \['head.weight'\]")
 
 
+class WritesUnseen(Net):
+    """Writes into a parameter's memory where the recorder cannot see it (no version bump)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        with torch._C.DisableTorchFunction():
+            if self.how == "data":
+                self.head.weight.data.mul_(0.5)
+            else:
+                self.head.weight.detach().numpy()[0, 0] += 1.0
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("how", ["data", "numpy"])
+def test_a_parameter_written_with_torch_functions_disabled_is_refused_and_restored(how):
+    refused(WritesUnseen(how), X, r"changes \['head.weight'\]")
+
+
 def test_every_public_call_leaves_counters_lists_and_flags_as_they_were():
     for model in (Counter(), TrainOverride()):
         model.train()
@@ -288,6 +310,31 @@ def test_every_public_call_leaves_counters_lists_and_flags_as_they_were():
 # ---------------------------------------------------------------- item 5: state the cache sees
 
 SCALE = 1.0
+DEEP = 1.0
+METHOD = 1.0
+NESTED = 1.0
+HELD = 1.0
+CONFIG = types.ModuleType("config")   # read as config.FACTOR, a module attribute
+CONFIG.FACTOR = 1.0
+ELSEWHERE = types.ModuleType("elsewhere")   # a helper imported from another module
+exec("FACTOR = 1.0\ndef scaled(h):\n    return h * FACTOR\n", ELSEWHERE.__dict__)
+scaled = ELSEWHERE.scaled
+
+
+def _one(h):
+    return _two(h)
+
+
+def _two(h):
+    return scaled(_three(h))
+
+
+def _three(h):
+    return h * DEEP   # a global read three calls below forward
+
+
+def _held(h):
+    return h * HELD   # a global read by a function held as a module attribute
 
 
 class Stateful(nn.Module):
@@ -297,6 +344,8 @@ class Stateful(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(2, 2, 3, padding=1)
         self.t = torch.ones(2, 1, dtype=torch.float64)
+        self.big = torch.ones(1 << 20, dtype=torch.float64)  # 8 MiB
+        self.held = _held
         self.items = [1.0]
         self.table = {"a": 1.0}
         self.np = np.float64(1.0)
@@ -306,23 +355,38 @@ class Stateful(nn.Module):
 
     def forward(self, x):
         h = F.relu(self.conv(x)) * self.t * self.items[0] * self.table["a"]
-        h = h * float(self.np) * self.factor * SCALE
+        h = h * float(self.np) * self.factor * SCALE * self.big[-1]
+        h = self.held(_one(h)) * self.from_method() * CONFIG.FACTOR
+
+        def nested(v):
+            return v * NESTED
+        h = sum(nested(v) for v in (h,))
         return self.head(self.pool(h).flatten(1)[:, :8])
 
+    def from_method(self):
+        return METHOD
 
-def _change_global():
-    global SCALE
-    SCALE = 10.0
+
+def _change_global(name="SCALE"):
+    globals()[name] = 10.0
 
 
 CHANGES = {
     "tensor attribute via .data": lambda m: setattr(m.t, "data", m.t.data * 10),
     "tensor attribute via .data.copy_": lambda m: m.t.data.copy_(m.t * 10),
+    "tensor attribute over 4 MiB via .data": lambda m: m.big.data.__setitem__(-1, 10.0),
     "list item": lambda m: m.items.__setitem__(0, 10.0),
     "dict item": lambda m: m.table.__setitem__("a", 10.0),
     "numpy scalar": lambda m: setattr(m, "np", np.float64(10.0)),
     "class attribute": lambda m: setattr(Stateful, "factor", 10.0),
     "global": lambda m: _change_global(),
+    "global three calls deep": lambda m: _change_global("DEEP"),
+    "global read by another method": lambda m: _change_global("METHOD"),
+    "global read in a nested function": lambda m: _change_global("NESTED"),
+    "global read by a function held as an attribute": lambda m: _change_global("HELD"),
+    "module attribute": lambda m: setattr(CONFIG, "FACTOR", 10.0),
+    "global of a function imported from another module": lambda m: ELSEWHERE.__dict__.__setitem__(
+        "FACTOR", 10.0),
     "output_size list item": lambda m: m.pool.output_size.__setitem__(0, 8),
 }
 
@@ -330,7 +394,10 @@ CHANGES = {
 @pytest.mark.parametrize("case", sorted(CHANGES))
 def test_the_cache_sees_state_outside_parameters(case, monkeypatch):
     monkeypatch.setattr(Stateful, "factor", 1.0)
-    monkeypatch.setitem(globals(), "SCALE", 1.0)
+    for name in ("SCALE", "DEEP", "METHOD", "NESTED", "HELD"):
+        monkeypatch.setitem(globals(), name, 1.0)
+    monkeypatch.setattr(CONFIG, "FACTOR", 1.0)
+    monkeypatch.setitem(ELSEWHERE.__dict__, "FACTOR", 1.0)
     model = Stateful()
     old = pm.path_norm(model, X)
     CHANGES[case](model)

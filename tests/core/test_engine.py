@@ -485,3 +485,19 @@ def test_a_rule_that_leaves_a_sum_uncounted_fails_at_once(call):
         assert info.value.unsupported[0][0] == "uncounted"
     finally:
         rules.unregister("uncounted")
+
+
+def test_a_cold_path_norm_runs_the_lifted_pass_once(monkeypatch):
+    """The capture's one evaluation of the lifted network (the support decision) is the default
+    path-norm pass: a cold ``path_norm`` uses its outputs instead of running it again, and gives
+    the warm call's number; any other pass (another q, precision) runs its own."""
+    model = torchvision.models.resnet18(weights=None).eval()
+    runs = []
+    original = NormLifting.run
+    monkeypatch.setattr(NormLifting, "run", lambda self, *a: runs.append(self.q) or original(self, *a))
+    cold = pm.path_norm(model, X64)
+    assert runs == [1.0]
+    assert pm.path_norm(model, X64) == cold and runs == [1.0, 1.0]
+    capture_module.forget(model)
+    pm.path_norm(model, X64, q=2)
+    assert runs == [1.0, 1.0, 1.0, 2.0]

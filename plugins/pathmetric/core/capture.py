@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from . import rules
 from .ir import Graph, Param, ParamView, function_name, references
-from .isolation import first_parameter, forward, sample_inputs
+from .isolation import changes_refused, first_parameter, forward, parameter_values, sample_inputs
 from .recorder import Recorder, storage
 from .replay import check_per_sample
 
@@ -56,6 +56,13 @@ def check_capturable(model):
                 "(model.to_empty(device=...) and load_state_dict)")
 
 
+def all_finite(tensor) -> bool:
+    """Whether every entry of ``tensor`` is finite. One reduction decides it when the sum is
+    finite (an infinite or NaN entry makes the sum infinite or NaN); a sum that overflows is
+    decided entry by entry."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
     """Record ``model``; return the graph (None if unsupported) and the support report.
 
@@ -67,7 +74,7 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
     check_capturable(model)
     examples = as_tuple(example_inputs)
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not all_finite(tensor):
             raise ValueError(f"'{name}' holds NaN or infinite values")
     generator = torch.Generator().manual_seed(0)
     inputs = sample_inputs(examples, generator, first_parameter(model))
@@ -78,16 +85,14 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
     recorder = Recorder(params, buffers, [], state, {storage(p) for p in model.parameters()})
     for x in inputs:
         recorder.add_input(x)
-    out, changed, _ = forward(model, inputs, "its forward", recorder)
+    values = parameter_values(model)
+    out, changed, _ = forward(model, inputs, "its forward", values, recorder)
     report = SupportReport(unsupported=recorder.unsupported)
     graph = _graph_of(recorder, out, inputs, report)
     if changed and report.ok:
-        report.unsupported.append(
-            ("forward", "", f"the forward changes {changed[:3]} (train-mode batch statistics, a "
-                            "buffer or parameter rebound or its .data replaced, an in-place "
-                            "update of model state); the engine restored them"))
+        report.unsupported.append(changes_refused(changed))
     elif graph is not None and report.ok:
-        problem = check_per_sample(model, graph, examples, generator, inputs, out)
+        problem = check_per_sample(model, graph, examples, generator, inputs, out, values)
         if problem:
             report.unsupported.append(problem)
     low = sorted({str(t.dtype) for t in list(model.parameters()) + list(inputs)

@@ -72,10 +72,10 @@ class RandomDraws:
 
 
 @contextlib.contextmanager
-def eval_mode_with_paths(model: nn.Module, paths: list):
+def eval_mode_with_paths(model: nn.Module, paths: list | None):
     """Eval mode (the ``training`` flags set directly: a user ``train()`` override is not run)
-    and a module-path stack for the duration; the hooks are removed afterwards (the flags are
-    restored by :func:`model_untouched`)."""
+    and, unless ``paths`` is None, a module-path stack for the duration; the hooks are removed
+    afterwards (the flags are restored by :func:`model_untouched`)."""
     handles = []
     seen = set()
     for name, module in model.named_modules():
@@ -83,6 +83,8 @@ def eval_mode_with_paths(model: nn.Module, paths: list):
             continue
         seen.add(id(module))
         module.training = False
+        if paths is None:
+            continue
         entry = (name, type(module).__name__)
         handles.append(module.register_forward_pre_hook(
             lambda _m, _a, entry=entry: paths.append(entry)))
@@ -113,15 +115,24 @@ def _put_back(container, items):
         container.update(items)
 
 
+def parameter_values(model) -> dict:
+    """A copy of every parameter's values (name -> tensor): what :func:`model_untouched`
+    compares the parameters with after a run (taken once for the runs of one capture)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 @contextlib.contextmanager
-def model_untouched(model):
+def model_untouched(model, values=None):
     """Leave ``model`` exactly as it was: every module's ``__dict__`` (plain attributes, flags,
     the parameter, buffer, submodule and hook dicts, and the items of other lists, dicts and
     sets it holds: forward may rebind or append to them), every parameter's ``data``,
-    ``requires_grad`` and ``grad``, and buffer values bit for bit (train-mode batch statistics
-    write into them inside the op). Yields a list that then names the parameters and buffers
-    that forward rebound or wrote into: a refusal, as the function analysed would not be the
-    model's (writes into parameters through the recorder already went to copies)."""
+    ``requires_grad`` and ``grad``, parameter values equal to ``values`` (their copy,
+    :func:`parameter_values`, if given: a write the recorder cannot see, into ``p.data`` under
+    ``torch._C.DisableTorchFunction`` or through numpy, bumps no version counter), and buffer
+    values bit for bit (train-mode batch statistics write into them inside the op). Yields a
+    list that then names the parameters and buffers that forward rebound or wrote into: a
+    refusal, as the function analysed would not be the model's (writes into parameters through
+    the recorder already went to copies)."""
     modules = []
     for module in model.modules():
         state = dict(module.__dict__)
@@ -151,6 +162,9 @@ def model_untouched(model):
                     changed.append(name)
                 elif p._version != version:
                     changed.append(name)
+                elif values is not None and not torch.equal(p.data, values[name]):
+                    p.data.copy_(values[name])
+                    changed.append(name)
                 if p.requires_grad != requires_grad:
                     p.requires_grad_(requires_grad)
                 if p.grad is not grad:
@@ -164,13 +178,14 @@ def model_untouched(model):
                     changed.append(name)
 
 
-def forward(model, inputs, what, recorder=None):
+def forward(model, inputs, what, values, recorder=None):
     """``model(*inputs)`` in eval mode without gradients, the model left as it was
-    (:func:`model_untouched`) and the random generators too; returns the output, the names of
-    the parameters and buffers forward changed and why it draws random numbers (or None)."""
-    paths = recorder.paths if recorder is not None else []
+    (:func:`model_untouched`, its parameters compared with their copy ``values``) and the random
+    generators too; returns the output, the names of the parameters and buffers forward changed
+    and why it draws random numbers (or None)."""
+    paths = recorder.paths if recorder is not None else None
     draws = recorder.random if recorder is not None else RandomDraws()
-    with model_untouched(model) as changed:
+    with model_untouched(model, values) as changed:
         try:
             with eval_mode_with_paths(model, paths), recorder or contextlib.nullcontext():
                 out = _called(model, inputs, what)
@@ -178,6 +193,13 @@ def forward(model, inputs, what, recorder=None):
             drew = (draws.drawn_by((), {}) if recorder is None else None)
             draws.restore()
     return out, changed, drew
+
+
+def changes_refused(changed) -> tuple:
+    """The refusal of a forward that changed the parameters or buffers ``changed``."""
+    return ("forward", "", f"the forward changes {changed[:3]} (train-mode batch statistics, a "
+                           "buffer or parameter rebound, written or its .data replaced, an "
+                           "in-place update of model state); the engine restored them")
 
 
 def sample_inputs(examples, generator, like=None):

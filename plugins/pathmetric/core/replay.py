@@ -10,7 +10,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import ModelCaptureError
 from .ir import Graph, Value
-from .isolation import first_parameter, forward, sample_inputs
+from .isolation import changes_refused, first_parameter, forward, sample_inputs
 
 
 def replay(graph: Graph, model: nn.Module, inputs):
@@ -55,7 +55,7 @@ def output_tensors(out) -> list:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def check_per_sample(model, graph, examples, generator, first, first_out):
+def check_per_sample(model, graph, examples, generator, first, first_out, values):
     """Why the graph may not stand for the model, or None. The model runs on a batch of the
     capture sample ``first`` and two new samples: each output must keep the batch dimension,
     row 0 must be the capture's output (the model treats samples independently: no reduction,
@@ -63,19 +63,22 @@ def check_per_sample(model, graph, examples, generator, first, first_out):
     a flip is the identity on two, and a permutation of three rows that fixes two is the
     identity) and row 1 the graph's replay on its sample (nothing escaped capture: a value
     computed outside torch or with torch functions disabled, input-dependent control flow). The
-    run must not draw random numbers either. A model that cannot run on a batch
+    run must not draw random numbers or change the model (its parameters compared with their
+    copy ``values``) either. A model that cannot run on a batch
     (``x.view(1, -1)``) is checked on one new sample alone."""
     others = [sample_inputs(examples, generator, first_parameter(model)) for _ in range(2)]
     batch = [torch.cat(rows) for rows in zip(first, *others)]
     alone = output_tensors(first_out)
     try:
-        out, _, drew = forward(model, batch, "a batch of three samples")
+        out, changed, drew = forward(model, batch, "a batch of three samples", values)
         rows = [[t[k:k + 1] for t in output_tensors(out)] for k in range(3)] if all(
             t.dim() > 0 and t.shape[0] == 3 for t in output_tensors(out)) else None
     except ModelCaptureError:  # a model written for one sample at a time (x.view(1, -1))
-        out, _, drew = forward(model, others[0], "its forward on a second input")
+        out, changed, drew = forward(model, others[0], "its forward on a second input", values)
         rows = [None, output_tensors(out)]
         others = others[:1]
+    if changed:
+        return changes_refused(changed)
     if drew:
         return ("forward", "", drew)
     if rows is None or rows[0] is not None and (len(rows[0]) != len(alone) or not all(
@@ -97,7 +100,7 @@ def check_per_sample(model, graph, examples, generator, first, first_out):
             got = replay(graph, model, [x.clone() for x in inputs])
         if len(got) != len(expected) or not all(close(e, g) for e, g in zip(expected, got)):
             single = None if rows[0] is None else output_tensors(
-                forward(model, inputs, "a sample alone")[0])  # which of the two went wrong
+                forward(model, inputs, "a sample alone", values)[0])  # which went wrong
             if single is not None and not all(close(e, t) for e, t in zip(expected, single)):
                 return ("batch dimension", "", "a sample's output changes when other samples "
                                                "are in the batch: an op mixes samples across "
