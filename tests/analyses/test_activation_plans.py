@@ -189,3 +189,23 @@ def test_bad_activation_bits_get_clear_errors(data):
         plan = pm.certify_plan(model, calibration, {"fc1": 8}, act_bits=8)
         pm.layer_sensitivity(plan.deployed(model, calibration), calibration, bits=(8,),
                              act_bits=(8,))
+
+
+def test_quant_plan_command_with_act_bits_is_the_library_plan(data, capsys, tmp_path):
+    import json
+
+    from pathmetric.app.cli import main
+    model, calibration, _, _, _ = data
+    torch.save(calibration, tmp_path / "calibration.pt")
+    argv = ["quant-plan", "digits", "--avg-bits", "6", "--bits", "4,8", "--act-bits", "8",
+            "--calibration", str(tmp_path / "calibration.pt"), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    plan = pm.mixed_precision_plan(model, calibration, bits=(4, 8), avg_bits=6, act_bits=8)
+    assert out["bits"] == plan.bits and out["act_bits"] == dict.fromkeys(LAYERS, 8)
+    assert out["activation_bound"] == pytest.approx(plan.activation_bound, rel=1e-12)
+    assert out["saturated"] == plan.saturated_count
+    assert out["calibration_samples"] == len(calibration)
+    assert out["act_grids"]["fc1"] == plan.act_grids["fc1"]._asdict()
+    assert main(["quant-plan", "torchvision:resnet18", "--avg-bits", "4", "--act-bits", "8"]) == 2
+    assert "--act-bits needs --calibration" in capsys.readouterr().err
