@@ -156,12 +156,12 @@ def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
             value = _moved_mass(w, quantize(b), grad)
             out[layer, b] = round_up(to_float(value, masses.exponent), error)
     del masses
+    ranges = _act_ranges(model, example_inputs, list(weights)) if act_bits else {}
     for a in sorted(set(int(a) for a in act_bits)):
-        grids = _act_grids(model, example_inputs, dict.fromkeys(weights, a))
-        if grids:
-            report = deployment_report(model, fake_quantized(model, {}, grids), example_inputs)
-            for layer, term in _layer_terms(grids, report).items():
-                out.activations[layer, a] = term
+        grids = {layer: activation_grid(*ranges[layer], a) for layer in ranges}
+        report = deployment_report(model, fake_quantized(model, {}, grids), example_inputs)
+        for layer, term in _layer_terms(grids, report).items():
+            out.activations[layer, a] = term
     return out
 
 
@@ -218,6 +218,7 @@ class Plan:
     activation_bound`` (:meth:`bound`) on every ``x`` on which no point saturates; a sample that
     saturates a point is not certified (``report.saturated``, ``saturated_count``; for other
     inputs, ``pm.deployment_report(model, plan.deployed(model, x), x)`` says which).
+    ``weight_options``: the weight quantizer's scheme, granularity and group size.
     """
     bits: dict
     certified_bound: float
@@ -229,7 +230,8 @@ class Plan:
     activation_bound: float = 0.0
     activation_terms: dict = field(default_factory=dict, repr=False)
     report: DeploymentReport | None = field(default=None, repr=False)
-    weight_options: dict = field(default_factory=dict, repr=False)
+    weight_options: dict = field(default_factory=lambda: {
+        "scheme": "symmetric", "granularity": "per_channel", "group_size": None}, repr=False)
 
     @property
     def saturated_count(self) -> int:
@@ -247,10 +249,9 @@ class Plan:
         """The model the plan produces: a copy of ``model`` with every planned layer's weight
         quantized at its bit-width and, with activation bits, the input of each ``act_bits``
         layer fake-quantized on its grid (``torch.fake_quantize_per_tensor_affine``)."""
-        options = self.weight_options or {"scheme": "symmetric", "granularity": "per_channel",
-                                          "group_size": None}
         weights = layer_weights(model, example_inputs, list(self.bits))
-        return fake_quantized(model, _quantized(weights, self.bits, options), self.act_grids)
+        return fake_quantized(model, _quantized(weights, self.bits, self.weight_options),
+                              self.act_grids)
 
     def __str__(self):
         width = max(len(layer) for layer in self.bits)
@@ -434,12 +435,18 @@ def _act_grids(model, example_inputs, act_plan: dict) -> dict:
     """``{layer: ActivationGrid}`` calibrated on the batch, in the order the layers run."""
     if not act_plan:
         return {}
+    ranges = _act_ranges(model, example_inputs, list(act_plan))
+    return {layer: activation_grid(*ranges[layer], act_plan[layer]) for layer in ranges}
+
+
+def _act_ranges(model, example_inputs, layers) -> dict:
+    """``{layer: (min, max)}`` of the layers' inputs on the calibration batch, for a float model
+    (one without quantization points of its own)."""
     if has_quantization_points(model, example_inputs):
         raise ValueError("the model quantizes activations itself (it has quantization points in "
                          "its forward): activation bits are for the float model; certify a "
                          "deployed model with pm.deployment_report(float_model, deployed, x)")
-    ranges = layer_input_ranges(model, example_inputs, list(act_plan))
-    return {layer: activation_grid(*ranges[layer], act_plan[layer]) for layer in ranges}
+    return layer_input_ranges(model, example_inputs, layers)
 
 
 def _act_bits(model, example_inputs, act_bits, planned) -> dict:
