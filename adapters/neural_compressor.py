@@ -387,8 +387,10 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None, ca
     - ``"bound_per_saved_bit"``: increasing ``bound / (32 - bits)``, the certified error per bit
       saved per weight (configs that save nothing last).
 
-    Configs without a certificate (AutoRound, GPTQ, AWQ, HQQ, ...) are tried after the
-    certified ones, in config-set (INC's) order, with one warning naming them.
+    Configs without a certificate (AutoRound, GPTQ, AWQ, HQQ, ...; a static config with layers
+    in fp16/bf16, whose casts in the converted graph the deployed certificate does not cover
+    yet) are tried after the certified ones, in config-set (INC's) order, with one warning
+    naming them (and why, for a static config).
     """
     _check_eager(model)
     if order not in SAMPLER_ORDERS:
@@ -406,18 +408,24 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None, ca
     data = example_inputs if calibration is None else calibration
 
     def certificate(c):
+        """``((bound, log bound) or (None, None), report or None, why there is none or None)``."""
         if isinstance(c, _STATIC):
+            half = sorted(name for name, layer in _pt2e_layer_configs(model, c).items()
+                          if layer.w_dtype in _HALF)
+            if half:
+                return (None, None), None, (f"layers {half} run in fp16/bf16, whose casts in "
+                                            "the converted graph are not certified yet")
             report = static_deployment_report(model, c, data)
-            return _static_bound_with_log(report, data), report
+            return _static_bound_with_log(report, data), report, None
         return (quantization_bound_with_log(model, example_inputs, c) if _certified(c)
-                else (None, None)), None
+                else (None, None)), None, None
 
     class PathMetricSampler(Sampler):
         def __init__(self, config_source):
             configs = [config_source[i] for i in range(len(config_source))]
             results = [certificate(c) for c in configs]
-            pairs = [pair for pair, _ in results]
-            self.reports = [report for _, report in results]
+            pairs = [pair for pair, _, _ in results]
+            self.reports = [report for _, report, _ in results]
             self.bounds = [bound for bound, _ in pairs]
             self.log_bounds = [log_bound for _, log_bound in pairs]
             self.bits = [storage_bits(model, c) for c in configs]
@@ -425,8 +433,10 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None, ca
             others = [i for i, b in enumerate(self.bounds) if b is None]
             if others:
                 warnings.warn("path_metric_sampler: no certificate for " + ", ".join(
-                    f"#{i} {type(configs[i]).__name__}" for i in others) + "; they are tried "
-                    "after the certified configs, in the config set's order", stacklevel=2)
+                    f"#{i} {type(configs[i]).__name__}"
+                    + (f" ({results[i][2]})" if results[i][2] else "")
+                    for i in others) + "; they are tried after the certified configs, in the "
+                    "config set's order", stacklevel=2)
             self.order = sorted(certified, key=lambda i: key(self.bounds[i], self.log_bounds[i],
                                                          self.bits[i])) \
                 + others

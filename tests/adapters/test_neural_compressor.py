@@ -454,3 +454,16 @@ def test_sampler_ranks_static_configs_by_the_full_certificate(data):
     # calibrated on other digits, the ranking's certificate is that of the other calibration
     other = path_metric_sampler(model, data[2][:4], calibration=calibration)(configs[:2])
     assert other.bounds == pytest.approx(full[:2], rel=1e-9)
+
+
+def test_sampler_tries_half_precision_static_configs_after_the_certified_ones(data):
+    """A static config with layers in fp16/bf16 has no full certificate yet (the casts of the
+    converted graph are not covered): the sampler says so and tries it last."""
+    model = pretrained(data).eval()
+    half = INT8StaticQuantConfig().set_local(
+        nn.Linear, INT8StaticQuantConfig(w_dtype="fp16", act_dtype="fp16"))
+    with pytest.warns(UserWarning, match=r"#0 INT8StaticQuantConfig \(layers \['fc1', 'fc2'\] "
+                                         "run in fp16/bf16"):
+        sampler = path_metric_sampler(model, data[0][:32])([half, INT8StaticQuantConfig()])
+    assert list(sampler) == [1, 0] and sampler.bounds[0] is None and sampler.reports[0] is None
+    assert sampler.bounds[1] > 0
