@@ -209,3 +209,24 @@ def test_quant_plan_command_with_act_bits_is_the_library_plan(data, capsys, tmp_
     assert out["act_grids"]["fc1"] == plan.act_grids["fc1"]._asdict()
     assert main(["quant-plan", "torchvision:resnet18", "--avg-bits", "4", "--act-bits", "8"]) == 2
     assert "--act-bits needs --calibration" in capsys.readouterr().err
+
+
+def test_residual_plan_whose_points_share_a_tensor_holds():
+    """torchvision resnet18 at 32x32 (random weights): layer2.0's conv1 and its downsample conv
+    read the same tensor, so the plan has one point per reader; the bound holds on the
+    calibration batch and on 200 fresh inputs, and equals the deployment report's."""
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    calibration = torch.randn(32, 3, 32, 32)
+    shared = {"layer2.0.conv1": 4, "layer2.0.downsample.0": 4, "fc": 8}
+    plan = pm.certify_plan(model, calibration, shared, act_bits=8)
+    assert list(plan.activation_terms) == ["layer2.0.conv1", "layer2.0.downsample.0", "fc"]
+    deployed = plan.deployed(model, calibration)
+    x = torch.cat([calibration, 0.5 * torch.randn(200, 3, 32, 32)])
+    report = pm.deployment_report(model, deployed, x)
+    assert report.activation_term == pytest.approx(plan.activation_bound, rel=1e-12)
+    assert report.weight_term == pytest.approx(plan.certified_bound, rel=1e-9)
+    gap, certified = _gap(model, deployed, x), ~report.saturated
+    assert int(certified.sum()) >= 200
+    assert bool((gap[certified] <= report.bound[certified]).all())
