@@ -129,7 +129,8 @@ def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
                       bits: Sequence[int] = (2, 3, 4, 8), scheme: str = "symmetric",
                       granularity: str = "per_channel", group_size: int | None = None,
                       layers: Sequence[str] | None = None,
-                      precision: str = "float64", act_bits: Sequence[int] = ()) -> Sensitivity:
+                      precision: str = "float64", act_bits: Sequence[int] = (),
+                      act_ranges: Mapping[str, tuple] | None = None) -> Sensitivity:
     """Certified path-metric of quantizing each layer's weights alone at each bit-width, and
     with ``act_bits`` the activation term of quantizing each layer's input alone.
 
@@ -144,6 +145,8 @@ def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
     term ``sum_v (s_v / 2) G(v)`` in the float weights, rounded up: the activation term of
     ``pm.deployment_report`` on the model with that point alone fake-quantized (one report per
     bit-width gives every layer's, as a point's term does not depend on the others').
+    ``act_ranges={layer: (min, max)}`` gives the ranges instead (an observer's ``min_val`` /
+    ``max_val`` of a prepared model, say), for every layer.
     """
     weights = layer_weights(model, example_inputs, layers)
     masses = PathMasses(model, example_inputs, precision, gradients_only=True)
@@ -156,7 +159,7 @@ def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
             value = _moved_mass(w, quantize(b), grad)
             out[layer, b] = round_up(to_float(value, masses.exponent), error)
     del masses
-    ranges = _act_ranges(model, example_inputs, list(weights)) if act_bits else {}
+    ranges = _act_ranges(model, example_inputs, list(weights), act_ranges) if act_bits else {}
     for a in sorted(set(int(a) for a in act_bits)):
         grids = {layer: activation_grid(*ranges[layer], a) for layer in ranges}
         report = deployment_report(model, fake_quantized(model, {}, grids), example_inputs)
@@ -320,7 +323,8 @@ def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
                          size_bits: float | None = None, scheme: str = "symmetric",
                          granularity: str = "per_channel", group_size: int | None = None,
                          layers: Sequence[str] | None = None, precision: str = "float64",
-                         act_bits: int | Mapping[str, int | None] | None = None) -> Plan:
+                         act_bits: int | Mapping[str, int | None] | None = None,
+                         act_ranges: Mapping[str, tuple] | None = None) -> Plan:
     """Per-layer bit-widths minimising the certified additive bound under a size budget.
 
     Budget: ``sum_l n_l * b_l <= avg_bits * sum_l n_l`` (or ``<= size_bits``), ``n_l`` the
@@ -335,7 +339,9 @@ def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
     conv/linear module's input, the model input included for the first layer), a dict
     ``{layer: bits or None}`` at the inputs of the layers it names (any conv/linear module of the
     model). ``example_inputs`` is then the calibration batch: each point's unsigned per-tensor
-    grid is calibrated on it like ``MinMaxObserver`` (:func:`pathmetric.quantize.activation_grid`).
+    grid is calibrated on it like ``MinMaxObserver`` (:func:`pathmetric.quantize.activation_grid`),
+    or on ``act_ranges={layer: (min, max)}`` where given (an observer's ``min_val`` /
+    ``max_val``, say; then for every point).
     Activation bits are given, not searched; the weight bits are chosen as above, and each
     candidate plan is certified by ``pm.deployment_report`` on the model it produces, the one
     with the lower ``max(||x||_inf, 1) * d + activation term`` at the batch's largest sup-norm
@@ -344,7 +350,7 @@ def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
     weights = layer_weights(model, example_inputs, layers)
     bits = sorted(set(int(b) for b in bits))
     act_plan = _act_bits(model, example_inputs, act_bits, list(weights))
-    grids = _act_grids(model, example_inputs, act_plan)
+    grids = _act_grids(model, example_inputs, act_plan, act_ranges)
     sup = float(sup_norms(as_tuple(example_inputs)).clamp(min=1.0).max())
 
     upper = _Upper({name: (w, dim) for name, w, dim in weights.values()}, bits,
@@ -386,21 +392,23 @@ def mixed_precision_plan(model: torch.nn.Module, example_inputs: Inputs,
 
 def certify_plan(model: torch.nn.Module, example_inputs: Inputs, bits: Mapping[str, int],
                  act_bits: int | Mapping[str, int | None] | None = None,
-                 scheme: str = "symmetric", granularity: str = "per_channel",
-                 group_size: int | None = None, precision: str = "float64") -> Plan:
+                 act_ranges: Mapping[str, tuple] | None = None, scheme: str = "symmetric",
+                 granularity: str = "per_channel", group_size: int | None = None,
+                 precision: str = "float64") -> Plan:
     """The certificate of a given assignment, e.g. "W4A8 except these layers":
     ``bits={layer: weight bits}`` (layers left out keep float weights) and ``act_bits`` as in
     :func:`mixed_precision_plan` (an int: a point at the input of every layer of ``bits``;
-    ``example_inputs`` is the calibration batch). The plan's ``certified_bound`` is the two-pass
-    path-metric of its weights, ``activation_bound`` and ``report`` come from
-    ``pm.deployment_report`` on the model the plan produces (:meth:`Plan.deployed`);
-    ``additive_bound`` is nan (no knapsack ran)."""
+    ``example_inputs`` is the calibration batch, or ``act_ranges`` gives the ranges). The plan's
+    ``certified_bound`` is the two-pass path-metric of its weights, ``activation_bound`` and
+    ``report`` come from ``pm.deployment_report`` on the model the plan produces
+    (:meth:`Plan.deployed`); ``additive_bound`` is nan (no knapsack ran)."""
     weights = layer_weights(model, example_inputs, list(bits))
     plan = {layer: int(bits[layer]) for layer in weights}
     act_plan = _act_bits(model, example_inputs, act_bits, list(plan))
     options = {"scheme": scheme, "granularity": granularity, "group_size": group_size}
     return _certified(model, example_inputs, weights, plan, act_plan,
-                      _act_grids(model, example_inputs, act_plan), options, precision)
+                      _act_grids(model, example_inputs, act_plan, act_ranges), options,
+                      precision)
 
 
 def _certified(model, example_inputs, weights, plan, act_plan, grids, options,
@@ -431,22 +439,30 @@ def _quantized(weights: dict, plan: dict, options: dict) -> dict:
                                          weights[layer][2])(b) for layer, b in plan.items()}
 
 
-def _act_grids(model, example_inputs, act_plan: dict) -> dict:
-    """``{layer: ActivationGrid}`` calibrated on the batch, in the order the layers run."""
+def _act_grids(model, example_inputs, act_plan: dict, act_ranges=None) -> dict:
+    """``{layer: ActivationGrid}`` calibrated on the batch (or on ``act_ranges``), in the order
+    the layers run."""
     if not act_plan:
         return {}
-    ranges = _act_ranges(model, example_inputs, list(act_plan))
+    ranges = _act_ranges(model, example_inputs, list(act_plan), act_ranges)
     return {layer: activation_grid(*ranges[layer], act_plan[layer]) for layer in ranges}
 
 
-def _act_ranges(model, example_inputs, layers) -> dict:
-    """``{layer: (min, max)}`` of the layers' inputs on the calibration batch, for a float model
-    (one without quantization points of its own)."""
+def _act_ranges(model, example_inputs, layers, given=None) -> dict:
+    """``{layer: (min, max)}`` of the layers' inputs on the calibration batch, or the ``given``
+    ranges (the batch still gives the order the layers run), for a float model (one without
+    quantization points of its own)."""
     if has_quantization_points(model, example_inputs):
         raise ValueError("the model quantizes activations itself (it has quantization points in "
                          "its forward): activation bits are for the float model; certify a "
                          "deployed model with pm.deployment_report(float_model, deployed, x)")
-    return layer_input_ranges(model, example_inputs, layers)
+    ranges = layer_input_ranges(model, example_inputs, layers)
+    if given is None:
+        return ranges
+    missing = [layer for layer in ranges if layer not in given]
+    if missing:
+        raise KeyError(f"act_ranges has no range for the activation points of {missing}")
+    return {layer: tuple(float(v) for v in given[layer]) for layer in ranges}
 
 
 def _act_bits(model, example_inputs, act_bits, planned) -> dict:

@@ -230,3 +230,31 @@ def test_residual_plan_whose_points_share_a_tensor_holds():
     gap, certified = _gap(model, deployed, x), ~report.saturated
     assert int(certified.sum()) >= 200
     assert bool((gap[certified] <= report.bound[certified]).all())
+
+
+def test_given_activation_ranges_replace_the_calibration(data):
+    """``act_ranges`` (an observer's min/max, say) sets the grids: the calibrated ranges give the
+    calibrated plan; ranges twice as wide make the activation term twice as large and saturate
+    no more test digits, and the bound still holds."""
+    model, calibration, _, _, x_test = data
+    bits = dict.fromkeys(LAYERS, 8)
+    calibrated = pm.certify_plan(model, calibration, bits, act_bits=8)
+    ranges = pm.quantize.layer_input_ranges(model, calibration, LAYERS)
+    same = pm.certify_plan(model, calibration, bits, act_bits=8, act_ranges=ranges)
+    assert same.act_grids == calibrated.act_grids
+    assert same.activation_bound == calibrated.activation_bound
+    wide = pm.certify_plan(model, calibration, bits, act_bits=8,
+                           act_ranges={k: (2 * lo, 2 * hi) for k, (lo, hi) in ranges.items()})
+    assert wide.activation_bound == pytest.approx(2 * calibrated.activation_bound, rel=1e-3)
+    narrow_report = pm.deployment_report(model, calibrated.deployed(model, calibration), x_test)
+    deployed = wide.deployed(model, calibration)
+    report = pm.deployment_report(model, deployed, x_test)
+    assert report.saturated_count <= narrow_report.saturated_count
+    certified = ~report.saturated
+    assert bool((_gap(model, deployed, x_test)[certified] <= report.bound[certified]).all())
+    given = pm.layer_sensitivity(model, calibration, bits=(8,), act_bits=(8,), act_ranges=ranges)
+    assert given.activations == pm.layer_sensitivity(model, calibration, bits=(8,),
+                                                     act_bits=(8,)).activations
+    with pytest.raises(KeyError, match=r"no range for the activation points of \['fc2'\]"):
+        pm.certify_plan(model, calibration, bits, act_bits=8,
+                        act_ranges={k: ranges[k] for k in ("conv1", "conv2", "fc1")})
