@@ -5,6 +5,7 @@ ops, forward side effects on the model and state the cache key did not see. Ever
 checks that the model is left bit for bit as it was (``conftest.model_state``).
 """
 import copy
+import random
 import re
 
 import numpy as np
@@ -157,6 +158,9 @@ RANDOM_OPS = {
     "a generator passed": lambda m, h: h + torch.randn(h.shape, dtype=h.dtype,
                                                        generator=torch.Generator()),
     "rrelu in training mode": lambda m, h: F.rrelu(h, training=True),
+    # drawn outside torch, and so rarely that the batch and replay checks never see a difference
+    "Python's random": lambda m, h: h * (3.0 if random.random() > 0.999 else 1.0),
+    "NumPy's np.random": lambda m, h: h * (3.0 if np.random.rand() > 0.999 else 1.0),
 }
 
 
@@ -165,6 +169,17 @@ def test_random_ops_are_refused_whatever_the_seed(case):
     for seed in range(5):
         torch.manual_seed(seed)
         refused(Net(RANDOM_OPS[case]), X, "random")
+
+
+def test_the_global_generators_are_left_as_they_were():
+    random.seed(1)
+    np.random.seed(1)
+    expected = random.random(), np.random.rand()
+    random.seed(1)
+    np.random.seed(1)
+    refused(Net(RANDOM_OPS["Python's random"]), X, "random")
+    refused(Net(RANDOM_OPS["NumPy's np.random"]), X, "random")
+    assert (random.random(), np.random.rand()) == expected
 
 
 def test_dropout_in_eval_mode_and_with_training_false_is_the_identity():

@@ -264,10 +264,22 @@ class Interpreter:
 
         Every computed entry is a sum of at most ``n`` non-negative products, so it carries a
         relative error at most ``gamma_n = n u / (1 - n u)`` (u the unit roundoff); errors compose
-        multiplicatively along paths, hence ``exp(sum of gamma) - 1`` over all ops bounds the total.
+        multiplicatively along paths, hence ``exp(sum of gamma) - 1`` over all ops bounds the total;
+        the final sum of every output entry (:func:`~pathmetric.core.algebras.total_of`) counts
+        its terms too. The step ``-ln(1 - g) <= 2 g`` needs ``g <= 1/2``, that is ``n u <= 1/3``:
+        beyond it the bound is ``inf`` (docs/design.md, "Rounding").
         """
         u = torch.finfo(self.dtype).eps / 2
-        n = self.summed_terms + 2 * len(self.graph.nodes) + 16
-        if n * u >= 0.5:
+        n = self.summed_terms + 2 * len(self.graph.nodes) + self._output_entries() + 16
+        if 3 * n * u > 1:
             return math.inf
         return math.expm1(2.0 * n * u / (1.0 - n * u))
+
+    def _output_entries(self) -> int:
+        """Entries of the analysed outputs (one sample), the terms of their final sum."""
+        total = 0
+        for v in self.graph.outputs:
+            shape = self.graph.nodes[v.node].shape
+            shape = shape[v.item] if v.item is not None else shape
+            total += math.prod(shape)
+        return total

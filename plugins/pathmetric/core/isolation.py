@@ -5,6 +5,8 @@ watched and restored (:func:`forward`), and the random sample inputs the engine 
 from __future__ import annotations
 
 import contextlib
+import random
+import sys
 
 import torch
 from torch import nn
@@ -14,27 +16,35 @@ from ..errors import ModelCaptureError, UnsupportedModelError
 
 
 class RandomDraws:
-    """Watches the default random generators (CPU, and the current CUDA device's when CUDA is
-    initialised) across calls: a call that moves one, or that is handed a ``torch.Generator``,
-    draws random numbers, so the function analysed would not be a function of the input.
-    :meth:`restore` puts the generators back as they were at the start."""
+    """Watches the global random generators across calls: torch's CPU generator (and the current
+    CUDA device's when CUDA is initialised), Python's ``random`` module and NumPy's legacy
+    ``np.random`` (when NumPy is loaded). A call that moves one, or that is handed a
+    ``torch.Generator``, draws random numbers, so the function analysed would not be a function
+    of the input. :meth:`restore` puts the generators back as they were at the start. Generator
+    objects the model holds itself (``random.Random()``, ``np.random.default_rng()``) are not
+    seen: the per-sample and replay checks of capture are what catch those, by chance."""
 
     def __init__(self):
         self.start = self.states()
         self.last = self.start
 
     @staticmethod
-    def states() -> tuple:
-        states: tuple = (torch.random.get_rng_state(),)
+    def states() -> dict:
+        states = {"torch": torch.random.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            states += (torch.cuda.get_rng_state(),)
+            states["cuda"] = torch.cuda.get_rng_state()
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            _, key, *rest = numpy.random.get_state()
+            states["numpy"] = (key.tobytes(), *rest)
         return states
 
     def moved(self) -> bool:
         """Whether a generator moved since the last check (the check moves ``last`` along)."""
         now = self.states()
-        moved = len(now) != len(self.last) or not all(
-            torch.equal(a, b) for a, b in zip(now, self.last))
+        moved = now.keys() != self.last.keys() or not all(
+            torch.equal(a, self.last[k]) if isinstance(a, torch.Tensor) else a == self.last[k]
+            for k, a in now.items())
         self.last = now
         return moved
 
@@ -44,15 +54,21 @@ class RandomDraws:
             return ("draws random numbers from the torch.Generator passed to it: the function "
                     "analysed must be deterministic")
         if self.moved():
-            return ("draws random numbers (the default random generator moved): the function "
-                    "analysed must be deterministic (dropout with training=True, torch.rand*, "
-                    "bernoulli, RReLU in training mode, ...); remove it or disable it in eval mode")
+            return ("draws random numbers (a global random generator moved: torch's, Python's "
+                    "random or NumPy's np.random): the function analysed must be deterministic "
+                    "(dropout with training=True, torch.rand*, bernoulli, RReLU in training mode, "
+                    "random.random(), ...); remove it or disable it in eval mode")
         return None
 
     def restore(self):
-        torch.random.set_rng_state(self.start[0])
-        if len(self.start) > 1:
-            torch.cuda.set_rng_state(self.start[1])
+        torch.random.set_rng_state(self.start["torch"])
+        random.setstate(self.start["python"])
+        if "cuda" in self.start:
+            torch.cuda.set_rng_state(self.start["cuda"])
+        if "numpy" in self.start:
+            key, *rest = self.start["numpy"]
+            numpy = sys.modules["numpy"]
+            numpy.random.set_state(("MT19937", numpy.frombuffer(key, dtype=numpy.uint32), *rest))
 
 
 @contextlib.contextmanager
@@ -153,14 +169,14 @@ def forward(model, inputs, what, recorder=None):
     (:func:`model_untouched`) and the random generators too; returns the output, the names of
     the parameters and buffers forward changed and why it draws random numbers (or None)."""
     paths = recorder.paths if recorder is not None else []
-    random = recorder.random if recorder is not None else RandomDraws()
+    draws = recorder.random if recorder is not None else RandomDraws()
     with model_untouched(model) as changed:
         try:
             with eval_mode_with_paths(model, paths), recorder or contextlib.nullcontext():
                 out = _called(model, inputs, what)
         finally:
-            drew = (random.drawn_by((), {}) if recorder is None else None)
-            random.restore()
+            drew = (draws.drawn_by((), {}) if recorder is None else None)
+            draws.restore()
     return out, changed, drew
 
 
