@@ -10,6 +10,11 @@ set's largest sup-norm, the measured gaps and their worst ratio to the per-sampl
 ``pm.deployment_report`` over the certified samples, the saturated samples (not certified), the
 shares of the two terms and the test accuracy.
 
+Second table: Intel Neural Compressor static int8 configs (W8A8 per channel / per tensor, fp32
+fallbacks of one layer) as ``path_metric_sampler`` ranks them, by the full certificate of the
+converted model (calibrated on 64 training digits) beside the weight term alone, with the
+measured test-set gap and accuracy of each converted model.
+
     python benchmarks/activation_plans.py [--out FILE]
 
 The table is recorded in benchmarks/results/deployed_int8.md, section "Plans with activation
@@ -53,6 +58,12 @@ def ascent(model, deployed, x, steps=40):
         x = (x.detach() + 0.05 * (1 - step / steps) * grad.sign()).clamp(0.0, 1.0)
         visited.append(x)
     return torch.cat(visited)
+
+
+def accuracy(model, x, y) -> float:
+    """Top-1 accuracy, the model called as it is (a converted PT2E graph refuses ``.eval()``)."""
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
 
 
 def gaps(model, deployed, x):
@@ -107,6 +118,39 @@ def table(rows, float_accuracy) -> str:
     return "\n".join(lines)
 
 
+def inc_ranking(model, x_train, x_test, y_test) -> str:
+    """The static configs of the INC table, ranked by ``path_metric_sampler``."""
+    from neural_compressor.torch.quantization import StaticQuantConfig
+
+    from pathmetric.adapters.neural_compressor import path_metric_sampler, static_deployed
+    fp32 = dict(w_dtype="fp32", act_dtype="fp32")
+    configs = {
+        "W8A8 per channel": StaticQuantConfig(),
+        "W8A8 per tensor": StaticQuantConfig(w_granularity="per_tensor"),
+        "per channel, fc2 in fp32": StaticQuantConfig().set_local("fc2", StaticQuantConfig(**fp32)),
+        "per channel, conv1 in fp32": StaticQuantConfig().set_local("conv1",
+                                                                    StaticQuantConfig(**fp32)),
+        "per tensor, conv1 in fp32": StaticQuantConfig(w_granularity="per_tensor").set_local(
+            "conv1", StaticQuantConfig(**fp32)),
+    }
+    calibration = x_train[:64]
+    sampler = path_metric_sampler(model, calibration)(list(configs.values()))
+    by_weight = sorted(range(len(configs)), key=lambda i: sampler.reports[i].weight_term)
+    lines = ["| config | full bound (rank) | weight term (rank by it alone) | activation term | "
+             "saturated calibration digits | measured test gap (max) | accuracy |",
+             "|" + "---|" * 7]
+    for i, name in enumerate(configs):
+        report = sampler.reports[i]
+        deployed = static_deployed(model, list(configs.values())[i], calibration)
+        lines.append(
+            f"| {name} | {sampler.bounds[i]:.4g} ({list(sampler).index(i) + 1}) | "
+            f"{report.weight_term:.4g} ({by_weight.index(i) + 1}) | "
+            f"{report.activation_term:.4g} | {report.saturated_count}/{len(calibration)} | "
+            f"{float(gaps(model, deployed, x_test).max()):.3g} | "
+            f"{accuracy(deployed, x_test, y_test):.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None,
@@ -117,7 +161,8 @@ def main() -> None:
     model = digits.pretrained((x_train, y_train, x_test, y_test)).eval()
     rows = [measure(name, plan, model, x_train, x_test, y_test)
             for name, plan in plans(model, x_train).items()]
-    text = table(rows, digits.accuracy(model, x_test, y_test))
+    text = (table(rows, digits.accuracy(model, x_test, y_test)) + "\n\n"
+            + inc_ranking(model, x_train, x_test, y_test))
     if args.out:
         args.out.write_text(text + "\n")
     print(text)
