@@ -168,3 +168,50 @@ def _module(model: nn.Module, layer: str) -> nn.Module:
         raise ValueError(f"layer '{layer}' is not a module of the model: activation points sit "
                          "at the input of conv/linear modules (nn.Conv2d, nn.Linear, ...); a "
                          "functional layer has no module to quantize the input of") from None
+
+
+def observer_ranges(prepared: torch.fx.GraphModule) -> dict:
+    """``{layer: (min, max)}`` that the observers of a prepared, calibrated graph recorded at the
+    input of each conv/linear layer (torchao ``prepare_pt2e``, Intel Neural Compressor's
+    ``prepare``: an observer module with ``min_val`` / ``max_val`` read by the call whose weight
+    is the parameter ``<layer>.weight``), for ``act_ranges`` of the W/A plans. The recorded
+    range, not the observer's own choice of grid (a histogram observer may clip it)."""
+    if not isinstance(prepared, torch.fx.GraphModule):
+        raise TypeError(f"observer_ranges reads a prepared torch.fx.GraphModule (prepare_pt2e, "
+                        f"INC prepare), got {type(prepared).__name__}")
+    ranges = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or len(node.args) < 2:
+            continue
+        source, weight = _observer(prepared, node.args[0]), node.args[1]
+        if _observer(prepared, weight) is not None:   # the weight's observer reads the parameter
+            weight = weight.args[0]
+        name = _parameter(weight)
+        if source is None or name is None or not name.endswith(".weight"):
+            continue
+        observed, module = source
+        low, high = float(module.min_val.detach().amin()), float(module.max_val.detach().amax())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"observer '{observed.target}' at the input of "
+                             f"'{name[:-len('.weight')]}' has recorded nothing: run the prepared "
+                             "model on calibration data first")
+        ranges[name[:-len(".weight")]] = (low, high)
+    if not ranges:
+        raise ValueError("no observer at the input of a conv/linear layer in the prepared graph")
+    return ranges
+
+
+def _observer(graph_module, arg):
+    """``(node, module)`` when ``arg`` is a call of an observer module (one with ``min_val`` and
+    ``max_val``), else None."""
+    if not isinstance(arg, torch.fx.Node) or arg.op != "call_module":
+        return None
+    module = graph_module.get_submodule(arg.target)
+    return (arg, module) if hasattr(module, "min_val") and hasattr(module, "max_val") else None
+
+
+def _parameter(arg):
+    """The parameter name an argument reads (a ``get_attr`` node), else None."""
+    if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+        return str(arg.target)
+    return None

@@ -258,3 +258,35 @@ def test_given_activation_ranges_replace_the_calibration(data):
     with pytest.raises(KeyError, match=r"no range for the activation points of \['fc2'\]"):
         pm.certify_plan(model, calibration, bits, act_bits=8,
                         act_ranges={k: ranges[k] for k in ("conv1", "conv2", "fc1")})
+
+
+def test_observer_ranges_of_a_torchao_prepared_model_set_the_plan(data):
+    """The ranges torchao's X86 observers record at the layer inputs of the prepared digits CNN
+    are the float model's layer-input ranges on the same digits, and give a plan that holds."""
+    pytest.importorskip("torchao")
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+    model, calibration, _, _, x_test = data
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(torch.export.export(model, (calibration[:1],)).module(), quantizer)
+    with pytest.raises(ValueError, match="has recorded nothing"):
+        pm.observer_ranges(prepared)
+    with torch.no_grad():
+        for i in range(64):
+            prepared(calibration[i:i + 1])
+    ranges = pm.observer_ranges(prepared)
+    mine = pm.quantize.layer_input_ranges(model, calibration[:64], LAYERS)
+    assert list(ranges) == list(LAYERS)
+    for layer in LAYERS:
+        assert ranges[layer] == pytest.approx(mine[layer], rel=1e-5, abs=1e-6)
+    plan = pm.certify_plan(model, calibration, dict.fromkeys(LAYERS, 8), act_bits=8,
+                           act_ranges=ranges)
+    deployed = plan.deployed(model, calibration)
+    report = pm.deployment_report(model, deployed, x_test)
+    certified = ~report.saturated
+    assert bool((_gap(model, deployed, x_test)[certified] <= report.bound[certified]).all())
+    with pytest.raises(TypeError, match="prepared torch.fx.GraphModule"):
+        pm.observer_ranges(model)
