@@ -9,8 +9,9 @@ Three bridges between INC's tuning loop and the path-metric engine:
   ``d(theta, theta') = ||Phi(theta) - Phi(theta')||_1 >= sup_x ||R_theta(x) - R_theta'(x)||_1 / max(||x||_inf, 1)``
   between the float model and those weights (``pm.path_metric``).
 * ``path_metric_sampler(model, example_inputs)`` is a sampler for ``TuningConfig(sampler=...)`` that
-  walks a config set by increasing certified bound; ``path_metric_config_set`` builds a layer-wise
-  fallback sequence from ``pm.layer_sensitivity``.
+  walks a config set by increasing certified bound (static int8 configs by the full certificate
+  of the model INC deploys, weights and activations: ``static_deployment_report``);
+  ``path_metric_config_set`` builds a layer-wise fallback sequence from ``pm.layer_sensitivity``.
 * ``PathMetricConfig`` is registered with INC (``register_config`` / ``register_algo`` under the name
   ``"path_metric"``), so ``quantize`` and ``autotune`` prune by path magnitude (``pm.prune``);
   ``PathMetricConfig(...) + RTNConfig(...)`` prunes then quantizes, as one config, with the
@@ -39,6 +40,7 @@ from neural_compressor.torch.quantization import (
     DynamicQuantConfig,
     INT8StaticQuantConfig,
     RTNConfig,
+    StaticQuantConfig,
 )
 from neural_compressor.torch.quantization.config import (
     FRAMEWORK_NAME,
@@ -51,7 +53,7 @@ from torch import nn
 import pathmetric as pm
 
 __all__ = ["simulate_weights", "quantization_bound", "quantization_bound_with_log", "storage_bits",
-           "path_metric_sampler",
+           "path_metric_sampler", "static_deployed", "static_deployment_report",
            "path_metric_config_set", "PathMetricConfig", "PrunedThenQuantizedConfig", "PATH_METRIC"]
 
 PATH_METRIC = "path_metric"
@@ -59,6 +61,8 @@ _FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Modules whose weights X86InductorQuantizer (INC's PT2E backend) quantizes.
 _PT2E_WEIGHT_MODULES = (nn.Conv2d, nn.Linear)
+# Static configs the sampler deploys with INC and ranks by the full (weight + activation) bound.
+_STATIC = (INT8StaticQuantConfig, StaticQuantConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,14 +318,65 @@ def _certified(config):
                                PathMetricConfig, PrunedThenQuantizedConfig))
 
 
-def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
+def static_deployed(model, config, calibration):
+    """The model INC deploys for the static config ``config``: ``model`` (a copy) exported with
+    ``neural_compressor.torch.export.export`` (batch dimension dynamic), ``prepare``-d, run on the
+    ``calibration`` batch (its observers set every activation grid) and ``convert``-ed."""
+    from neural_compressor.torch.export import export
+    from neural_compressor.torch.quantization import convert, prepare
+
+    inputs = calibration if isinstance(calibration, tuple) else (calibration,)
+    batch = torch.export.Dim("batch")
+    exported = export(copy.deepcopy(model), inputs,
+                      dynamic_shapes=tuple({0: batch} for _ in inputs))
+    prepared = prepare(exported, copy.deepcopy(config))
+    with torch.no_grad():
+        prepared(*inputs)
+    return convert(prepared)
+
+
+def static_deployment_report(model, config, calibration):
+    """``pm.deployment_report(model, static_deployed(model, config, calibration), calibration)``:
+    the certificate of the int8 model INC deploys (weights and activations, BatchNorm folded as
+    INC folds it; ``inf`` on a calibration sample that saturates a point)."""
+    _check_eager(model)
+    if not isinstance(config, _STATIC):
+        raise TypeError(f"static_deployment_report: {type(config).__name__} is not a static "
+                        "config; use StaticQuantConfig / INT8StaticQuantConfig")
+    return pm.deployment_report(model, static_deployed(model, config, calibration), calibration)
+
+
+def _static_bound_with_log(report, calibration):
+    """``(max(s, 1) * weight_term + activation_term, its log)`` of a static report, ``s`` the
+    largest sup-norm of the calibration batch: the certified bound at the batch's largest
+    input, for every input of that sup-norm that saturates no point (rounded up)."""
+    inputs = calibration if isinstance(calibration, tuple) else (calibration,)
+    sup = max(1.0, max(float(t.detach().abs().amax()) for t in inputs))
+    weight = math.nextafter(sup * report.weight_term, math.inf)
+    bound = math.nextafter(weight + report.activation_term, math.inf)
+    log_bound = float(torch.logaddexp(torch.tensor(math.log(sup) + report.log_weight_term,
+                                                   dtype=torch.float64),
+                                      torch.tensor(report.log_activation_term,
+                                                   dtype=torch.float64)))
+    return bound, math.nextafter(log_bound + 1e-12 * abs(log_bound), math.inf)
+
+
+def path_metric_sampler(model, example_inputs, order="bound", max_bound=None, calibration=None):
     """A sampler class for ``TuningConfig(config_set=[...], sampler=...)``.
 
     INC builds it as ``sampler(config_set)``; it computes ``quantization_bound`` of every config
     it can certify (``.bounds``, in config-set order, ``None`` for the others; ``.log_bounds``
     their natural logs, which the orders compare so they stay right past float64) and
     ``storage_bits`` (``.bits``), and yields indices in the chosen ``order`` (ties keep the
-    config-set order):
+    config-set order).
+
+    A static int8 config (``StaticQuantConfig`` / ``INT8StaticQuantConfig``: W8A8 per tensor /
+    per channel, layer fallbacks) is ranked by the full certificate of the model INC deploys: it is exported,
+    prepared, calibrated on ``calibration`` (default ``example_inputs``, whose values then
+    matter) and converted, and its bound is ``max(s, 1) * weight_term + activation_term`` of
+    ``pm.deployment_report`` (``s`` the batch's largest sup-norm): ``.reports[i]`` holds the
+    report (``None`` for other configs), whose ``saturated_count`` says how many calibration
+    samples saturate a point (not certified there). The orders:
 
     - ``"bound"``: increasing certified bound, so the trial most likely to meet
       ``tolerable_loss`` runs first; on a grid of unequal cost this is the mildest config (the
@@ -332,8 +387,10 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
     - ``"bound_per_saved_bit"``: increasing ``bound / (32 - bits)``, the certified error per bit
       saved per weight (configs that save nothing last).
 
-    Configs without a certificate (AutoRound, GPTQ, AWQ, HQQ, ...) are tried after the
-    certified ones, in config-set (INC's) order, with one warning naming them.
+    Configs without a certificate (AutoRound, GPTQ, AWQ, HQQ, ...; a static config with layers
+    in fp16/bf16, whose casts in the converted graph the deployed certificate does not cover
+    yet) are tried after the certified ones, in config-set (INC's) order, with one warning
+    naming them (and why, for a static config).
     """
     _check_eager(model)
     if order not in SAMPLER_ORDERS:
@@ -348,11 +405,27 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
             return (0, bits, log_bound) if bound <= max_bound else (1, log_bound, bits)
         return (log_bound - math.log(32.0 - bits) if bits < 32.0 else math.inf, log_bound)
 
+    data = example_inputs if calibration is None else calibration
+
+    def certificate(c):
+        """``((bound, log bound) or (None, None), report or None, why there is none or None)``."""
+        if isinstance(c, _STATIC):
+            half = sorted(name for name, layer in _pt2e_layer_configs(model, c).items()
+                          if layer.w_dtype in _HALF)
+            if half:
+                return (None, None), None, (f"layers {half} run in fp16/bf16, whose casts in "
+                                            "the converted graph are not certified yet")
+            report = static_deployment_report(model, c, data)
+            return _static_bound_with_log(report, data), report, None
+        return (quantization_bound_with_log(model, example_inputs, c) if _certified(c)
+                else (None, None)), None, None
+
     class PathMetricSampler(Sampler):
         def __init__(self, config_source):
             configs = [config_source[i] for i in range(len(config_source))]
-            pairs = [quantization_bound_with_log(model, example_inputs, c) if _certified(c)
-                     else (None, None) for c in configs]
+            results = [certificate(c) for c in configs]
+            pairs = [pair for pair, _, _ in results]
+            self.reports = [report for _, report, _ in results]
             self.bounds = [bound for bound, _ in pairs]
             self.log_bounds = [log_bound for _, log_bound in pairs]
             self.bits = [storage_bits(model, c) for c in configs]
@@ -360,8 +433,10 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None):
             others = [i for i, b in enumerate(self.bounds) if b is None]
             if others:
                 warnings.warn("path_metric_sampler: no certificate for " + ", ".join(
-                    f"#{i} {type(configs[i]).__name__}" for i in others) + "; they are tried "
-                    "after the certified configs, in the config set's order", stacklevel=2)
+                    f"#{i} {type(configs[i]).__name__}"
+                    + (f" ({results[i][2]})" if results[i][2] else "")
+                    for i in others) + "; they are tried after the certified configs, in the "
+                    "config set's order", stacklevel=2)
             self.order = sorted(certified, key=lambda i: key(self.bounds[i], self.log_bounds[i],
                                                          self.bits[i])) \
                 + others

@@ -150,9 +150,9 @@ def main():
               f"{storage_bits(model, sequence[tried[-1]]):.2f} bits/weight  "
               f"fallback {describe(sequence[tried[-1]])}")
 
-    print("\n== static int8 (PT2E) trials, ranked by the certified weight bound ==")
+    print("\n== static int8 (PT2E) trials, ranked by the full certificate (weights + activations) ==")
     static = [INT8StaticQuantConfig(w_granularity="per_tensor"), INT8StaticQuantConfig()]
-    sampler = path_metric_sampler(model, x)
+    sampler = path_metric_sampler(model, x, calibration=data[0][:256])
     tried, scores, best = run_autotune(
         model, static, sampler, evaluate, args.tolerable_loss, tuned=export(
             copy.deepcopy(model), (data[2][:2],), dynamic_shapes=({0: torch.export.Dim("batch")},)),

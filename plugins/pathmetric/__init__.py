@@ -17,7 +17,7 @@ from .metric import (
 )
 from .norms import log_path_norm, path_norm
 from .prune import PruneResult, protect_top, prune
-from .quantize import quantize_weights, quantizer
+from .quantize import ActivationGrid, activation_grid, observer_ranges, quantize_weights, quantizer
 from .rescale import random_rescale
 from .scores import (
                      Member,
@@ -29,7 +29,7 @@ from .scores import (
                      weight_scores,
                      zeroed_members,
 )
-from .sensitivity import Plan, Sensitivity, layer_sensitivity, mixed_precision_plan
+from .sensitivity import Plan, Sensitivity, certify_plan, layer_sensitivity, mixed_precision_plan
 
 __all__ = [
     # path-norms and support
@@ -45,6 +45,7 @@ __all__ = [
     "zeroed_members", "Member", "PathMasses", "prunable_layers", "layer_input_shapes",
     "layer_sensitivity", "Sensitivity", "mixed_precision_plan", "Plan", "prune", "PruneResult",
     "protect_top", "random_rescale",
+    "certify_plan", "activation_grid", "ActivationGrid", "observer_ranges",   # W/A plans
     # calibrated estimates (not bounds)
     "calibrate", "estimate", "Calibration", "Estimate", "adversarial_gap",
 ]

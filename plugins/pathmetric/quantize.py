@@ -1,4 +1,6 @@
-"""Round-to-nearest weight quantizers (dequantized outputs) used by certificates and adapters.
+"""Round-to-nearest weight quantizers (dequantized outputs) used by certificates and adapters, and
+the activation points of W/A plans (calibrated per-tensor grids at the input of conv/linear
+modules, and the fake-quantized model that deploys a plan).
 
 Both grids contain zero exactly, and rounding to nearest never changes a sign: ``round(w/s)`` has
 the sign of ``w``, the asymmetric range is widened to contain 0 and the zero point is an integer.
@@ -7,9 +9,13 @@ sign rule (docs/design.md, "The path-metric certificate"), at the price of a lar
 """
 from __future__ import annotations
 
-from typing import Callable
+import copy
+import math
+from collections.abc import Mapping
+from typing import Callable, NamedTuple, Sequence
 
 import torch
+from torch import nn
 
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
@@ -81,3 +87,131 @@ def quantizer(tensor: torch.Tensor, scheme: str = "symmetric", granularity: str 
         q = q.reshape(moved.shape)
         return (q.movedim(0, dim) if tensor.dim() > 1 else q).to(tensor.dtype)
     return quantize
+
+
+# ---------------------------------------------------------------- activation points
+
+class ActivationGrid(NamedTuple):
+    """The grid of one activation point: ``Q(z) = scale * (clamp(round(z / scale) + zero_point,
+    quant_min, quant_max) - zero_point)`` (``torch.fake_quantize_per_tensor_affine``)."""
+    scale: float
+    zero_point: int
+    quant_min: int
+    quant_max: int
+
+
+def activation_grid(low: float, high: float, bits: int) -> ActivationGrid:
+    """The unsigned per-tensor grid of ``bits`` bits calibrated on the range ``[low, high]``, as
+    ``torch.ao.quantization.MinMaxObserver`` (affine, ``quint8`` at 8 bits) computes it: the range
+    widened to contain 0, ``s = (max(high, 0) - min(low, 0)) / (2^b - 1)`` (rounded to float32, the
+    precision of the fake-quant kernels, and at least float32's eps), ``zp = clamp(-round(min(low,
+    0) / s), 0, 2^b - 1)``. Values in ``[s (0 - zp), s (2^b - 1 - zp)]`` move by at most ``s / 2``."""
+    if not 2 <= int(bits) <= 16:
+        raise ValueError(f"activation bits must be between 2 and 16, got {bits}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"the calibrated activation range [{low}, {high}] is not finite")
+    top = 2 ** int(bits) - 1
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    eps = float(torch.finfo(torch.float32).eps)
+    scale = float(torch.tensor(max((high - low) / top, eps), dtype=torch.float32))
+    zero_point = int(min(max(-round(low / scale), 0), top))
+    return ActivationGrid(scale, zero_point, 0, top)
+
+
+def layer_input_ranges(model: nn.Module, x, layers: Sequence[str]) -> dict:
+    """``{layer: (min, max)}`` of the input of each conv/linear module ``layers`` over the
+    calibration batch ``x`` (float model, eval mode as given; a copy of ``model`` carries the
+    hooks), in the order the layers run."""
+    probe = copy.deepcopy(model)
+    ranges: dict = {}
+    hooks = []
+    for layer in layers:
+        module = _module(probe, layer)
+
+        def record(_module, args, layer=layer):
+            if layer in ranges:
+                raise ValueError(f"'{layer}' runs twice in one forward: an activation point per "
+                                 "call is not supported; quantize its input once, upstream")
+            value = args[0].detach()
+            ranges[layer] = (float(value.amin()), float(value.amax()))
+        hooks.append(module.register_forward_pre_hook(record))
+    with torch.no_grad():
+        probe(*(x if isinstance(x, tuple) else (x,)))
+    missing = [layer for layer in layers if layer not in ranges]
+    if missing:
+        raise ValueError(f"layers {missing} did not run on the calibration batch")
+    return ranges
+
+
+def fake_quantized(model: nn.Module, weights: Mapping[str, torch.Tensor],
+                   act_grids: Mapping[str, ActivationGrid]) -> nn.Module:
+    """A copy of ``model`` with the parameters ``weights`` names replaced by the given tensors
+    and, for every ``layer -> grid`` of ``act_grids``, the layer's input fake-quantized on that
+    grid (``torch.fake_quantize_per_tensor_affine`` in a forward pre-hook of the module): the
+    deployed model of a W/A plan, which ``pm.deployment_report`` certifies. ``model`` itself is
+    not modified."""
+    deployed = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, value in weights.items():
+            deployed.get_parameter(name).copy_(value)
+    for layer, grid in act_grids.items():
+        def quantize_input(_module, args, grid=grid):
+            return (torch.fake_quantize_per_tensor_affine(args[0], *grid),) + tuple(args[1:])
+        _module(deployed, layer).register_forward_pre_hook(quantize_input)
+    return deployed
+
+
+def _module(model: nn.Module, layer: str) -> nn.Module:
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        raise ValueError(f"layer '{layer}' is not a module of the model: activation points sit "
+                         "at the input of conv/linear modules (nn.Conv2d, nn.Linear, ...); a "
+                         "functional layer has no module to quantize the input of") from None
+
+
+def observer_ranges(prepared: torch.fx.GraphModule) -> dict:
+    """``{layer: (min, max)}`` that the observers of a prepared, calibrated graph recorded at the
+    input of each conv/linear layer (torchao ``prepare_pt2e``, Intel Neural Compressor's
+    ``prepare``: an observer module with ``min_val`` / ``max_val`` read by the call whose weight
+    is the parameter ``<layer>.weight``), for ``act_ranges`` of the W/A plans. The recorded
+    range, not the observer's own choice of grid (a histogram observer may clip it)."""
+    if not isinstance(prepared, torch.fx.GraphModule):
+        raise TypeError(f"observer_ranges reads a prepared torch.fx.GraphModule (prepare_pt2e, "
+                        f"INC prepare), got {type(prepared).__name__}")
+    ranges = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or len(node.args) < 2:
+            continue
+        source, weight = _observer(prepared, node.args[0]), node.args[1]
+        if _observer(prepared, weight) is not None:   # the weight's observer reads the parameter
+            weight = weight.args[0]
+        name = _parameter(weight)
+        if source is None or name is None or not name.endswith(".weight"):
+            continue
+        observed, module = source
+        low, high = float(module.min_val.detach().amin()), float(module.max_val.detach().amax())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"observer '{observed.target}' at the input of "
+                             f"'{name[:-len('.weight')]}' has recorded nothing: run the prepared "
+                             "model on calibration data first")
+        ranges[name[:-len(".weight")]] = (low, high)
+    if not ranges:
+        raise ValueError("no observer at the input of a conv/linear layer in the prepared graph")
+    return ranges
+
+
+def _observer(graph_module, arg):
+    """``(node, module)`` when ``arg`` is a call of an observer module (one with ``min_val`` and
+    ``max_val``), else None."""
+    if not isinstance(arg, torch.fx.Node) or arg.op != "call_module":
+        return None
+    module = graph_module.get_submodule(arg.target)
+    return (arg, module) if hasattr(module, "min_val") and hasattr(module, "max_val") else None
+
+
+def _parameter(arg):
+    """The parameter name an argument reads (a ``get_attr`` node), else None."""
+    if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+        return str(arg.target)
+    return None

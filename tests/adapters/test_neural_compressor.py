@@ -1,5 +1,6 @@
 """Intel Neural Compressor 3.10 adapter, against real INC on CPU (RTN, PT2E static/dynamic int8)."""
 import copy
+import math
 
 import pytest
 import torch
@@ -412,3 +413,57 @@ def test_half_precision_layers_are_a_change_in_the_bound(model, x):
     weights = simulate_weights(model, config("bf16"))
     assert torch.equal(weights["fc1.bias"], model.fc1.bias.detach().bfloat16().float())
     assert storage_bits(model, config("fp16")) < storage_bits(model, config("fp32"))
+
+
+def _static_full_bound(model, config, calibration):
+    """``max(s, 1) * weight term + activation term`` of ``pm.deployment_report`` on the model
+    INC's one-shot ``quantize`` (export, calibration ``run_fn``, convert) deploys for ``config``."""
+    exported = export(copy.deepcopy(model), (calibration,),
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    deployed = quantize(exported, copy.deepcopy(config), run_fn=lambda m: m(calibration),
+                        example_inputs=(calibration,))
+    report = pm.deployment_report(model, deployed, calibration)
+    sup = max(1.0, float(calibration.abs().max()))
+    return sup * report.weight_term + report.activation_term, report
+
+
+def test_sampler_ranks_static_configs_by_the_full_certificate(data):
+    """issue 22 item 5: W8A8 per channel / per tensor and layer fallbacks on the digits CNN
+    (BatchNorm after both convs, folded by INC) are ranked by weight + activation term of the
+    converted models; the weight term alone orders them differently (a conv1 fallback removes
+    the input point, the largest activation term)."""
+    from neural_compressor.torch.quantization import StaticQuantConfig
+    model = pretrained(data).eval()
+    calibration = data[0][:64]
+    configs = [INT8StaticQuantConfig(), INT8StaticQuantConfig(w_granularity="per_tensor"),
+               INT8StaticQuantConfig().set_local("fc2", INT8StaticQuantConfig(**FP32_PT2E)),
+               INT8StaticQuantConfig().set_local("conv1", INT8StaticQuantConfig(**FP32_PT2E)),
+               StaticQuantConfig(w_granularity="per_tensor").set_local(
+                   "conv1", StaticQuantConfig(**FP32_PT2E))]
+    sampler = path_metric_sampler(model, calibration)(configs)
+    expected = [_static_full_bound(model, c, calibration) for c in configs]
+    full = [bound for bound, _ in expected]
+    assert sampler.bounds == pytest.approx(full, rel=1e-9)
+    assert list(sampler) == sorted(range(len(configs)), key=full.__getitem__)
+    weight_terms = [report.weight_term for _, report in expected]
+    assert list(sampler) != sorted(range(len(configs)), key=weight_terms.__getitem__)
+    for report, (_, theirs) in zip(sampler.reports, expected):
+        assert report.activation_term == pytest.approx(theirs.activation_term, rel=1e-9)
+        assert report.saturated_count == theirs.saturated_count
+    assert [math.log(b) for b in sampler.bounds] == pytest.approx(sampler.log_bounds, rel=1e-9)
+    # calibrated on other digits, the ranking's certificate is that of the other calibration
+    other = path_metric_sampler(model, data[2][:4], calibration=calibration)(configs[:2])
+    assert other.bounds == pytest.approx(full[:2], rel=1e-9)
+
+
+def test_sampler_tries_half_precision_static_configs_after_the_certified_ones(data):
+    """A static config with layers in fp16/bf16 has no full certificate yet (the casts of the
+    converted graph are not covered): the sampler says so and tries it last."""
+    model = pretrained(data).eval()
+    half = INT8StaticQuantConfig().set_local(
+        nn.Linear, INT8StaticQuantConfig(w_dtype="fp16", act_dtype="fp16"))
+    with pytest.warns(UserWarning, match=r"#0 INT8StaticQuantConfig \(layers \['fc1', 'fc2'\] "
+                                         "run in fp16/bf16"):
+        sampler = path_metric_sampler(model, data[0][:32])([half, INT8StaticQuantConfig()])
+    assert list(sampler) == [1, 0] and sampler.bounds[0] is None and sampler.reports[0] is None
+    assert sampler.bounds[1] > 0
