@@ -149,6 +149,26 @@ def test_an_output_summed_over_the_batch_is_refused():
     refused(SummedOutput(), X, "batch dimension")
 
 
+class DoublesItsInput(Net):
+    def forward(self, x):
+        x.mul_(2)
+        return super().forward(x)
+
+
+def test_a_forward_writing_into_its_input_is_the_function_it_computes():
+    """``x.mul_(2)`` in forward is a per-sample function (2x then the net): the per-sample check
+    compares against the capture sample as drawn, not as the forward left it (it refused with
+    'a sample's output changes when other samples are in the batch'); the user's input is
+    untouched."""
+    model, twin = DoublesItsInput(), Net(lambda m, h: h)
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        twin.conv.weight.mul_(2)
+    x = X.clone()
+    assert pm.path_norm(model, x) == pytest.approx(pm.path_norm(twin, x), rel=1e-12)
+    assert torch.equal(x, X)
+
+
 # ---------------------------------------------------------------- item 4: random numbers
 
 RANDOM_OPS = {

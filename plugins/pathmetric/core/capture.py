@@ -86,13 +86,14 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
     for x in inputs:
         recorder.add_input(x)
     values = parameter_values(model)
+    first = [x.clone() for x in inputs]   # as drawn: a forward may write into its input
     out, changed, _ = forward(model, inputs, "its forward", values, recorder)
     report = SupportReport(unsupported=recorder.unsupported)
     graph = _graph_of(recorder, out, inputs, report)
     if changed and report.ok:
         report.unsupported.append(changes_refused(changed))
     elif graph is not None and report.ok:
-        problem = check_per_sample(model, graph, examples, generator, inputs, out, values)
+        problem = check_per_sample(model, graph, examples, generator, first, out, values)
         if problem:
             report.unsupported.append(problem)
     low = sorted({str(t.dtype) for t in list(model.parameters()) + list(inputs)
