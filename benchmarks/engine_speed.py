@@ -120,7 +120,7 @@ def measure(model, x, size, repeat, quick=False):
     rows = [
         ("float32 forward of the model", forward, 1.0, None),
         ("float32 forward+backward of the model", fwd_bwd, fwd_bwd / forward, None),
-        ("path_norm, float64, cold (capture included)", cold, cold / forward, 12),
+        ("path_norm, float64, cold (capture included)", cold, cold / forward, 8),
         ("path_norm, float64, warm", warm64, warm64 / forward, 4),
         ("path_norm, float32, warm", warm32, warm32 / forward, 1.5),
         ("path_norm, float64, warm, a 64 MiB tensor attribute on the model", spare,
