@@ -519,8 +519,13 @@ class DeploymentReport:
 
 
 def has_quantization_points(model: nn.Module, example_inputs) -> bool:
-    """Whether the captured graph of ``model`` has a quantization point (a deployed model)."""
-    graph = capture(_frozen(model), example_inputs)
+    """Whether the captured graph of ``model`` has a quantization point (a deployed model); False
+    when ``model`` cannot be captured, so that the pair's refusal names the first model's
+    reason first, as :func:`pathmetric.path_metric` does."""
+    try:
+        graph = capture(_frozen(model), example_inputs)
+    except UnsupportedModelError:
+        return False
     return any(node.rule.quantization == "point" for _, node in graph.operations())
 
 
