@@ -248,3 +248,18 @@ def test_weight_scores_cover_x_at_w_weights():
         zeroed[i, j] = 0
         assert float(scores["proj"][i, j]) == pytest.approx(
             total - pm.path_norm(_with(model, proj=zeroed), x), rel=1e-9, abs=1e-12)
+
+
+def test_kth_smallest_of_row_structured_scores_never_selects_over_the_whole_vector(monkeypatch):
+    """Scores of a 25088-column weight whose columns differ in scale: an evenly strided sample
+    (stride 7 here) would see one column class only, miss the bracket and fall back to a
+    selection over all entries (a copy of the values and their int64 indices)."""
+    from pathmetric.prune import _kth_smallest
+    generator = torch.Generator().manual_seed(0)
+    columns = 1.0 + torch.arange(25088, dtype=torch.float64).remainder(7)
+    values = (torch.rand(320, 25088, generator=generator, dtype=torch.float64) * columns).reshape(-1)
+    sizes, kthvalue = [], torch.kthvalue
+    monkeypatch.setattr(torch, "kthvalue", lambda t, k: sizes.append(t.numel()) or kthvalue(t, k))
+    for k in (1, 401_408, 4_014_080, values.numel()):
+        assert _kth_smallest(values, k) == kthvalue(values, k).values
+    assert max(sizes) < values.numel() // 4
