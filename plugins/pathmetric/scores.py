@@ -66,7 +66,7 @@ class PathMasses:
     of the captured graph (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once.
     ``gradients_only`` keeps only ``gradient(key)`` (layer sensitivity, plans): neither the
     lifted parameters nor the neuron values that shares, masses and channel shares read.
-    Otherwise only the products ``|theta| * dN/d|theta|`` are kept, each formed during the
+    Otherwise only the products ``|theta| * dN/d|theta|`` are kept. Either is formed during the
     backward in its lifted parameter's memory as soon as its gradient is accumulated, which is
     then freed: the backward never holds every gradient at once beside the lifted parameters.
     """
@@ -84,9 +84,11 @@ class PathMasses:
             outputs, kept = ev.run(keep)
             for value in kept.values():
                 value[0].m.retain_grad()
-            if not gradients_only:
-                for key, leaf in ev.leaves.items():
-                    leaf.register_post_accumulate_grad_hook(self._mass_hook(key))
+            self.gradients: dict = {}   # key -> dN/d|theta| (times 2**-exponent), gradients_only
+            kept_by_hook = self.gradients if gradients_only else self._masses
+            for key, leaf in ev.leaves.items():
+                leaf.register_post_accumulate_grad_hook(self._hook(key, kept_by_hook,
+                                                                   gradients_only))
             total = total_of(outputs)
             total.m.backward()
         self.relative_error = ev.relative_error()
@@ -94,14 +96,9 @@ class PathMasses:
         self._total = total.m.detach()
         self.log_total = total.log()
         self.shapes = {key: tuple(leaf.shape) for key, leaf in ev.leaves.items()}
-        if gradients_only:
-            self.gradients = {key: leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-                              for key, leaf in ev.leaves.items()}
-        else:   # a leaf no path reaches got no gradient: its mass is zero
-            self.gradients = {}
-            for key, leaf in ev.leaves.items():
-                if key not in self._masses:
-                    self._masses[key] = leaf.detach().zero_()
+        for key, leaf in ev.leaves.items():   # no path reaches it: zero gradient and mass
+            if key not in kept_by_hook:
+                kept_by_hook[key] = leaf.detach().zero_()
         self._shares = {}
         # values and gradients without their autograd graph, whose AccumulateGrad nodes would
         # keep every lifted parameter alive after release()
@@ -112,13 +109,16 @@ class PathMasses:
                                  for name, j in self.graph.batch_norm_after().items()}
         self._channel_maps_known = False   # every op's channel map is stated (channel_share)
 
-    def _mass_hook(self, key):
+    @staticmethod
+    def _hook(key, kept: dict, gradients_only: bool):
         """The hook that turns the lifted parameter of ``key`` into its mass ``|theta| *
-        dN/d|theta|``, in place, once its gradient is accumulated (every op reading it has then
-        run its backward), and frees the gradient."""
+        dN/d|theta|`` (or its gradient, ``gradients_only``) in place, once its gradient is
+        accumulated (every op reading it has then run its backward), keeps it in ``kept`` and
+        frees the gradient."""
         def hook(leaf):
             with torch.no_grad():
-                self._masses[key] = leaf.detach().mul_(leaf.grad)
+                value = leaf.detach()
+                kept[key] = value.copy_(leaf.grad) if gradients_only else value.mul_(leaf.grad)
             leaf.grad = None
         return hook
 
