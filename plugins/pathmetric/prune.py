@@ -28,26 +28,30 @@ class PruneResult:
     @property
     def sparsity(self) -> float:
         """Fraction of zeroed entries among the masked parameters."""
-        kept = sum(int(m.sum()) for m in self.masks.values())
+        kept = sum(int(torch.count_nonzero(m)) for m in self.masks.values())
         total = sum(m.numel() for m in self.masks.values())
         return 1.0 - kept / total
 
 
 def _kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """``torch.kthvalue(values, k).values`` of a 1-D tensor, without its copy of ``values`` and
-    of their indices for a large one: the ranks ``k * m / n`` +- 4096 of an evenly strided
-    sample of ``m ~ 2**20`` entries bracket the k-th value (checked by counting), which is then
+    of their indices for a large one: the ranks ``k * m / n`` +- 4096 of a sample of ``m =
+    2**20`` entries drawn at random (seeded: an evenly strided one aliases with the rows of a
+    weight, e.g. a stride of 98 picks the same 256 of the 25088 columns of every row), or the
+    extreme entry near either end, bracket the k-th value (checked by counting), which is then
     the k-th of the few entries inside the bracket; the full selection otherwise."""
-    n = values.numel()
-    stride = n >> 20
-    if stride < 4:
+    n, m = values.numel(), 1 << 20
+    if n < 4 * m:
         return torch.kthvalue(values, k).values
-    sample = values[::stride]
-    rank = k * sample.numel() // n
-    lo = torch.kthvalue(sample, max(1, rank - 4096)).values
-    hi = torch.kthvalue(sample, min(sample.numel(), rank + 4096)).values
-    below = int((values < lo).sum())
-    if below < k <= int((values <= hi).sum()):
+    picks = torch.randint(n, (m,), generator=torch.Generator().manual_seed(0))
+    sample = values[picks.to(values.device)]
+    rank = k * m // n
+    # near either end the bracket reaches the extreme entry itself
+    lo = torch.kthvalue(sample, rank - 4096).values if rank > 4096 else values.min()
+    hi = torch.kthvalue(sample, rank + 4096).values if rank + 4096 <= m else values.max()
+    # counted, never summed: the sum of a boolean tensor casts it to int64 first (8 bytes an entry)
+    below = int(torch.count_nonzero(values < lo))
+    if below < k <= int(torch.count_nonzero(values <= hi)):
         inside = values[(values >= lo) & (values <= hi)]
         return torch.kthvalue(inside, k - below).values
     return torch.kthvalue(values, k).values
@@ -56,13 +60,13 @@ def _kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
 def _lowest(values: torch.Tensor, count: int) -> torch.Tensor:
     """Boolean mask of the ``count`` smallest finite-or-minus-infinite ``values`` (``+inf``
     never), ties broken by position; linear time (a k-th value, not a sort)."""
-    count = min(count, int((values != math.inf).sum()))
+    count = min(count, int(torch.count_nonzero(values != math.inf)))
     chosen = torch.zeros(values.numel(), dtype=torch.bool)
     if count <= 0:
         return chosen
     threshold = _kth_smallest(values, count)
     chosen = values < threshold
-    ties = torch.nonzero(values == threshold).flatten()[: count - int(chosen.sum())]
+    ties = torch.nonzero(values == threshold).flatten()[: count - int(torch.count_nonzero(chosen))]
     chosen[ties] = True
     return chosen
 
@@ -87,12 +91,13 @@ def _select(scores: torch.Tensor, sizes: dict, target: float, scope: str,
     if scope == "layer":
         for key, s in layers.items():
             n_prune = min(round(target * s.numel()), s.numel() - keep_floor[key])
-            masks[key] = ~_lowest(s, max(n_prune, int((s == -math.inf).sum())))
+            masks[key] = ~_lowest(s, max(n_prune, int(torch.count_nonzero(s == -math.inf))))
         return masks
     if scope != "global":
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    for key, s in layers.items():   # protect_top(s, keep_floor[key]), in place
-        s[s.topk(min(keep_floor[key], s.numel())).indices] = math.inf
+    for key, s in layers.items():   # the keep_floor[key] best of each layer, raised to +inf in
+        # place, as the complement of the others (topk would copy the layer with int64 indices)
+        s[~_lowest(s, s.numel() - keep_floor[key])] = math.inf
     prune = _lowest(scores, round(target * scores.numel()))
     start = 0
     for key, n in sizes.items():
@@ -154,9 +159,8 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds}")
-    # the certificate compares with the original parameters: the user's own unless pruned in place
-    original = {n: p.detach().clone() if inplace else p.detach()
-                for n, p in model.named_parameters()}
+    # pruned in place, the certificate compares with a copy of the original parameters
+    original = {n: p.detach().clone() for n, p in model.named_parameters()} if inplace else None
     pruned = model if inplace else None   # a copy is made once the first scores are taken
     graph = capture(model, example_inputs)
     table = graph.layers()
@@ -200,9 +204,12 @@ def prune(model: torch.nn.Module, sparsity: float, example_inputs: Inputs,
                     full = _channel_mask(node, role, mask, p.shape) if structured \
                         else mask.reshape(p.shape)
                     masks[name] = full.to(p.device).clone()
-                    p.mul_(masks[name])
+                    p.masked_fill_(~masks[name], 0)   # p * mask would cast the mask to p's dtype
     assert pruned is not None   # made in the first round (rounds >= 1)
-    bound, log_bound = path_metric_with_log(pruned, original, example_inputs, precision)
+    # on the graph captured for ``model``, the other side as replacement tensors: the pruned
+    # copy is never captured (a forward and a lifted evaluation beside both models)
+    other = original if inplace else {n: p.detach() for n, p in pruned.named_parameters()}
+    bound, log_bound = path_metric_with_log(model, other, example_inputs, precision)
     return PruneResult(pruned, masks, bound, log_bound)
 
 

@@ -66,6 +66,9 @@ class PathMasses:
     of the captured graph (:meth:`pathmetric.core.ir.Graph.layers`, ...), read once.
     ``gradients_only`` keeps only ``gradient(key)`` (layer sensitivity, plans): neither the
     lifted parameters nor the neuron values that shares, masses and channel shares read.
+    Otherwise only the products ``|theta| * dN/d|theta|`` are kept. Either is formed during the
+    backward in its lifted parameter's memory as soon as its gradient is accumulated, which is
+    then freed: the backward never holds every gradient at once beside the lifted parameters.
     """
 
     def __init__(self, model, example_inputs, precision="float64", overrides=None,
@@ -76,20 +79,26 @@ class PathMasses:
                          overrides=overrides, track=True)
         self.layers = self.graph.layers()
         keep = set() if gradients_only else {layer.node for layer in self.layers.values()}
+        self._masses: dict = {}   # key -> |theta| * dN/d|theta| (times 2**-exponent)
         with torch.inference_mode(False), torch.enable_grad():  # also under inference_mode
             outputs, kept = ev.run(keep)
             for value in kept.values():
                 value[0].m.retain_grad()
+            self.gradients: dict = {}   # key -> dN/d|theta| (times 2**-exponent), gradients_only
+            kept_by_hook = self.gradients if gradients_only else self._masses
+            for key, leaf in ev.leaves.items():
+                leaf.register_post_accumulate_grad_hook(self._hook(key, kept_by_hook,
+                                                                   gradients_only))
             total = total_of(outputs)
             total.m.backward()
         self.relative_error = ev.relative_error()
         self.exponent = total.e
         self._total = total.m.detach()
         self.log_total = total.log()
-        self.gradients = {key: leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-                          for key, leaf in ev.leaves.items()}
-        self._leaves = {} if gradients_only else {key: leaf.detach()
-                                                  for key, leaf in ev.leaves.items()}
+        self.shapes = {key: tuple(leaf.shape) for key, leaf in ev.leaves.items()}
+        for key, leaf in ev.leaves.items():   # no path reaches it: zero gradient and mass
+            if key not in kept_by_hook:
+                kept_by_hook[key] = leaf.detach().zero_()
         self._shares = {}
         # values and gradients without their autograd graph, whose AccumulateGrad nodes would
         # keep every lifted parameter alive after release()
@@ -99,6 +108,19 @@ class PathMasses:
         self.batch_norm_after = {name: self.graph.nodes[j].module
                                  for name, j in self.graph.batch_norm_after().items()}
         self._channel_maps_known = False   # every op's channel map is stated (channel_share)
+
+    @staticmethod
+    def _hook(key, kept: dict, gradients_only: bool):
+        """The hook that turns the lifted parameter of ``key`` into its mass ``|theta| *
+        dN/d|theta|`` (or its gradient, ``gradients_only``) in place, once its gradient is
+        accumulated (every op reading it has then run its backward), keeps it in ``kept`` and
+        frees the gradient."""
+        def hook(leaf):
+            with torch.no_grad():
+                value = leaf.detach()
+                kept[key] = value.copy_(leaf.grad) if gradients_only else value.mul_(leaf.grad)
+            leaf.grad = None
+        return hook
 
     def group_mass(self, members, num_channels, relative=True) -> torch.Tensor:
         """Sum over ``members`` of each member's removed mass per root channel: an upper bound
@@ -116,7 +138,7 @@ class PathMasses:
         false (a weight's shares, as large as the weight, for a caller that reduces them)."""
         if key in self._shares:
             return self._shares[key]
-        share = torch.mul(self._leaves[key], self.gradients[key]).div_(self._total)
+        share = torch.div(self._masses[key], self._total)
         if keep:
             self._shares[key] = share
         return share
@@ -130,7 +152,7 @@ class PathMasses:
         the memory of the lifted parameter, which this object then drops: for a caller that needs
         each key once."""
         self._shares.pop(key, None)
-        product = self._leaves.pop(key).mul_(self.gradients[key])
+        product = self._masses.pop(key)
         if relative:
             return product.div_(self._total)
         return times_pow2(product, self.exponent, inplace=True)
@@ -143,7 +165,11 @@ class PathMasses:
         return torch.mul(value, grad).div_(self._total)
 
     def gradient(self, key) -> torch.Tensor:
-        """``dN/d|theta|`` up to the common factor ``2**exponent`` (shared by all keys)."""
+        """``dN/d|theta|`` up to the common factor ``2**exponent`` (shared by all keys); kept
+        with ``gradients_only=True`` only."""
+        if key not in self.gradients and key in self.shapes:
+            raise ValueError("these PathMasses keep masses only: build them with "
+                             "gradients_only=True to read gradients")
         return self.gradients[key]
 
     def channel_share(self, layer: str) -> torch.Tensor:
@@ -160,7 +186,7 @@ class PathMasses:
         neurons = self._neurons(index)
         dim = fact(node, "channel_dim", "the dim of its output holding channels") % neurons.dim()
         per_channel = neurons.transpose(0, dim).reshape(neurons.shape[dim], -1).sum(dim=1)
-        view = channel_view(node, "weight", self.gradients[weight])
+        view = channel_view(node, "weight", torch.empty(self.shapes[weight], device="meta"))
         if per_channel.numel() != channel_count(view):
             why = (f"its output has {per_channel.numel()} channels along dim {dim}, its weight "
                    f"{channel_count(view)}")
@@ -182,13 +208,13 @@ class PathMasses:
             if kind == "out":
                 return channel_sums(node, "weight", w) + (self.share(bias) if bias else 0)
             return channel_sums(node, "weight", w, "in")
-        if Computed(module, Part.SCALE) in self._leaves:
+        if Computed(module, Part.SCALE) in self._masses:
             if kind != "out":
                 raise ValueError(f"BatchNorm '{module}' has one side: use kind 'out'")
             return (self.share(Computed(module, Part.SCALE))
                     + self.share(Computed(module, Part.SHIFT)))
         slopes = Computed(module, Part.SLOPE)    # the lifted slopes of the prelu rule
-        if slopes in self._leaves and self._leaves[slopes].numel() > 1:
+        if slopes in self._masses and self._masses[slopes].numel() > 1:
             if kind != "out":
                 raise ValueError(f"PReLU '{module}' has one side: use kind 'out'")
             return self.share(slopes)
@@ -223,7 +249,7 @@ def weight_scores(model: torch.nn.Module, example_inputs: Inputs, relative: bool
         for name in (weight, bias) if bias else (weight,):
             out[name] = masses.release(name, relative)
     for name in masses.graph.param_names:   # x @ W, x * gamma, x + b: lifted under their names
-        if name not in out and name in masses._leaves:
+        if name not in out and name in masses._masses:
             out[name] = masses.release(name, relative)
     return out
 

@@ -9,6 +9,7 @@ from models import Depthwise, MatmulNet, _at_w_pair, _with
 from torch import nn
 
 import pathmetric as pm
+from pathmetric.prune import _kth_smallest
 
 X = torch.zeros(1, 3, 32, 32)
 
@@ -110,11 +111,19 @@ def test_mixed_precision_plan_is_no_worse_than_uniform(resnet):
 
 
 def _magnitude_masks(model, sparsity):
-    weights = {n: p.detach().abs() for n, p in model.named_parameters()
-               if p.dim() > 1}
-    flat = torch.cat([w.flatten() for w in weights.values()])
-    threshold = flat.kthvalue(int(sparsity * flat.numel())).values
-    return {n: w > threshold for n, w in weights.items()}
+    """Global magnitude masks; the threshold is torch.kthvalue's (pinned equal by
+    test_pinned_values), found without kthvalue's copy of the values and their int64 indices."""
+    weights = {n: p.detach() for n, p in model.named_parameters() if p.dim() > 1}
+    flat = torch.cat([w.abs().flatten() for w in weights.values()])
+    threshold = _kth_smallest(flat, int(sparsity * flat.numel()))
+    del flat
+    return {n: w.abs() > threshold for n, w in weights.items()}
+
+
+def _all_close(a, b, rtol):
+    """``torch.allclose(a, b, rtol, atol=0)``, evaluated by blocks of rows (its temporaries are
+    each as large as the tensors: four float64 copies of vgg's 25088 x 4096 classifier)."""
+    return all(torch.allclose(x, y, rtol=rtol, atol=0) for x, y in zip(a.split(64), b.split(64)))
 
 
 def _independent_rescale(model):
@@ -141,18 +150,22 @@ def test_scores_and_masks_are_rescaling_invariant_while_magnitude_is_not(name):
         rescaled.append(_independent_rescale(model))
     base = pm.prune(model, 0.6, X).masks   # masks only: each result holds a pruned copy
     base_structured = pm.prune(model, 0.3, X, structured=True).masks
-    scores = pm.weight_scores(model, X, relative=True)
     for other in rescaled:
         x = torch.randn(2, 3, 32, 32)
         assert torch.allclose(model(x), other(x), rtol=1e-4, atol=1e-5)
-        other_scores = pm.weight_scores(other, X, relative=True)
-        assert all(torch.allclose(scores[k], other_scores[k], rtol=1e-9, atol=0) for k in scores)
         pruned = pm.prune(other, 0.6, X).masks
         assert all(torch.equal(base[k], pruned[k]) for k in base)
         structured = pm.prune(other, 0.3, X, structured=True).masks
         assert all(torch.equal(base_structured[k], structured[k]) for k in base_structured)
         magnitude, magnitude_other = _magnitude_masks(model, 0.6), _magnitude_masks(other, 0.6)
         assert any(not torch.equal(magnitude[k], magnitude_other[k]) for k in magnitude)
+    del base, base_structured, pruned, structured, magnitude, magnitude_other
+    # the float64 scores last, one other model's at a time (vgg11_bn's are 1.06 GB a model)
+    scores = pm.weight_scores(model, X, relative=True)
+    for other in rescaled:
+        other_scores = pm.weight_scores(other, X, relative=True)
+        assert all(_all_close(scores[k], other_scores[k], rtol=1e-9) for k in scores)
+        del other_scores
 
 
 def test_prune_options_and_certificate():
@@ -248,3 +261,17 @@ def test_weight_scores_cover_x_at_w_weights():
         zeroed[i, j] = 0
         assert float(scores["proj"][i, j]) == pytest.approx(
             total - pm.path_norm(_with(model, proj=zeroed), x), rel=1e-9, abs=1e-12)
+
+
+def test_kth_smallest_of_row_structured_scores_never_selects_over_the_whole_vector(monkeypatch):
+    """Scores of a 25088-column weight whose columns differ in scale: an evenly strided sample
+    (stride 7 here) would see one column class only, miss the bracket and fall back to a
+    selection over all entries (a copy of the values and their int64 indices)."""
+    generator = torch.Generator().manual_seed(0)
+    columns = 1.0 + torch.arange(25088, dtype=torch.float64).remainder(7)
+    values = (torch.rand(320, 25088, generator=generator, dtype=torch.float64) * columns).reshape(-1)
+    sizes, kthvalue = [], torch.kthvalue
+    monkeypatch.setattr(torch, "kthvalue", lambda t, k: sizes.append(t.numel()) or kthvalue(t, k))
+    for k in (1, 401_408, 4_014_080, values.numel()):
+        assert _kth_smallest(values, k) == kthvalue(values, k).values
+    assert max(sizes) < values.numel() // 4
