@@ -19,25 +19,16 @@ any implementation of that pass, ours included.
 import argparse
 import importlib
 import sys
-import time
 
 import torch
 import torchvision
+from engine_speed import best_time
 from torch.profiler import ProfilerActivity, profile
 
 import pathmetric as pm
 from pathmetric.core.support import forget
 
 LINEAR_MAPS = ("aten::mm", "aten::addmm", "aten::bmm")
-
-
-def best_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def linear_map_seconds(fn) -> float:
