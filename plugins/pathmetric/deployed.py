@@ -248,7 +248,7 @@ def downstream_masses(model: nn.Module, example_inputs) -> dict:
     PT2E quantize ops in its forward), the downstream path mass ``G(v) = sum over paths p from v
     to an output of prod_{e in p} |w_e|`` of each of its neurons (shape of the point without the
     batch dimension), from one forward and one backward of the L1 lifted network."""
-    model = _frozen(model)
+    model = _frozen(model, as_tuple(example_inputs))
     graph = capture(model, example_inputs)
     points = _points(graph, model)
     masses, _ = _downstream(graph, model, points)
@@ -260,25 +260,41 @@ def downstream_masses(model: nn.Module, example_inputs) -> dict:
 _FROZEN: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _frozen(quantized: nn.Module) -> nn.Module:
-    """``quantized``, or, for a ``GraphModule`` that quantizes a constant (a weight) at every
-    call (Intel Neural Compressor's converted graphs: ``quantize_per_channel(weight)`` then
-    ``dequantize_per_channel``), a copy whose quantize of each constant is computed once into an
-    integer buffer, as ``convert_pt2e(fold_quantize=True)`` does: the dequantize of that buffer is
-    the weight ``theta'`` the model uses. The copy is kept while the parameters are unchanged."""
-    if not isinstance(quantized, torch.fx.GraphModule):
-        return quantized
+def _frozen(quantized: nn.Module, inputs) -> nn.Module:
+    """``quantized``, or, when it quantizes a weight at every call, a copy where that weight is
+    quantized once, so that the layer reads the weight ``theta'`` the model uses:
+
+    - a ``GraphModule`` that quantizes a constant (Intel Neural Compressor's converted graphs:
+      ``quantize_per_channel(weight)`` then ``dequantize_per_channel``): the quantize is computed
+      once into an integer buffer, as ``convert_pt2e(fold_quantize=True)`` does;
+    - a fake-quantization module applied to a parameter or buffer (``torch.ao`` QAT layers'
+      ``weight_fake_quant``, the weight fake-quants of ``prepare_qat_pt2e`` graphs): the tensor
+      holds its fake-quantized value (the module's grid, observer off:
+      :func:`~pathmetric.core.rules.quantization.module_forward`) and the module is the identity.
+
+    The copy is kept while the model's parameters and buffers are unchanged."""
     constant = [n for n in quantized.graph.nodes if n.op == "call_function"
                 and getattr(lookup(n.target), "quantization", None) == "point"
-                and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"]
-    if not constant:
+                and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"] \
+        if isinstance(quantized, torch.fx.GraphModule) else []
+    if not constant and not any(quantization.module_kind(type(m)) == "fake_quantize"
+                                for m in quantized.modules()):
         return quantized
     versions = tuple((id(t), t._version) for t in named_tensors(quantized).values())
     if quantized in _FROZEN and _FROZEN[quantized][0] == versions:
         return _FROZEN[quantized][1]
     frozen = copy.deepcopy(quantized)
+    if constant:
+        _fold_constant_quantize(frozen, {c.name for c in constant})
+    _fold_weight_fake_quantize(frozen, inputs)
+    _FROZEN[quantized] = (versions, frozen)
+    return frozen
+
+
+def _fold_constant_quantize(frozen: torch.fx.GraphModule, names: set):
+    """Each quantize node of ``names`` (on a constant) computed once into an integer buffer."""
     for k, node in enumerate(n for n in frozen.graph.nodes if n.op == "call_function"
-                             and n.name in {c.name for c in constant}):
+                             and n.name in names):
         args = torch.fx.node.map_arg(node.args, lambda a: functools.reduce(  # type: ignore
             getattr, str(a.target).split("."), frozen) if a.op == "get_attr" else a)
         name = f"_pathmetric_frozen_weight_{k}"
@@ -288,8 +304,37 @@ def _frozen(quantized: nn.Module) -> nn.Module:
             node.replace_all_uses_with(frozen.graph.get_attr(name))
         frozen.graph.erase_node(node)
     frozen.recompile()
-    _FROZEN[quantized] = (versions, frozen)
-    return frozen
+
+
+def _fold_weight_fake_quantize(frozen: nn.Module, inputs):
+    """Every fake-quantization module of ``frozen`` (a copy) that one run on ``inputs`` calls on
+    a parameter or buffer: the tensor replaced by its fake-quantized value, the module by the
+    identity (the run uses the modules' rule forwards: no observer updates a grid)."""
+    state = {id(t): t for t in named_tensors(frozen).values()}
+    calls: dict = {}
+    replaced = []
+    for name, module in frozen.named_modules():
+        module.training = False
+        forward = quantization.module_forward(module)
+        if quantization.module_kind(type(module)) == "fake_quantize":
+            def watched(x, name=name, forward=forward or (lambda t: t)):
+                if id(x) in state:
+                    calls.setdefault(name, (x, forward))
+                return forward(x)
+            forward = watched
+        if forward is not None:
+            module.forward = forward
+            replaced.append(module)
+    with torch.no_grad():
+        frozen(*[t[:1] for t in inputs])
+    for module in replaced:
+        del module.forward
+    modules = dict(frozen.named_modules())
+    for name, (tensor, forward) in calls.items():
+        with torch.no_grad():
+            tensor.copy_(forward(tensor))
+        parent, _, leaf = name.rpartition(".")
+        setattr(modules[parent], leaf, nn.Identity())
 
 
 # ---------------------------------------------------------------- the float model, as deployed
@@ -520,7 +565,7 @@ class DeploymentReport:
 
 def has_quantization_points(model: nn.Module, example_inputs) -> bool:
     """Whether the captured graph of ``model`` has a quantization point (a deployed model)."""
-    graph = capture(_frozen(model), example_inputs)
+    graph = capture(_frozen(model, as_tuple(example_inputs)), example_inputs)
     return any(node.rule.quantization == "point" for _, node in graph.operations())
 
 
@@ -532,7 +577,7 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     inputs = as_tuple(x)
     if any(t.dim() == 0 for t in inputs):
         raise ValueError("deployment_report needs inputs with a batch dimension")
-    quantized = _frozen(quantized)
+    quantized = _frozen(quantized, inputs)
     graph, paired, theta, theta_q = _deployed_pair(model, quantized, inputs)
     points = _points(graph, quantized)
     parts, error = certified_distance(paired, theta, theta_q)

@@ -124,3 +124,51 @@ def test_dynamic_quantization_gets_a_per_sample_bound(float_model):
     assert (gap <= report.bound).all()
     sup = x.flatten(1).abs().amax(1).double().clamp(min=1.0)
     assert (report.bound >= sup * report.weight_term + report.dynamic_term).all()
+
+
+class _NoBatchNorm(torch.nn.Module):
+    """conv-ReLU-maxpool twice and a linear head on 8x8 digits (``prepare_qat_pt2e`` keeps a
+    BatchNorm live during QAT, with its folding computed from the weights in forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        pool = torch.nn.functional.max_pool2d
+        x = pool(torch.relu(self.c1(x)), 2)
+        return self.fc(torch.flatten(pool(torch.relu(self.c2(x)), 2), 1))
+
+
+def test_prepare_qat_pt2e_graph_is_certified(float_model):
+    """torchao's QAT flow before conversion: fake-quantization modules on the weights (read as
+    their fake-quantized values) and on the activations (points on the grids they hold, their
+    observers left out); the certificate holds and the prepared graph is left as it was."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+    _, x_train, x_test = float_model
+    torch.manual_seed(0)
+    model = _NoBatchNorm().eval()
+    quantizer = X86InductorQuantizer().set_global(
+        get_default_x86_inductor_quantization_config(is_qat=True))
+    prepared = prepare_qat_pt2e(torch.export.export(model, (x_train[:1],)).module(), quantizer)
+    for i in range(400):   # the observers' moving averages (constant 0.01) settle
+        prepared(x_train[i:i + 1])
+    before = {k: v.clone() for k, v in prepared.state_dict().items()}
+    x = x_test[:200]
+    report = pm.deployment_report(model, prepared, x)
+    after = prepared.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert report.weight_term > 0.0 and len(report.activation_terms) == 3
+    for module in prepared.modules():
+        if hasattr(module, "disable_observer"):
+            module.disable_observer()
+    with torch.no_grad():
+        gap = torch.cat([(model(v) - prepared(v)).abs().sum(dim=1) for v in x.split(1)]).double()
+    certified = ~report.saturated
+    assert certified.sum() >= 20 and torch.isinf(report.bound[report.saturated]).all()
+    assert (gap[certified] <= report.bound[certified]).all()

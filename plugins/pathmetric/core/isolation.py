@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ..errors import ModelCaptureError, UnsupportedModelError
+from .rules.quantization import module_forward
 
 
 class RandomDraws:
@@ -58,8 +59,10 @@ class RandomDraws:
 @contextlib.contextmanager
 def eval_mode_with_paths(model: nn.Module, paths: list):
     """Eval mode (the ``training`` flags set directly: a user ``train()`` override is not run)
-    and a module-path stack for the duration; the hooks are removed afterwards (the flags are
-    restored by :func:`model_untouched`)."""
+    and a module-path stack for the duration, and the rule's forward for a known quantization
+    module (:func:`~pathmetric.core.rules.quantization.module_forward`: no observer runs); the
+    hooks are removed afterwards (the flags and forwards are restored by
+    :func:`model_untouched`)."""
     handles = []
     seen = set()
     for name, module in model.named_modules():
@@ -67,6 +70,8 @@ def eval_mode_with_paths(model: nn.Module, paths: list):
             continue
         seen.add(id(module))
         module.training = False
+        if (replacement := module_forward(module)) is not None:
+            module.forward = replacement
         entry = (name, type(module).__name__)
         handles.append(module.register_forward_pre_hook(
             lambda _m, _a, entry=entry: paths.append(entry)))
