@@ -565,6 +565,7 @@ class DeploymentReport:
 
 def has_quantization_points(model: nn.Module, example_inputs) -> bool:
     """Whether the captured graph of ``model`` has a quantization point (a deployed model)."""
+    _refuse_wrappers(model)
     graph = capture(_frozen(model, as_tuple(example_inputs)), example_inputs)
     return any(node.rule.quantization == "point" for _, node in graph.operations())
 
@@ -577,6 +578,7 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     inputs = as_tuple(x)
     if any(t.dim() == 0 for t in inputs):
         raise ValueError("deployment_report needs inputs with a batch dimension")
+    _refuse_wrappers(quantized)
     quantized = _frozen(quantized, inputs)
     graph, paired, theta, theta_q = _deployed_pair(model, quantized, inputs)
     points = _points(graph, quantized)
@@ -633,6 +635,23 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
         safe_input_radius=min(radii.values(), default=math.inf),
         saturated=saturated, saturated_points=per_point, weight_share=weight_share,
         activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan)
+
+
+def _refuse_wrappers(quantized: nn.Module):
+    """Refuse a model some of whose modules run another module's forward (a compression
+    framework's wrapper, NNI's ``ModuleWrapper``): its quantization lives in the wrapper's
+    Python state, which capture does not read as quantization points."""
+    for name, module in quantized.named_modules():
+        forward = module.__dict__.get("forward")
+        owner = getattr(forward, "__self__", None)
+        if isinstance(owner, nn.Module) and owner is not module:
+            why = (f"its forward is {type(owner).__module__}.{type(owner).__qualname__}.forward, "
+                   "a wrapper whose quantization capture cannot read as points; for a model "
+                   "NNI's quantizers wrapped use pathmetric.adapters.nni."
+                   "deployment_report_from_wrapped(model, wrapped, x) (or "
+                   "deployment_report_from_config), else pass the model the framework exports")
+            raise UnsupportedModelError(f"'{name or '<model>'}' ({type(module).__name__}): {why}",
+                                        [("forward", name, why)])
 
 
 def output_bound(model: nn.Module, quantized: nn.Module, x) -> torch.Tensor:
