@@ -661,3 +661,35 @@ def output_bound(model: nn.Module, quantized: nn.Module, x) -> torch.Tensor:
 
 
 metric.DEPLOYED = (has_quantization_points, output_bound)
+
+
+def gap_search(model: nn.Module, quantized: nn.Module, x: torch.Tensor, steps: int = 30,
+               step: float = 0.02, seed: int = 0,
+               box: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A search for inputs where the measured gap ``f(x) = ||R(x) - Rq(x)||_1`` is large, on
+    ``quantized`` itself: a converted graph carries no gradient through its integer rounding, so
+    the ascent is derivative-free (SPSA: ``g = (f(x + c u) - f(x - c u)) / (2c) * u`` with ``u``
+    a random sign vector, then ``x <- x + c * sign(g)``, ``c = step * (hi - lo)``), projected on
+    ``box = (lo, hi)`` (default: the range of the values of ``x``); from each sample of ``x``
+    (clamped to the box), one sample at a time (graphs are exported at batch size 1). Returns
+    every iterate (``steps + 1`` per sample, the start first) and its measured gap: evidence for
+    :func:`deployment_report`, which certifies the iterates."""
+    lo, hi = box if box is not None else (float(x.min()), float(x.max()))
+    size = step * (hi - lo)
+    generator = torch.Generator().manual_seed(seed)
+
+    def gap(v):
+        with torch.no_grad():
+            return float((model(v) - quantized(v)).abs().sum())
+    iterates, gaps = [], []
+    for start in x.split(1):
+        v = start.clamp(lo, hi)
+        iterates.append(v)
+        gaps.append(gap(v))
+        for _ in range(steps):
+            u = torch.randint(0, 2, v.shape, generator=generator).to(v.dtype) * 2 - 1
+            slope = (gap((v + size * u).clamp(lo, hi)) - gap((v - size * u).clamp(lo, hi)))
+            v = (v + size * torch.sign(torch.as_tensor(slope)) * u).clamp(lo, hi)
+            iterates.append(v)
+            gaps.append(gap(v))
+    return torch.cat(iterates), torch.tensor(gaps, dtype=torch.float64)

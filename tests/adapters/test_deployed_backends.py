@@ -10,6 +10,7 @@ import torch
 
 import pathmetric as pm
 from pathmetric.app import digits
+from pathmetric.deployed import gap_search
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +173,23 @@ def test_prepare_qat_pt2e_graph_is_certified(float_model):
     certified = ~report.saturated
     assert certified.sum() >= 20 and torch.isinf(report.bound[report.saturated]).all()
     assert (gap[certified] <= report.bound[certified]).all()
+
+
+@pytest.mark.parametrize("backend", ["torchao-x86", "inc-static-per-channel"])
+def test_derivative_free_ascent_on_the_gap_stays_below_the_bound(float_model, backend):
+    """SPSA ascent on the measured gap of the real converted graph (no gradient through its
+    rounding), from the 4 certified digits with the largest gap, in the box of intensities that
+    the backend's input grid covers (INC's ends at 0.966): every certified iterate's gap is at
+    most its bound, and the ascent does raise the gap."""
+    model, x_train, x_all = float_model
+    deployed = DEPLOY[backend](model, x_train)
+    x = x_all[:200]
+    report = pm.deployment_report(model, deployed, x)
+    with torch.no_grad():
+        gap = torch.cat([(model(v) - deployed(v)).abs().sum(dim=1) for v in x.split(1)])
+    starts = x[gap.double().masked_fill(report.saturated, -1).argsort(descending=True)[:4]]
+    iterates, gaps = gap_search(model, deployed, starts, steps=25, box=(0.0, 0.95))
+    searched = pm.deployment_report(model, deployed, iterates)
+    certified = ~searched.saturated
+    assert certified.sum() > 4 and float(gaps[certified].max()) > float(gaps[::26].max())
+    assert (gaps[certified] <= searched.bound[certified]).all()
