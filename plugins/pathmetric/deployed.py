@@ -31,6 +31,7 @@ from .core.algebras import NormLifting, total_of
 from .core.capture import as_tuple
 from .core.interpreter import named_tensors
 from .core.ir import Graph, Node, Param, ParamView, Value, fact
+from .core.replay import replay
 from .core.rules import aten, batch_norm_scale, batch_norm_shift, lookup, quantization
 from .core.scaled import Scaled, scaled_sum, times_pow2, to_float
 from .core.support import capture
@@ -39,7 +40,6 @@ from .metric import certified_distance, log_round_up, round_up
 
 ARITHMETIC = ("exact: the bound is for the dequantized network computed exactly; the rounding of "
               "the deployed float/integer kernels is not included")
-_SKIPPED = ("dropout", "aten.dropout.default")  # the identity in eval mode, on either side
 CHUNK = 64   # samples per walk of the quantized graph (saturation checks)
 
 
@@ -340,35 +340,37 @@ def _fold_weight_fake_quantize(frozen: nn.Module, inputs):
 # ---------------------------------------------------------------- the float model, as deployed
 
 def _operations(graph: Graph, quantization_too: bool) -> list:
-    """The operations of ``graph`` but dropouts and, if ``quantization_too``, the quantize,
+    """The operations of ``graph`` but the identity maps (the rules stating ``identity``:
+    dropout in eval mode, which an export may drop) and, if ``quantization_too``, the quantize,
     dequantize and grid computations (the rules stating a ``quantization`` part)."""
-    return [(i, n) for i, n in graph.operations() if n.rule_name not in _SKIPPED
+    return [(i, n) for i, n in graph.operations() if not n.rule.identity
             and not (quantization_too and n.rule.quantization is not None)]
 
 
 def _reference_roles(graph: Graph, model: nn.Module, node: Node, folded) -> dict:
     """The parametrised roles of the float model's ``node``: role -> tensor (None where absent),
     with the frozen BatchNorm node ``folded`` (or None) folded into it, as backends fold it:
-    weight ``W s`` along its output channels, bias ``b s + t``."""
+    weight ``W s`` along its output channels, bias ``b s + t``, computed in float64 (the
+    product of a float32 weight and a float64 scale is rounded once, at 2^-53 relative)."""
     resolve = graph.resolver(named_tensors(model))
     roles = {role: resolve(value) for role, value in node.roles.items()
              if not isinstance(value, Value)}
     roles = {role: v.detach() if isinstance(v, torch.Tensor) else v for role, v in roles.items()}
     if folded is None:
         return roles
-    bn = {role: resolve(folded.roles.get(role)) for role in
-          ("running_mean", "running_var", "weight", "bias")}
+    bn = {role: None if (t := resolve(folded.roles.get(role))) is None else t.double()
+          for role in ("running_mean", "running_var", "weight", "bias")}
     eps = folded.roles.get("eps", 1e-5)
     scale = batch_norm_scale(bn["running_var"], bn["weight"], eps).detach()
     shift = batch_norm_shift(bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"],
                              eps).detach()
     dim = fact(node, "channel_params", "which parameter slices belong to an output channel")
-    weight = roles["weight"]
+    weight = roles["weight"].double()
     view = [1] * weight.dim()
     view[dim["weight"]] = -1
     roles["weight"] = weight * scale.reshape(view)
     bias = roles.get("bias")
-    roles["bias"] = shift if bias is None else bias * scale + shift
+    roles["bias"] = shift if bias is None else bias.double() * scale + shift
     return roles
 
 
@@ -445,8 +447,8 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
                 raise ValueError(f"'{node.module or '<model>'}' ({node.rule_name}): its {role} has "
                                  f"shape {tuple(deployed.shape)} in the quantized model and "
                                  f"{getattr(mine, 'shape', mine)} in the float model")
-            theta[name] = mine.to(deployed.device, torch.float64)
-            theta_q[name] = deployed.detach().to(torch.float64)
+            theta[name] = mine.to(deployed.device)   # (each pass reads them in its dtype)
+            theta_q[name] = deployed.detach()
             renames[role] = (value, Param(name))
         missing = [role for role, v in reference.items() if isinstance(v, torch.Tensor)
                    and node.roles.get(role) is None and bool((v != 0).any())]
@@ -469,33 +471,17 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
 def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
     """``{point key: (z, scale, zero point)}``: the value each point quantizes, and its grid, when
     the captured graph of the quantized model runs on ``inputs`` (upstream points quantized, as
-    deployed)."""
-    resolve_ref = graph.resolver(named_tensors(model))
-    results: list = []
+    deployed: :func:`~pathmetric.core.replay.replay`)."""
     wanted = {p.node: p.key for p in points}
     out = {}
 
-    def resolve(x):
-        if isinstance(x, Value):
-            value = results[x.node]
-            return value if x.item is None else value[x.item]
-        return resolve_ref(x)
-
-    feed = iter(inputs)
-    model_inputs = set(graph.inputs)
+    def record(index, node, resolve):
+        if index in wanted:
+            grid = quantization.grid(node)
+            out[wanted[index]] = (resolve(node.roles["x"]), resolve(grid.scale),
+                                  resolve(grid.zero_point))
     with torch.no_grad():
-        for index, node in enumerate(graph.nodes):
-            if index in model_inputs:
-                results.append(next(feed))
-                continue
-            args, kwargs = node.call(resolve)
-            if index in wanted:
-                grid = quantization.grid(node)
-                out[wanted[index]] = (resolve(node.roles["x"]), resolve(grid.scale),
-                                      resolve(grid.zero_point))
-            if node.inplace:
-                args = (args[0].clone(),) + tuple(args[1:])
-            results.append(node.func(*args, **kwargs))
+        replay(graph, model, inputs, before=record)
     return out
 
 
