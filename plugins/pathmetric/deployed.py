@@ -41,6 +41,10 @@ from .metric import certified_distance, log_round_up, round_up
 ARITHMETIC = ("exact: the bound is for the dequantized network computed exactly; the rounding of "
               "the deployed float/integer kernels is not included")
 CHUNK = 64   # samples per walk of the quantized graph (saturation checks)
+OBSERVING = ("the observers of {names} are on: the certificate is for the grids these "
+             "fake-quantization modules hold now (as converting the model deploys them); the "
+             "model's own forward would move them with each batch (disable_observer() runs it "
+             "as certified)")
 
 
 @dataclass(frozen=True)
@@ -565,6 +569,9 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     if any(t.dim() == 0 for t in inputs):
         raise ValueError("deployment_report needs inputs with a batch dimension")
     _refuse_wrappers(quantized)
+    observing = [name for name, m in quantized.named_modules()
+                 if quantization.module_kind(type(m)) == "fake_quantize"
+                 and bool(m.observer_enabled[0])]
     quantized = _frozen(quantized, inputs)
     graph, paired, theta, theta_q = _deployed_pair(model, quantized, inputs)
     points = _points(graph, quantized)
@@ -620,7 +627,9 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
         dynamic_term=dynamic, safe_radius=radii,
         safe_input_radius=min(radii.values(), default=math.inf),
         saturated=saturated, saturated_points=per_point, weight_share=weight_share,
-        activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan)
+        activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan,
+        notes=[OBSERVING.format(names=", ".join(observing[:3]) + (", ..." if len(observing) > 3
+                                                                   else ""))] if observing else [])
 
 
 def _refuse_wrappers(quantized: nn.Module):

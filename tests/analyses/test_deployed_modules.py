@@ -88,7 +88,9 @@ def test_fake_quantize_modules_are_the_points_of_their_grids(float_model):
     assert report.activation_terms.keys() == same.activation_terms.keys()
     assert list(report.activation_terms.values()) == list(same.activation_terms.values())
     assert torch.equal(report.bound, same.bound) and report.weight_term == 0.0
+    assert "observers of points.0, points.1, points.2 are on" in report.notes[0]
     deployed.apply(tq.disable_observer)
+    assert pm.deployment_report(float_model, deployed, X[:2]).notes == []
     with torch.no_grad():
         gap = (float_model(X) - deployed(X)).abs().sum(1).double()
     certified = ~report.saturated
