@@ -193,3 +193,22 @@ def test_derivative_free_ascent_on_the_gap_stays_below_the_bound(float_model, ba
     certified = ~searched.saturated
     assert certified.sum() > 4 and float(gaps[certified].max()) > float(gaps[::26].max())
     assert (gaps[certified] <= searched.bound[certified]).all()
+
+
+def test_prepare_pt2e_graph_with_torchao_observers_is_the_float_function(float_model):
+    """torchao's observers (its own copies of torch.ao's, recognised by name) are the identity:
+    a calibrated prepare_pt2e graph (of a model without BatchNorm, which prepare_pt2e folds)
+    has the float model's path-norm and no point, and its observers' statistics stay as they
+    were."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    _, x_train, _ = float_model
+    torch.manual_seed(0)
+    model = _NoBatchNorm().eval()
+    exported = torch.export.export(model, (x_train[:1],)).module()
+    prepared = prepare_pt2e(torch.export.export(model, (x_train[:1],)).module(), x86())
+    _calibrated(prepared, x_train)
+    before = {k: v.clone() for k, v in prepared.state_dict().items()}
+    assert pm.path_norm(prepared, x_train[:1]) == pm.path_norm(exported, x_train[:1])
+    assert pm.downstream_masses(prepared, x_train[:1]) == {}
+    after = prepared.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
