@@ -644,7 +644,9 @@ def _refuse_wrappers(quantized: nn.Module):
                    "a wrapper whose quantization capture cannot read as points; for a model "
                    "NNI's quantizers wrapped use pathmetric.adapters.nni."
                    "deployment_report_from_wrapped(model, wrapped, x) (or "
-                   "deployment_report_from_config), else pass the model the framework exports")
+                   "deployment_report_from_config); for a pruned one, unwrap it "
+                   "(pruner.unwrap_model()) or pass the sped-up model; else pass the model the "
+                   "framework exports")
             raise UnsupportedModelError(f"'{name or '<model>'}' ({type(module).__name__}): {why}",
                                         [("forward", name, why)])
 
