@@ -19,7 +19,8 @@ own tutorials, with no call from the user.
   ``pathmetric nni prune`` calls :func:`prune_from_config`.
 - :func:`quantization_bound_from_config` certifies the weight quantization of an NNI quantization
   ``config_list`` before any calibration, :func:`deployment_report_from_config` the deployed
-  model with its activation targets too.
+  model with its activation targets too, :func:`deployment_report_from_wrapped` the model an NNI
+  quantizer wrapped, from its wrappers' scales.
 - :func:`apply_compat_patches` (applied on import) / :func:`revert_compat_patches` /
   :func:`compat_patches` fix NNI 3.0's tracer (used by ``ModelSpeedup`` and dependency
   detection) for recent torch.
@@ -42,6 +43,7 @@ from .nni_config import (
 from .nni_pruner import PathMetricPruner
 from .nni_quantization import (
                          deployment_report_from_config,
+                         deployment_report_from_wrapped,
                          quantization_bound_from_config,
                          quantized_parameters,
 )
@@ -49,5 +51,5 @@ from .nni_quantization import (
 __all__ = ["PathMetricPruner", "PRUNERS", "CONFIG_KEYS", "load_config", "pruner_from_config",
            "prune_from_config", "NNIPruneResult", "SpeedupError", "removed_channels",
            "quantized_parameters", "quantization_bound_from_config",
-           "deployment_report_from_config",
+           "deployment_report_from_config", "deployment_report_from_wrapped",
            "apply_compat_patches", "revert_compat_patches", "compat_patches"]

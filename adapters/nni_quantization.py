@@ -6,7 +6,10 @@
 - :func:`deployment_report_from_config`: the deployed model, ``_input_`` / ``_output_``
   (activation) targets included: each becomes a quantization point with NNI's scale and zero
   point from calibrated min/max (as NNI's ``PtqQuantizer`` computes them), certified by
-  ``pm.deployment_report``.
+  ``pm.deployment_report``;
+- :func:`deployment_report_from_wrapped`: the model an NNI quantizer (``PtqQuantizer``,
+  ``QATQuantizer``, ``LsqQuantizer``, ``DoReFaQuantizer`` ...) wrapped, with the scales and zero
+  points its wrappers hold: the same deployed model, read off the quantizer's own state.
 
 NNI's own machinery does the translation: its config parsing and target settings, its
 granularity scalers, ``compute_scale_zp`` and ``ClampRound``. ``model`` is never modified.
@@ -28,7 +31,7 @@ from torch import nn
 import pathmetric as pm
 
 __all__ = ["quantized_parameters", "quantization_bound_from_config",
-           "deployment_report_from_config"]
+           "deployment_report_from_config", "deployment_report_from_wrapped"]
 
 
 def _spaces(model: nn.Module, config_list: list) -> dict:
@@ -153,6 +156,23 @@ def _fake_quantized(tensor, grid):
     return torch.fake_quantize_per_tensor_affine(tensor, scale, zero_point, qmin, qmax)
 
 
+def _with_points(deployed: nn.Module, points: dict) -> nn.Module:
+    """``deployed`` (a copy) with a fake-quantization point ``(scale, zero point, qmin, qmax)``
+    on each ``(module, 'input'/'output', index)`` of ``points``, as forward (pre-)hooks."""
+    modules = dict(deployed.named_modules())
+    for module_name in {m for m, _, _ in points}:
+        inputs = {i: g for (m, side, i), g in points.items() if m == module_name and side == "input"}
+        output = points.get((module_name, "output", 0))
+        if inputs:
+            modules[module_name].register_forward_pre_hook(
+                lambda _m, args, grids=inputs: tuple(
+                    _fake_quantized(a, grids[i]) if i in grids else a for i, a in enumerate(args)))
+        if output is not None:
+            modules[module_name].register_forward_hook(
+                lambda _m, _a, out, grid=output: _fake_quantized(out, grid))
+    return deployed
+
+
 def deployment_report_from_config(model: nn.Module, config_list: list, calibration_inputs, x):
     """``pm.deployment_report`` of the model NNI's PTQ quantizer deploys for ``config_list``:
     the parameter targets replaced by :func:`quantized_parameters`, and every ``_input_`` /
@@ -166,15 +186,85 @@ def deployment_report_from_config(model: nn.Module, config_list: list, calibrati
         named = dict(deployed.named_parameters())
         for name, tensor in quantized_parameters(model, config_list).items():
             named[name].copy_(tensor)
-    modules = dict(deployed.named_modules())
-    for module_name in {m for m, _, _ in points}:
-        inputs = {i: g for (m, side, i), g in points.items() if m == module_name and side == "input"}
-        output = points.get((module_name, "output", 0))
-        if inputs:
-            modules[module_name].register_forward_pre_hook(
-                lambda _m, args, grids=inputs: tuple(
-                    _fake_quantized(a, grids[i]) if i in grids else a for i, a in enumerate(args)))
-        if output is not None:
-            modules[module_name].register_forward_hook(
-                lambda _m, _a, out, grid=output: _fake_quantized(out, grid))
-    return pm.deployment_report(model, deployed, x)
+    return pm.deployment_report(model, _with_points(deployed, points), x)
+
+
+#: NNI's apply methods that put an activation on a grid, and whether the grid reads the target
+#: space's zero point (LSQ's ``lsq_clamp_round`` rounds ``clamp(z / s, qmin, qmax)``: zero 0)
+_GRID_METHODS = {"clamp_round": True, "qat_clamp_round": True, "lsq_clamp_round": False}
+
+
+def _activation_grid(wrapper, target: str, space) -> tuple:
+    """``(scale, zero point, qmin, qmax)`` of an activation target of an NNI wrapper, checked
+    against NNI's own quantize-dequantize on values across the grid and beyond its ends; a
+    ``ValueError`` naming the wrapper and target when it is not such a grid."""
+    where = f"NNI wrapper of '{wrapper.name}', target {target} (apply method " \
+            f"{space.apply_method!r})"
+    if space.apply_method not in _GRID_METHODS:
+        raise ValueError(f"{where}: not a rounding onto a grid the certificate covers (supported: "
+                         f"{sorted(_GRID_METHODS)}); DoReFa's activation clamp and BNN's sign "
+                         "are not")
+    if space.scale.numel() != 1 or space.zero_point.numel() != 1:
+        raise ValueError(f"{where}: a scale per channel on an activation is not certified; use "
+                         "a per-tensor granularity")
+    scale = float(space.scale)
+    zero = float(space.zero_point) if _GRID_METHODS[space.apply_method] else 0.0
+    if zero != round(zero):
+        raise ValueError(f"{where}: its zero point {zero} is not an integer")
+    grid = (scale, int(zero), int(space.qmin), int(space.qmax))
+    # one value in each step from 4 steps below the grid's lower end to 4 above its upper end,
+    # away from the ties that NNI's z / s and fake-quantization's z * (1 / s) may round apart
+    steps = torch.arange(grid[3] - grid[2] + 8, dtype=torch.float64)
+    offsets = (steps * 0.6180339887 + 0.1) % 1
+    offsets = torch.where((offsets - 0.5).abs() < 0.02, 0.25, offsets)
+    probe = (scale * (grid[2] - grid[1] + steps - 4 + offsets)).float()
+    with torch.no_grad():
+        theirs = wrapper._apply_quant_helper(probe, space)
+    if not torch.allclose(theirs, _fake_quantized(probe, grid), rtol=0, atol=1e-6 * scale):
+        raise ValueError(f"{where}: NNI's quantize-dequantize is not fake-quantization on the "
+                         f"grid (scale {scale}, zero point {grid[1]}, [{grid[2]}, {grid[3]}])")
+    return grid
+
+
+def deployment_report_from_wrapped(model: nn.Module, wrapped: nn.Module, x):
+    """``pm.deployment_report(model, deployed, x)`` for ``wrapped``, the model an NNI quantizer
+    wrapped (``PtqQuantizer`` after ``compress``, ``QATQuantizer``, ``LsqQuantizer``,
+    ``DoReFaQuantizer`` ...), with the state its wrappers hold now: the deployed model has
+    each wrapper's parameter targets replaced by NNI's own
+    quantize-dequantize of them (any apply method: DoReFa's weight transform included) and its
+    ``_input_`` / ``_output_`` targets fake-quantization points on their scales and zero points
+    (per tensor; each checked against NNI's own quantize-dequantize), the wrappers removed.
+    ``model`` is the float model the quantizer wrapped a copy of (the deployed model is ``model``
+    with the wrapped model's tensors); neither model is modified."""
+    wrappers = {name: module._nni_wrapper for name, module in wrapped.named_modules()
+                if isinstance(getattr(module, "_nni_wrapper", None), nn.Module)}
+    if not wrappers:
+        raise ValueError(f"{type(wrapped).__name__} has no NNI wrapper: pass the model an NNI "
+                         "quantizer wrapped, or certify an unwrapped model with pm.output_bound")
+    points, params = {}, {}
+    for name, wrapper in wrappers.items():
+        if wrapper.fused_modules or wrapper.pruning_target_spaces:
+            raise ValueError(f"NNI wrapper of '{name}': fused modules or pruning masks in one "
+                             "wrapper are not certified; quantize an unfused, unpruned model")
+        for target, space in wrapper.quantization_target_spaces.items():
+            if space.scale is None or space.apply_method == "bypass":
+                continue
+            if space.type is TargetType.PARAMETER:
+                with torch.no_grad():
+                    params[f"{name}.{target}"] = wrapper._apply_quant_helper(
+                        space.target.detach(), space).detach()
+            else:
+                side = "input" if space.type is TargetType.INPUT else "output"
+                points[(name, side, int(target.rsplit("_", 1)[-1]))] = _activation_grid(
+                    wrapper, target, space)
+    deployed = deepcopy(model)   # (a wrapped model after training holds non-leaf tensors)
+    modules = dict(wrapped.named_modules())
+    with torch.no_grad():
+        for name, tensor in [*deployed.named_parameters(), *deployed.named_buffers()]:
+            owner, _, leaf = name.rpartition(".")
+            value = params.get(name, getattr(modules.get(owner), leaf, None))
+            if not isinstance(value, torch.Tensor) or value.shape != tensor.shape:
+                raise ValueError(f"'{name}' of the float model is not in the wrapped model: "
+                                 "pass the float model that the NNI quantizer wrapped a copy of")
+            tensor.copy_(value)
+    return pm.deployment_report(model, _with_points(deployed.eval(), points), x)

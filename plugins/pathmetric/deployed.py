@@ -31,6 +31,7 @@ from .core.algebras import NormLifting, total_of
 from .core.capture import as_tuple
 from .core.interpreter import named_tensors
 from .core.ir import Graph, Node, Param, ParamView, Value, fact
+from .core.replay import replay
 from .core.rules import aten, batch_norm_scale, batch_norm_shift, lookup, quantization
 from .core.scaled import Scaled, scaled_sum, times_pow2, to_float
 from .core.support import capture
@@ -39,8 +40,11 @@ from .metric import certified_distance, log_round_up, round_up
 
 ARITHMETIC = ("exact: the bound is for the dequantized network computed exactly; the rounding of "
               "the deployed float/integer kernels is not included")
-_SKIPPED = ("dropout", "aten.dropout.default")  # the identity in eval mode, on either side
 CHUNK = 64   # samples per walk of the quantized graph (saturation checks)
+OBSERVING = ("the observers of {names} are on: the certificate is for the grids these "
+             "fake-quantization modules hold now (as converting the model deploys them); the "
+             "model's own forward would move them with each batch (disable_observer() runs it "
+             "as certified)")
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,7 @@ def downstream_masses(model: nn.Module, example_inputs) -> dict:
     PT2E quantize ops in its forward), the downstream path mass ``G(v) = sum over paths p from v
     to an output of prod_{e in p} |w_e|`` of each of its neurons (shape of the point without the
     batch dimension), from one forward and one backward of the L1 lifted network."""
-    model = _frozen(model)
+    model = _frozen(model, as_tuple(example_inputs))
     graph = capture(model, example_inputs)
     points = _points(graph, model)
     masses, _ = _downstream(graph, model, points)
@@ -260,25 +264,41 @@ def downstream_masses(model: nn.Module, example_inputs) -> dict:
 _FROZEN: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _frozen(quantized: nn.Module) -> nn.Module:
-    """``quantized``, or, for a ``GraphModule`` that quantizes a constant (a weight) at every
-    call (Intel Neural Compressor's converted graphs: ``quantize_per_channel(weight)`` then
-    ``dequantize_per_channel``), a copy whose quantize of each constant is computed once into an
-    integer buffer, as ``convert_pt2e(fold_quantize=True)`` does: the dequantize of that buffer is
-    the weight ``theta'`` the model uses. The copy is kept while the parameters are unchanged."""
-    if not isinstance(quantized, torch.fx.GraphModule):
-        return quantized
+def _frozen(quantized: nn.Module, inputs) -> nn.Module:
+    """``quantized``, or, when it quantizes a weight at every call, a copy where that weight is
+    quantized once, so that the layer reads the weight ``theta'`` the model uses:
+
+    - a ``GraphModule`` that quantizes a constant (Intel Neural Compressor's converted graphs:
+      ``quantize_per_channel(weight)`` then ``dequantize_per_channel``): the quantize is computed
+      once into an integer buffer, as ``convert_pt2e(fold_quantize=True)`` does;
+    - a fake-quantization module applied to a parameter or buffer (``torch.ao`` QAT layers'
+      ``weight_fake_quant``, the weight fake-quants of ``prepare_qat_pt2e`` graphs): the tensor
+      holds its fake-quantized value (the module's grid, observer off:
+      :func:`~pathmetric.core.rules.quantization.module_forward`) and the module is the identity.
+
+    The copy is kept while the model's parameters and buffers are unchanged."""
     constant = [n for n in quantized.graph.nodes if n.op == "call_function"
                 and getattr(lookup(n.target), "quantization", None) == "point"
-                and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"]
-    if not constant:
+                and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"] \
+        if isinstance(quantized, torch.fx.GraphModule) else []
+    if not constant and not any(quantization.module_kind(type(m)) == "fake_quantize"
+                                for m in quantized.modules()):
         return quantized
     versions = tuple((id(t), t._version) for t in named_tensors(quantized).values())
     if quantized in _FROZEN and _FROZEN[quantized][0] == versions:
         return _FROZEN[quantized][1]
     frozen = copy.deepcopy(quantized)
+    if constant:
+        _fold_constant_quantize(frozen, {c.name for c in constant})
+    _fold_weight_fake_quantize(frozen, inputs)
+    _FROZEN[quantized] = (versions, frozen)
+    return frozen
+
+
+def _fold_constant_quantize(frozen: torch.fx.GraphModule, names: set):
+    """Each quantize node of ``names`` (on a constant) computed once into an integer buffer."""
     for k, node in enumerate(n for n in frozen.graph.nodes if n.op == "call_function"
-                             and n.name in {c.name for c in constant}):
+                             and n.name in names):
         args = torch.fx.node.map_arg(node.args, lambda a: functools.reduce(  # type: ignore
             getattr, str(a.target).split("."), frozen) if a.op == "get_attr" else a)
         name = f"_pathmetric_frozen_weight_{k}"
@@ -288,42 +308,73 @@ def _frozen(quantized: nn.Module) -> nn.Module:
             node.replace_all_uses_with(frozen.graph.get_attr(name))
         frozen.graph.erase_node(node)
     frozen.recompile()
-    _FROZEN[quantized] = (versions, frozen)
-    return frozen
+
+
+def _fold_weight_fake_quantize(frozen: nn.Module, inputs):
+    """Every fake-quantization module of ``frozen`` (a copy) that one run on ``inputs`` calls on
+    a parameter or buffer: the tensor replaced by its fake-quantized value, the module by the
+    identity (the run uses the modules' rule forwards: no observer updates a grid)."""
+    state = {id(t): t for t in named_tensors(frozen).values()}
+    calls: dict = {}
+    replaced = []
+    for name, module in frozen.named_modules():
+        module.training = False
+        forward = quantization.module_forward(module)
+        if quantization.module_kind(type(module)) == "fake_quantize":
+            def watched(x, name=name, forward=forward or (lambda t: t)):
+                if id(x) in state:
+                    calls.setdefault(name, (x, forward))
+                return forward(x)
+            forward = watched
+        if forward is not None:
+            module.forward = forward
+            replaced.append(module)
+    with torch.no_grad():
+        frozen(*[t[:1] for t in inputs])
+    for module in replaced:
+        del module.forward
+    modules = dict(frozen.named_modules())
+    for name, (tensor, forward) in calls.items():
+        with torch.no_grad():
+            tensor.copy_(forward(tensor))
+        parent, _, leaf = name.rpartition(".")
+        setattr(modules[parent], leaf, nn.Identity())
 
 
 # ---------------------------------------------------------------- the float model, as deployed
 
 def _operations(graph: Graph, quantization_too: bool) -> list:
-    """The operations of ``graph`` but dropouts and, if ``quantization_too``, the quantize,
+    """The operations of ``graph`` but the identity maps (the rules stating ``identity``:
+    dropout in eval mode, which an export may drop) and, if ``quantization_too``, the quantize,
     dequantize and grid computations (the rules stating a ``quantization`` part)."""
-    return [(i, n) for i, n in graph.operations() if n.rule_name not in _SKIPPED
+    return [(i, n) for i, n in graph.operations() if not n.rule.identity
             and not (quantization_too and n.rule.quantization is not None)]
 
 
 def _reference_roles(graph: Graph, model: nn.Module, node: Node, folded) -> dict:
     """The parametrised roles of the float model's ``node``: role -> tensor (None where absent),
     with the frozen BatchNorm node ``folded`` (or None) folded into it, as backends fold it:
-    weight ``W s`` along its output channels, bias ``b s + t``."""
+    weight ``W s`` along its output channels, bias ``b s + t``, computed in float64 (the
+    product of a float32 weight and a float64 scale is rounded once, at 2^-53 relative)."""
     resolve = graph.resolver(named_tensors(model))
     roles = {role: resolve(value) for role, value in node.roles.items()
              if not isinstance(value, Value)}
     roles = {role: v.detach() if isinstance(v, torch.Tensor) else v for role, v in roles.items()}
     if folded is None:
         return roles
-    bn = {role: resolve(folded.roles.get(role)) for role in
-          ("running_mean", "running_var", "weight", "bias")}
+    bn = {role: None if (t := resolve(folded.roles.get(role))) is None else t.double()
+          for role in ("running_mean", "running_var", "weight", "bias")}
     eps = folded.roles.get("eps", 1e-5)
     scale = batch_norm_scale(bn["running_var"], bn["weight"], eps).detach()
     shift = batch_norm_shift(bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"],
                              eps).detach()
     dim = fact(node, "channel_params", "which parameter slices belong to an output channel")
-    weight = roles["weight"]
+    weight = roles["weight"].double()
     view = [1] * weight.dim()
     view[dim["weight"]] = -1
     roles["weight"] = weight * scale.reshape(view)
     bias = roles.get("bias")
-    roles["bias"] = shift if bias is None else bias * scale + shift
+    roles["bias"] = shift if bias is None else bias.double() * scale + shift
     return roles
 
 
@@ -400,8 +451,8 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
                 raise ValueError(f"'{node.module or '<model>'}' ({node.rule_name}): its {role} has "
                                  f"shape {tuple(deployed.shape)} in the quantized model and "
                                  f"{getattr(mine, 'shape', mine)} in the float model")
-            theta[name] = mine.to(deployed.device, torch.float64)
-            theta_q[name] = deployed.detach().to(torch.float64)
+            theta[name] = mine.to(deployed.device)   # (each pass reads them in its dtype)
+            theta_q[name] = deployed.detach()
             renames[role] = (value, Param(name))
         missing = [role for role, v in reference.items() if isinstance(v, torch.Tensor)
                    and node.roles.get(role) is None and bool((v != 0).any())]
@@ -424,33 +475,17 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
 def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
     """``{point key: (z, scale, zero point)}``: the value each point quantizes, and its grid, when
     the captured graph of the quantized model runs on ``inputs`` (upstream points quantized, as
-    deployed)."""
-    resolve_ref = graph.resolver(named_tensors(model))
-    results: list = []
+    deployed: :func:`~pathmetric.core.replay.replay`)."""
     wanted = {p.node: p.key for p in points}
     out = {}
 
-    def resolve(x):
-        if isinstance(x, Value):
-            value = results[x.node]
-            return value if x.item is None else value[x.item]
-        return resolve_ref(x)
-
-    feed = iter(inputs)
-    model_inputs = set(graph.inputs)
+    def record(index, node, resolve):
+        if index in wanted:
+            grid = quantization.grid(node)
+            out[wanted[index]] = (resolve(node.roles["x"]), resolve(grid.scale),
+                                  resolve(grid.zero_point))
     with torch.no_grad():
-        for index, node in enumerate(graph.nodes):
-            if index in model_inputs:
-                results.append(next(feed))
-                continue
-            args, kwargs = node.call(resolve)
-            if index in wanted:
-                grid = quantization.grid(node)
-                out[wanted[index]] = (resolve(node.roles["x"]), resolve(grid.scale),
-                                      resolve(grid.zero_point))
-            if node.inplace:
-                args = (args[0].clone(),) + tuple(args[1:])
-            results.append(node.func(*args, **kwargs))
+        replay(graph, model, inputs, before=record)
     return out
 
 
@@ -522,8 +557,9 @@ def has_quantization_points(model: nn.Module, example_inputs) -> bool:
     """Whether the captured graph of ``model`` has a quantization point (a deployed model); False
     when ``model`` cannot be captured, so that the pair's refusal names the first model's
     reason first, as :func:`pathmetric.path_metric` does."""
+    _refuse_wrappers(model)
     try:
-        graph = capture(_frozen(model), example_inputs)
+        graph = capture(_frozen(model, as_tuple(example_inputs)), example_inputs)
     except UnsupportedModelError:
         return False
     return any(node.rule.quantization == "point" for _, node in graph.operations())
@@ -537,7 +573,11 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     inputs = as_tuple(x)
     if any(t.dim() == 0 for t in inputs):
         raise ValueError("deployment_report needs inputs with a batch dimension")
-    quantized = _frozen(quantized)
+    _refuse_wrappers(quantized)
+    observing = [name for name, m in quantized.named_modules()
+                 if quantization.module_kind(type(m)) == "fake_quantize"
+                 and bool(m.observer_enabled[0])]
+    quantized = _frozen(quantized, inputs)
     graph, paired, theta, theta_q = _deployed_pair(model, quantized, inputs)
     points = _points(graph, quantized)
     parts, error = certified_distance(paired, theta, theta_q)
@@ -592,7 +632,28 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
         dynamic_term=dynamic, safe_radius=radii,
         safe_input_radius=min(radii.values(), default=math.inf),
         saturated=saturated, saturated_points=per_point, weight_share=weight_share,
-        activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan)
+        activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan,
+        notes=[OBSERVING.format(names=", ".join(observing[:3]) + (", ..." if len(observing) > 3
+                                                                   else ""))] if observing else [])
+
+
+def _refuse_wrappers(quantized: nn.Module):
+    """Refuse a model some of whose modules run another module's forward (a compression
+    framework's wrapper, NNI's ``ModuleWrapper``): its quantization lives in the wrapper's
+    Python state, which capture does not read as quantization points."""
+    for name, module in quantized.named_modules():
+        forward = module.__dict__.get("forward")
+        owner = getattr(forward, "__self__", None)
+        if isinstance(owner, nn.Module) and owner is not module:
+            why = (f"its forward is {type(owner).__module__}.{type(owner).__qualname__}.forward, "
+                   "a wrapper whose quantization capture cannot read as points; for a model "
+                   "NNI's quantizers wrapped use pathmetric.adapters.nni."
+                   "deployment_report_from_wrapped(model, wrapped, x) (or "
+                   "deployment_report_from_config); for a pruned one, unwrap it "
+                   "(pruner.unwrap_model()) or pass the sped-up model; else pass the model the "
+                   "framework exports")
+            raise UnsupportedModelError(f"'{name or '<model>'}' ({type(module).__name__}): {why}",
+                                        [("forward", name, why)])
 
 
 def output_bound(model: nn.Module, quantized: nn.Module, x) -> torch.Tensor:
@@ -602,3 +663,35 @@ def output_bound(model: nn.Module, quantized: nn.Module, x) -> torch.Tensor:
 
 
 metric.DEPLOYED = (has_quantization_points, output_bound)
+
+
+def gap_search(model: nn.Module, quantized: nn.Module, x: torch.Tensor, steps: int = 30,
+               step: float = 0.02, seed: int = 0,
+               box: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A search for inputs where the measured gap ``f(x) = ||R(x) - Rq(x)||_1`` is large, on
+    ``quantized`` itself: a converted graph carries no gradient through its integer rounding, so
+    the ascent is derivative-free (SPSA: ``g = (f(x + c u) - f(x - c u)) / (2c) * u`` with ``u``
+    a random sign vector, then ``x <- x + c * sign(g)``, ``c = step * (hi - lo)``), projected on
+    ``box = (lo, hi)`` (default: the range of the values of ``x``); from each sample of ``x``
+    (clamped to the box), one sample at a time (graphs are exported at batch size 1). Returns
+    every iterate (``steps + 1`` per sample, the start first) and its measured gap: evidence for
+    :func:`deployment_report`, which certifies the iterates."""
+    lo, hi = box if box is not None else (float(x.min()), float(x.max()))
+    size = step * (hi - lo)
+    generator = torch.Generator().manual_seed(seed)
+
+    def gap(v):
+        with torch.no_grad():
+            return float((model(v) - quantized(v)).abs().sum())
+    iterates, gaps = [], []
+    for start in x.split(1):
+        v = start.clamp(lo, hi)
+        iterates.append(v)
+        gaps.append(gap(v))
+        for _ in range(steps):
+            u = torch.randint(0, 2, v.shape, generator=generator).to(v.dtype) * 2 - 1
+            slope = (gap((v + size * u).clamp(lo, hi)) - gap((v - size * u).clamp(lo, hi)))
+            v = (v + size * torch.sign(torch.as_tensor(slope)) * u).clamp(lo, hi)
+            iterates.append(v)
+            gaps.append(gap(v))
+    return torch.cat(iterates), torch.tensor(gaps, dtype=torch.float64)

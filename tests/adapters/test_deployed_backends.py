@@ -10,6 +10,7 @@ import torch
 
 import pathmetric as pm
 from pathmetric.app import digits
+from pathmetric.deployed import gap_search
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,90 @@ def test_dynamic_quantization_gets_a_per_sample_bound(float_model):
     assert (gap <= report.bound).all()
     sup = x.flatten(1).abs().amax(1).double().clamp(min=1.0)
     assert (report.bound >= sup * report.weight_term + report.dynamic_term).all()
+
+
+class _NoBatchNorm(torch.nn.Module):
+    """conv-ReLU-maxpool twice and a linear head on 8x8 digits (``prepare_qat_pt2e`` keeps a
+    BatchNorm live during QAT, with its folding computed from the weights in forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        pool = torch.nn.functional.max_pool2d
+        x = pool(torch.relu(self.c1(x)), 2)
+        return self.fc(torch.flatten(pool(torch.relu(self.c2(x)), 2), 1))
+
+
+def test_prepare_qat_pt2e_graph_is_certified(float_model):
+    """torchao's QAT flow before conversion: fake-quantization modules on the weights (read as
+    their fake-quantized values) and on the activations (points on the grids they hold, their
+    observers left out); the certificate holds and the prepared graph is left as it was."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+    _, x_train, x_test = float_model
+    torch.manual_seed(0)
+    model = _NoBatchNorm().eval()
+    quantizer = X86InductorQuantizer().set_global(
+        get_default_x86_inductor_quantization_config(is_qat=True))
+    prepared = prepare_qat_pt2e(torch.export.export(model, (x_train[:1],)).module(), quantizer)
+    for i in range(400):   # the observers' moving averages (constant 0.01) settle
+        prepared(x_train[i:i + 1])
+    before = {k: v.clone() for k, v in prepared.state_dict().items()}
+    x = x_test[:200]
+    report = pm.deployment_report(model, prepared, x)
+    after = prepared.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert report.weight_term > 0.0 and len(report.activation_terms) == 3
+    for module in prepared.modules():
+        if hasattr(module, "disable_observer"):
+            module.disable_observer()
+    with torch.no_grad():
+        gap = torch.cat([(model(v) - prepared(v)).abs().sum(dim=1) for v in x.split(1)]).double()
+    certified = ~report.saturated
+    assert certified.sum() >= 20 and torch.isinf(report.bound[report.saturated]).all()
+    assert (gap[certified] <= report.bound[certified]).all()
+
+
+@pytest.mark.parametrize("backend", ["torchao-x86", "inc-static-per-channel"])
+def test_derivative_free_ascent_on_the_gap_stays_below_the_bound(float_model, backend):
+    """SPSA ascent on the measured gap of the real converted graph (no gradient through its
+    rounding), from the 4 certified digits with the largest gap, in the box of intensities that
+    the backend's input grid covers (INC's ends at 0.966): every certified iterate's gap is at
+    most its bound, and the ascent does raise the gap."""
+    model, x_train, x_all = float_model
+    deployed = DEPLOY[backend](model, x_train)
+    x = x_all[:200]
+    report = pm.deployment_report(model, deployed, x)
+    with torch.no_grad():
+        gap = torch.cat([(model(v) - deployed(v)).abs().sum(dim=1) for v in x.split(1)])
+    starts = x[gap.double().masked_fill(report.saturated, -1).argsort(descending=True)[:4]]
+    iterates, gaps = gap_search(model, deployed, starts, steps=25, box=(0.0, 0.95))
+    searched = pm.deployment_report(model, deployed, iterates)
+    certified = ~searched.saturated
+    assert certified.sum() > 4 and float(gaps[certified].max()) > float(gaps[::26].max())
+    assert (gaps[certified] <= searched.bound[certified]).all()
+
+
+def test_prepare_pt2e_graph_with_torchao_observers_is_the_float_function(float_model):
+    """torchao's observers (its own copies of torch.ao's, recognised by name) are the identity:
+    a calibrated prepare_pt2e graph (of a model without BatchNorm, which prepare_pt2e folds)
+    has the float model's path-norm and no point, and its observers' statistics stay as they
+    were."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    _, x_train, _ = float_model
+    torch.manual_seed(0)
+    model = _NoBatchNorm().eval()
+    exported = torch.export.export(model, (x_train[:1],)).module()
+    prepared = prepare_pt2e(torch.export.export(model, (x_train[:1],)).module(), x86())
+    _calibrated(prepared, x_train)
+    before = {k: v.clone() for k, v in prepared.state_dict().items()}
+    assert pm.path_norm(prepared, x_train[:1]) == pm.path_norm(exported, x_train[:1])
+    assert pm.downstream_masses(prepared, x_train[:1]) == {}
+    after = prepared.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -240,3 +240,13 @@ def test_relu6_into_a_0_6_grid_never_saturates():
     assert report.safe_input_radius == report.safe_radius["1:l2"] < math.inf
     relu = pm.deployment_report(*_tiny(torch.relu), torch.zeros(1, 4))
     assert 1.0 <= relu.safe_radius["2:relu"] < math.inf
+
+
+def test_a_dropout_on_one_side_only_is_matched_as_the_identity():
+    """Dropout states the rule fact ``identity``: a deployed model without the float model's
+    (eval-mode) dropout is the same function, certified with a zero weight term."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).eval()
+    deployed = WithPoints(nn.Sequential(model[0], model[1], model[3]), {0: 0.01, 2: 0.01})
+    report = pm.deployment_report(model, deployed, torch.randn(8, 4))
+    assert report.weight_term == 0.0 and len(report.activation_terms) == 2

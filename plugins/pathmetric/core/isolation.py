@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ..errors import ModelCaptureError, UnsupportedModelError
+from .rules.quantization import module_forward
 
 
 class RandomDraws:
@@ -74,8 +75,10 @@ class RandomDraws:
 @contextlib.contextmanager
 def eval_mode_with_paths(model: nn.Module, paths: list | None):
     """Eval mode (the ``training`` flags set directly: a user ``train()`` override is not run)
-    and, unless ``paths`` is None, a module-path stack for the duration; the hooks are removed
-    afterwards (the flags are restored by :func:`model_untouched`)."""
+    and, unless ``paths`` is None, a module-path stack for the duration, and the rule's forward
+    for a known quantization module (:func:`~pathmetric.core.rules.quantization.module_forward`:
+    no observer runs); the hooks are removed afterwards (the flags and forwards are restored by
+    :func:`model_untouched`)."""
     handles = []
     seen = set()
     for name, module in model.named_modules():
@@ -83,6 +86,8 @@ def eval_mode_with_paths(model: nn.Module, paths: list | None):
             continue
         seen.add(id(module))
         module.training = False
+        if (replacement := module_forward(module)) is not None:
+            module.forward = replacement
         if paths is None:
             continue
         entry = (name, type(module).__name__)

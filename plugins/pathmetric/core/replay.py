@@ -13,11 +13,13 @@ from .ir import Graph, Value
 from .isolation import changes_refused, first_parameter, forward, sample_inputs
 
 
-def replay(graph: Graph, model: nn.Module, inputs):
+def replay(graph: Graph, model: nn.Module, inputs, before=None):
     """Evaluate the captured graph with the model's own semantics (used to validate a capture).
 
     In-place calls write into a copy, so the replay computes what the graph says, not what an
-    aliasing write would do to other tensors."""
+    aliasing write would do to other tensors. ``before(index, node, resolve)``, when given, is
+    called before each operation runs, ``resolve`` giving the values of the run so far (graph
+    values, the model's parameters and buffers)."""
     named: dict = dict(model.named_parameters())
     named.update(model.named_buffers())
     results: list = []
@@ -30,10 +32,12 @@ def replay(graph: Graph, model: nn.Module, inputs):
         return reference(x)
 
     feed = iter(inputs)
-    for node in graph.nodes:
+    for index, node in enumerate(graph.nodes):
         if node.rule_name == "input":
             results.append(next(feed))
             continue
+        if before is not None:
+            before(index, node, resolve)
         args, kwargs = node.call(resolve)
         if node.inplace:
             args = (args[0].clone(),) + tuple(args[1:])

@@ -22,6 +22,7 @@ from ..errors import SupportReport, UnsupportedModelError
 from .algebras import NormLifting
 from .capture import as_tuple, check_capturable, record
 from .ir import Graph
+from .rules.quantization import module_state
 
 #: the lifted pass run once at capture: the default path-norm pass (``q = 1``, float64, the
 #: model's own parameters), whose outputs a cold ``path_norm`` uses instead of running it again
@@ -214,7 +215,8 @@ def _cache_key(model: nn.Module, example_inputs):
     tree = tuple(
         (name, id(m), type(m), type(m).forward, _attributes(m, seen), _code_state(type(m), seen),
          tuple((k, id(t), size(t)) for k, t in m._parameters.items() if t is not None),
-         tuple((k, id(t), size(t)) for k, t in m._buffers.items() if t is not None))
+         tuple((k, id(t), size(t)) for k, t in m._buffers.items() if t is not None),
+         module_state(m))   # (the flags a quantization module's rule reads at capture)
         for name, m in model.named_modules(remove_duplicate=False))
     hooks = tuple(tuple(getattr(module_globals, name, {})) for name in (
         "_global_forward_hooks", "_global_forward_pre_hooks", "_global_module_registration_hooks"))

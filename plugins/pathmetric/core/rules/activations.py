@@ -32,7 +32,7 @@ def relu(ev, x, *args, **kwargs):
 
 
 @rule("dropout", F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-      F.feature_alpha_dropout, family=ACTIVATION)
+      F.feature_alpha_dropout, family=ACTIVATION, identity=True)
 def dropout(ev, x, *args, func=None, **kwargs):
     """Dropout is the identity in eval mode, which is the function analysed; a call with
     ``training=True`` (the default of ``F.dropout``) and ``p > 0`` zeroes random entries (all of

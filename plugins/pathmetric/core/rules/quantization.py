@@ -10,10 +10,19 @@ with exact activations, and the rounding is a bounded perturbation added by the 
 (:mod:`pathmetric.deployed`), which reads each point's grid with :func:`grid`. A quantize writes
 the point (its grid); the dequantize that reads it maps the integers back exactly and is an
 identity with no error of its own.
+
+``torch.ao.quantization`` fake-quantization modules (``FakeQuantize``,
+``FusedMovingAvgObsFakeQuantize``, ``FixedQParamsFakeQuantize``, and torchao's PT2E copies of
+them) and observers are module rules: capture runs :func:`module_forward` in place of their own
+forward (which reads the enable flags into Python and updates the observer's statistics). A
+fake-quantization module is one point (the fake-quantize rules above) on the grid of its buffers,
+or the identity while disabled; an observer is the identity. The flags are read at capture
+(:func:`module_state`, part of the capture's cache key).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
 
 import torch
 import torch.ao.quantization.fx._decomposed  # registers the torch.ops.quantized_decomposed ops
@@ -108,3 +117,77 @@ def grid(node) -> Grid:
     zero_point = roles["zero_point"] if "zero_point" in roles else roles["zero_points"]
     return Grid(scale, zero_point, int(roles["quant_min"]), int(roles["quant_max"]),
                 roles.get("axis"))
+
+
+# ---------------------------------------------------------------- module rules
+
+#: the forwards of the fake-quantization modules captured as one point: torch.ao's and
+#: torchao's PT2E copies, as ``(module, qualified name)`` (torchao is recognised, not imported)
+FAKE_QUANTIZE_FORWARDS = frozenset(
+    (package, f"{cls}.forward")
+    for package in ("torch.ao.quantization.fake_quantize", "torchao.quantization.pt2e.fake_quantize")
+    for cls in ("FakeQuantize", "FusedMovingAvgObsFakeQuantize"))
+#: the observer base classes (an observer's forward records statistics and returns its input)
+OBSERVER_BASES = frozenset({("torch.ao.quantization.observer", "ObserverBase"),
+                            ("torchao.quantization.pt2e.observer", "ObserverBase")})
+_QUANTIZATION_PACKAGES = ("torch.ao.quantization.", "torchao.quantization.")
+
+
+def _qualified(obj) -> tuple:
+    return getattr(obj, "__module__", None) or "", getattr(obj, "__qualname__", None)
+
+
+@functools.lru_cache(maxsize=None)
+def module_kind(cls) -> str | None:
+    """``"fake_quantize"`` for a module class whose forward is torch's (or torchao's)
+    ``FakeQuantize`` or ``FusedMovingAvgObsFakeQuantize`` one, ``"observer"`` for an observer
+    of torch or torchao (a subclass of ``ObserverBase`` whose forward is theirs), else None."""
+    if _qualified(cls.forward) in FAKE_QUANTIZE_FORWARDS:
+        return "fake_quantize"
+    if (any(_qualified(base) in OBSERVER_BASES for base in cls.__mro__)
+            and _qualified(cls.forward)[0].startswith(_QUANTIZATION_PACKAGES)):
+        return "observer"
+    return None
+
+
+def module_state(module) -> tuple:
+    """What :func:`module_forward` reads into Python at capture: a fake-quantization module's
+    ``fake_quant_enabled`` flag (``()`` for any other module)."""
+    if module_kind(type(module)) != "fake_quantize":
+        return ()
+    return (bool(module.fake_quant_enabled[0]),)
+
+
+def module_forward(module) -> Callable | None:
+    """The forward capture runs in place of ``module``'s own, or None for a module that is not a
+    known quantization module (called before the run: the flags it reads are not graph nodes).
+
+    - a fake-quantization module (:func:`module_kind`): ``x -> Q(x)``, one
+      ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)`` (or
+      ``fake_quantize_per_channel_affine`` along ``ch_axis``) on the grid of its buffers while
+      its ``fake_quant_enabled`` flag is 1, the identity while it is 0; its observer never runs,
+      so its statistics and grid are never updated (the grid is the one it holds, as converting
+      the model would deploy it);
+    - an observer: the identity (its own forward returns its input after
+      recording statistics).
+    """
+    kind = module_kind(type(module))
+    if kind == "fake_quantize" and module_state(module)[0]:
+        return functools.partial(_fake_quantize_module, module)
+    return _observed if kind is not None else None
+
+
+def _observed(x, *args, **kwargs):
+    """An observer's forward without the statistics: its input."""
+    return x
+
+
+def _fake_quantize_module(module, x):
+    """The enabled fake-quantization ``module`` on ``x`` with its observer off
+    (:func:`module_forward`)."""
+    observer = module.activation_post_process
+    low, high = int(observer.quant_min), int(observer.quant_max)
+    if module.is_per_channel:
+        return torch.fake_quantize_per_channel_affine(x, module.scale, module.zero_point,
+                                                      int(module.ch_axis), low, high)
+    return torch.fake_quantize_per_tensor_affine(x, module.scale, module.zero_point, low, high)

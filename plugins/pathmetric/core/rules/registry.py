@@ -83,6 +83,9 @@ class Rule:
     - ``quantization``: its part in a deployed model's quantization (``"point"``: a quantize or
       fake-quantize, whose node records a grid; ``"dequantize"``; ``"qparams"``: a dynamic
       point's grid computed from the activation); None for every other op;
+    - ``identity``: its op is the identity map of the function analysed (dropout in eval mode),
+      so an export or a backend may drop it: two graphs of one function are compared without it
+      (the deployed model against the float one);
     - ``head``: the output head it is when it ends the network (``"softmax"``, ``"log_softmax"``),
       set aside at capture (:func:`~pathmetric.core.rules.heads.set_aside_head`); None for every
       other op.
@@ -108,6 +111,7 @@ class Rule:
     index_outputs: tuple = ()
     moves_entries: bool = False
     quantization: str | None = None
+    identity: bool = False
     head: str | None = None
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False,
                                                  compare=False)
