@@ -288,7 +288,7 @@ def _frozen(quantized: nn.Module, inputs) -> nn.Module:
     if quantized in _FROZEN and _FROZEN[quantized][0] == versions:
         return _FROZEN[quantized][1]
     frozen = copy.deepcopy(quantized)
-    if constant:
+    if isinstance(frozen, torch.fx.GraphModule) and constant:
         _fold_constant_quantize(frozen, {c.name for c in constant})
     _fold_weight_fake_quantize(frozen, inputs)
     _FROZEN[quantized] = (versions, frozen)

@@ -161,7 +161,7 @@ def layer_sensitivity(model: torch.nn.Module, example_inputs: Inputs,
     del masses
     ranges = _act_ranges(model, example_inputs, list(weights), act_ranges) if act_bits else {}
     for a in sorted(set(int(a) for a in act_bits)):
-        grids = {layer: activation_grid(*ranges[layer], a) for layer in ranges}
+        grids = {layer: activation_grid(low, high, a) for layer, (low, high) in ranges.items()}
         report = deployment_report(model, fake_quantized(model, {}, grids), example_inputs)
         for layer, term in _layer_terms(grids, report).items():
             out.activations[layer, a] = term
@@ -445,7 +445,8 @@ def _act_grids(model, example_inputs, act_plan: dict, act_ranges=None) -> dict:
     if not act_plan:
         return {}
     ranges = _act_ranges(model, example_inputs, list(act_plan), act_ranges)
-    return {layer: activation_grid(*ranges[layer], act_plan[layer]) for layer in ranges}
+    return {layer: activation_grid(low, high, act_plan[layer])
+            for layer, (low, high) in ranges.items()}
 
 
 def _act_ranges(model, example_inputs, layers, given=None) -> dict:

@@ -39,7 +39,7 @@ def cmd_quant_plan(args) -> int:
             f"=> ||R(x) - R_quantized(x)||_1 <= max(||x||_inf, 1) * {plan.certified_bound:.6e}"
             + (f" + {plan.activation_bound:.6e} (activation points), on every x that saturates "
                "no point" if plan.act_bits else "")]
-    if plan.act_bits:
+    if plan.act_bits and plan.report is not None:
         out.update(act_bits=plan.act_bits, activation_bound=plan.activation_bound,
                    activation_terms=plan.activation_terms,
                    act_grids={layer: grid._asdict() for layer, grid in plan.act_grids.items()},

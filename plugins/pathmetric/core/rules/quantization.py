@@ -137,17 +137,19 @@ def _qualified(obj) -> tuple:
     return getattr(obj, "__module__", None) or "", getattr(obj, "__qualname__", None)
 
 
-@functools.lru_cache(maxsize=None)
-def module_kind(cls) -> str | None:
+def module_kind(cls: type[torch.nn.Module]) -> str | None:
     """``"fake_quantize"`` for a module class whose forward is torch's (or torchao's)
     ``FakeQuantize`` or ``FusedMovingAvgObsFakeQuantize`` one, ``"observer"`` for an observer
     of torch or torchao (a subclass of ``ObserverBase`` whose forward is theirs), else None."""
-    if _qualified(cls.forward) in FAKE_QUANTIZE_FORWARDS:
-        return "fake_quantize"
-    if (any(_qualified(base) in OBSERVER_BASES for base in cls.__mro__)
-            and _qualified(cls.forward)[0].startswith(_QUANTIZATION_PACKAGES)):
-        return "observer"
-    return None
+    if cls not in _KINDS:
+        observer = (any(_qualified(base) in OBSERVER_BASES for base in cls.__mro__)
+                    and _qualified(cls.forward)[0].startswith(_QUANTIZATION_PACKAGES))
+        _KINDS[cls] = ("fake_quantize" if _qualified(cls.forward) in FAKE_QUANTIZE_FORWARDS
+                       else "observer" if observer else None)
+    return _KINDS[cls]
+
+
+_KINDS: dict[type[torch.nn.Module], str | None] = {}   # module_kind per class, decided once
 
 
 def module_state(module) -> tuple:
