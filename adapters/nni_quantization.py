@@ -29,6 +29,7 @@ from nni.compression.quantization.ptq_quantizer import compute_scale_zp
 from torch import nn
 
 import pathmetric as pm
+from pathmetric import deployed
 
 __all__ = ["quantized_parameters", "quantization_bound_from_config",
            "deployment_report_from_config", "deployment_report_from_wrapped"]
@@ -268,3 +269,13 @@ def deployment_report_from_wrapped(model: nn.Module, wrapped: nn.Module, x):
                                  "pass the float model that the NNI quantizer wrapped a copy of")
             tensor.copy_(value)
     return pm.deployment_report(model, _with_points(deployed.eval(), points), x)
+
+
+def quantizer_wrapped(model: nn.Module) -> bool:
+    """Whether an NNI quantizer wrapped ``model`` (a wrapper holding quantization targets)."""
+    return any(getattr(getattr(module, "_nni_wrapper", None), "quantization_target_spaces", None)
+               for module in model.modules())
+
+
+# pm.output_bound(model, wrapped, x) and pm.deployment_report certify NNI's wrapped models
+deployed.register_wrapped(quantizer_wrapped, deployment_report_from_wrapped)

@@ -557,6 +557,8 @@ def has_quantization_points(model: nn.Module, example_inputs) -> bool:
     """Whether the captured graph of ``model`` has a quantization point (a deployed model); False
     when ``model`` cannot be captured, so that the pair's refusal names the first model's
     reason first, as :func:`pathmetric.path_metric` does."""
+    if _wrapped_report(model) is not None:
+        return True
     _refuse_wrappers(model)
     try:
         graph = capture(_frozen(model, as_tuple(example_inputs)), example_inputs)
@@ -569,10 +571,13 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     """The certificate of ``quantized`` (the float ``model`` deployed: fake-quant or PT2E
     quantize/dequantize points in its forward, weights dequantized as its backend does) on the
     batch ``x``: per sample ``max(||x||_inf, 1) * d(theta, theta') + sum_t sum_v (s_v / 2)
-    G_theta'(v)``, rounded up, ``inf`` for a sample on which a point saturates."""
+    G_theta'(v)``, rounded up, ``inf`` for a sample on which a point saturates. A model a
+    framework wrapped goes to the report its adapter registered (:func:`register_wrapped`)."""
     inputs = as_tuple(x)
     if any(t.dim() == 0 for t in inputs):
         raise ValueError("deployment_report needs inputs with a batch dimension")
+    if (wrapped_report := _wrapped_report(quantized)) is not None:
+        return wrapped_report(model, quantized, x)
     _refuse_wrappers(quantized)
     observing = [name for name, m in quantized.named_modules()
                  if quantization.module_kind(type(m)) == "fake_quantize"
@@ -637,6 +642,22 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
                                                                    else ""))] if observing else [])
 
 
+#: ``(recognises(quantized) -> bool, report(model, quantized, x) -> DeploymentReport)`` pairs
+#: that adapters register for the models their framework wrapped (:func:`register_wrapped`)
+WRAPPED: list = []
+
+
+def register_wrapped(recognises, report):
+    """Certify the models ``recognises`` accepts (a framework's wrapped models) by ``report``,
+    in :func:`deployment_report` and :func:`pathmetric.output_bound` (the NNI adapter registers
+    its quantizers' wrapped models when imported)."""
+    WRAPPED.append((recognises, report))
+
+
+def _wrapped_report(quantized: nn.Module):
+    return next((report for recognises, report in WRAPPED if recognises(quantized)), None)
+
+
 def _refuse_wrappers(quantized: nn.Module):
     """Refuse a model some of whose modules run another module's forward (a compression
     framework's wrapper, NNI's ``ModuleWrapper``): its quantization lives in the wrapper's
@@ -647,9 +668,8 @@ def _refuse_wrappers(quantized: nn.Module):
         if isinstance(owner, nn.Module) and owner is not module:
             why = (f"its forward is {type(owner).__module__}.{type(owner).__qualname__}.forward, "
                    "a wrapper whose quantization capture cannot read as points; for a model "
-                   "NNI's quantizers wrapped use pathmetric.adapters.nni."
-                   "deployment_report_from_wrapped(model, wrapped, x) (or "
-                   "deployment_report_from_config); for a pruned one, unwrap it "
+                   "NNI's quantizers wrapped import pathmetric.adapters.nni (it certifies them "
+                   "by deployment_report_from_wrapped(model, wrapped, x)); for a pruned one, unwrap it "
                    "(pruner.unwrap_model()) or pass the sped-up model; else pass the model the "
                    "framework exports")
             raise UnsupportedModelError(f"'{name or '<model>'}' ({type(module).__name__}): {why}",

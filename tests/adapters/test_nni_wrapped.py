@@ -1,7 +1,7 @@
 """NNI 3.0's quantizers (issue 22): the model an NNI quantizer wrapped, certified from the scales
 its wrappers hold (``deployment_report_from_wrapped``), against that wrapped model's own
-outputs; ``pm.output_bound`` on a wrapped model refuses it, naming the wrapper and what to
-do."""
+outputs; ``pm.output_bound`` on a wrapped model is that certificate once the adapter is
+imported (it registers them)."""
 import copy
 
 import pytest
@@ -19,6 +19,7 @@ from nni.compression.quantization import (  # noqa: E402
 
 import pathmetric as pm  # noqa: E402
 import pathmetric.adapters.nni as pnni  # noqa: E402
+from pathmetric import deployed  # noqa: E402
 from pathmetric.app import digits  # noqa: E402
 
 TARGETS = [{"op_types": ["Conv2d", "Linear"], "target_names": ["_input_", "weight", "_output_"],
@@ -97,9 +98,16 @@ def test_ptq_wrapped_equals_the_config_certificate(data):
     assert report.weight_term == same.weight_term and torch.equal(report.bound, same.bound)
 
 
-def test_output_bound_refuses_a_wrapped_model_naming_the_wrapper(data):
+def test_output_bound_certifies_a_wrapped_model_through_the_adapter(data, monkeypatch):
+    """With the adapter imported, ``pm.output_bound`` / ``pm.deployment_report`` on NNI's
+    wrapped model are ``deployment_report_from_wrapped``'s; without its registration the
+    wrapped model is refused, naming the wrapper and the adapter."""
     model, x_train, y_train, x = data
     wrapped = _wrapped(PtqQuantizer, model, x_train, y_train, TARGETS, steps=2)
+    expected = pnni.deployment_report_from_wrapped(model, wrapped, x)
+    assert torch.equal(pm.output_bound(model, wrapped, x), expected.bound)
+    assert pm.deployment_report(model, wrapped, x).activation_terms == expected.activation_terms
+    monkeypatch.setattr(deployed, "WRAPPED", [])
     with pytest.raises(pm.UnsupportedModelError,
-                       match="ModuleWrapper.*deployment_report_from_wrapped"):
+                       match="ModuleWrapper.*import pathmetric.adapters.nni"):
         pm.output_bound(model, wrapped, x)
