@@ -564,7 +564,7 @@ def has_quantization_points(model: nn.Module, example_inputs) -> bool:
         graph = capture(_frozen(model, as_tuple(example_inputs)), example_inputs)
     except UnsupportedModelError:
         return False
-    return any(node.rule.quantization == "point" for _, node in graph.operations())
+    return graph.quantized()
 
 
 def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentReport:

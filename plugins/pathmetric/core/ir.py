@@ -235,6 +235,11 @@ class Graph:
         """``(index, node)`` of every node that is an op (all but the model inputs), in order."""
         return [(i, node) for i, node in enumerate(self.nodes) if node.rule_name != "input"]
 
+    def quantized(self) -> bool:
+        """Whether a node is a quantization point (its rule's ``quantization`` is ``"point"``):
+        the graph of a deployed model."""
+        return any(node.rule.quantization == "point" for _, node in self.operations())
+
     def layers(self) -> dict:
         """Conv/linear-like layers with a parameter weight: layer name -> :class:`Layer`.
 

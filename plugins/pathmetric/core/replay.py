@@ -69,9 +69,8 @@ def check_per_sample(model, graph, examples, generator, first, first_out, values
     if one draw does: a float value that lands on a rounding boundary can round to two grid
     steps when the batch size changes the order of a conv's sums, which is not an op mixing
     samples (such an op fails every draw)."""
-    quantized = any(node.rule.quantization == "point" for _, node in graph.operations())
     problem = None
-    for _ in range(QUANTIZED_DRAWS if quantized else 1):
+    for _ in range(QUANTIZED_DRAWS if graph.quantized() else 1):
         problem = _check_draw(model, graph, examples, generator, first, first_out, values)
         if problem is None:
             return None
