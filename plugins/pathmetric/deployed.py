@@ -194,6 +194,11 @@ def _rounding_error(r: Rounding, node: Node, resolve) -> tuple:
     return err, outside.reshape(outside.shape[0], -1).any(dim=1)
 
 
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded up by one step where it is positive (0 stays 0)."""
+    return torch.where(t > 0, torch.nextafter(t, torch.full_like(t, math.inf)), t)
+
+
 def _downstream_of(graph: Graph, indices) -> set:
     """The indices of the nodes that read, directly or not, the value of a node of ``indices``."""
     users, seen, todo = graph.users(), set(), list(indices)
@@ -737,15 +742,14 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     u = torch.finfo(torch.float64).eps / 2
     k = sum(masses[r.key][0].numel() for r in roundings) + len(roundings) + 4
     r_error = (1 + g_error) * (1 + 2 * k * u / (1 - k * u)) - 1
-    rounded = {key: torch.nextafter(t * (1 + r_error), torch.full_like(t, math.inf))
-               for key, t in rounded.items()}
-    rounding = sum(rounded.values(), torch.zeros(n, dtype=torch.float64))
-    rounding = torch.nextafter(rounding * (1 + k * u), torch.full_like(rounding, math.inf))
+    rounded = {key: _up(t * (1 + r_error)) for key, t in rounded.items()}
+    rounding = _up(sum(rounded.values(), torch.zeros(n, dtype=torch.float64)) * (1 + k * u))
     sup = torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double().cpu()
                        for t in inputs]).amax(dim=0).clamp(min=1.0)
     per_sample = torch.nextafter(activation + dynamic, torch.full_like(dynamic, math.inf))
-    bound = torch.nextafter(sup * weight + per_sample, torch.full_like(sup, math.inf))
-    bound = torch.nextafter(bound + rounding, torch.full_like(bound, math.inf))
+    bound = _up(sup * weight + per_sample)
+    if roundings:
+        bound = _up(bound + rounding)
     log_bound = torch.logaddexp(torch.logaddexp(sup.log() + log_weight, rounding.log()),
                                 torch.logaddexp(torch.full_like(sup, log_activation),
                                                 dynamic.log()))
