@@ -177,12 +177,12 @@ def _rounding_error(r: Rounding, node: Node, resolve) -> tuple:
     u, eta, top = info.eps / 2, info.smallest_normal * info.eps / 2, info.max
     if r.layer:
         def on(f):
-            return node.call(lambda leaf: f(t) if isinstance(t := resolve(leaf), torch.Tensor)
-                             else t)
-        args, kwargs = on(lambda t: t.detach().double().abs())
-        s = node.func(*args, **kwargs)
-        args, kwargs = on(lambda t: torch.ones_like(t, dtype=torch.float64))
-        n = node.func(*args, **kwargs) + 1
+            """The layer on ``f`` of each of its tensors (input, weight, bias)."""
+            args, kwargs = node.call(lambda leaf: f(t) if isinstance(t := resolve(leaf),
+                                                                     torch.Tensor) else t)
+            return node.func(*args, **kwargs)
+        s = on(lambda t: t.detach().double().abs())
+        n = on(lambda t: torch.ones_like(t, dtype=torch.float64)) + 1
         gamma = torch.where(n * u < 1, n * u / (1 - n * u), torch.full_like(n, math.inf))
         err = gamma * s + 2 * n * eta
         outside = ~(s + err <= top)
