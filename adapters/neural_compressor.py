@@ -18,9 +18,10 @@ Three bridges between INC's tuning loop and the path-metric engine:
   certificate of the combined change.
 
 The bound covers the weights (the fp16-stored biases of RTN layers, the fp16/bf16 casts of
-layers a PT2E config runs in half precision, BatchNorm folded as PT2E folds it for static
-configs); the deployed model's activation quantization is certified by ``pm.deployment_report``
-on the converted model (docs/deployed.md).
+layers a static config runs in half precision, read off the converted model, BatchNorm folded as
+PT2E folds it for static configs); the deployed model's activation quantization, and the casts
+and arithmetic of its half-precision layers, are certified by ``pm.deployment_report`` on the
+converted model (docs/deployed.md).
 """
 import copy
 import dataclasses

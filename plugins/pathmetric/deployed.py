@@ -13,7 +13,10 @@ for every ``x`` on which no point saturates; a sample on which one does gets ``i
 term compares the float model folded as the backend folded it (a BatchNorm after a layer folded
 into the layer) with the weights the backend dequantizes, on the quantized model's graph. The
 bound is for exact arithmetic of the dequantized network (float rounding of the deployed kernels
-is not in it), which every result states.
+is not in it), which every result states, except where the model rounds to half precision (Intel
+Neural Compressor's fp16/bf16 layers): a cast of an activation to float16 is a rounding point of
+error ``u |z| + eta`` per element and a conv/linear layer computing in float16 adds ``gamma_n S +
+2 n eta`` (:func:`_rounding_error`), both per sample, ``sum_v err_v G(v)``.
 """
 from __future__ import annotations
 
@@ -687,7 +690,9 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     """The certificate of ``quantized`` (the float ``model`` deployed: fake-quant or PT2E
     quantize/dequantize points in its forward, weights dequantized as its backend does) on the
     batch ``x``: per sample ``max(||x||_inf, 1) * d(theta, theta') + sum_t sum_v (s_v / 2)
-    G_theta'(v)``, rounded up, ``inf`` for a sample on which a point saturates. A model a
+    G_theta'(v)`` plus, at each rounding to half precision, ``sum_v err_v(x) G_theta'(v)``
+    (:func:`_rounding_error`), rounded up, ``inf`` for a sample on which a point saturates or a
+    value overflows the half-precision dtype. A model a
     framework wrapped goes to the report its adapter registered (:func:`register_wrapped`)."""
     inputs = as_tuple(x)
     if any(t.dim() == 0 for t in inputs):
