@@ -165,10 +165,11 @@ def digits_table(out):
 HALF_SECTION = "## INC static with layers in fp16/bf16 (digits CNN)"
 
 
-def half_precision_section(samples) -> str:
+def half_precision_section(samples, search) -> str:
     """The digits CNN under INC static W8A8 (per channel) with layers in fp16/bf16: per config
-    the certificate of the converted model on ``samples`` digits against the measured gaps, and
-    the order of ``path_metric_sampler`` over the configs (calibration: 128 training digits)."""
+    the certificate of the converted model on ``samples`` digits against the measured gaps and
+    along the gap search ``search = (starts, steps)`` (as in :func:`row`), and the order of
+    ``path_metric_sampler`` over the configs (calibration: 128 training digits)."""
     from neural_compressor.torch.quantization import INT8StaticQuantConfig
 
     from pathmetric.adapters.neural_compressor import path_metric_sampler, static_deployed
@@ -184,14 +185,21 @@ def half_precision_section(samples) -> str:
     configs = {"W8A8": config(), "fc1 fp32": config(fc1="fp32"), "fc1 fp16": config(fc1="fp16"),
                "fc1 bf16": config(fc1="bf16"), "fc1, fc2 fp16": config(fc1="fp16", fc2="fp16")}
     lines = ["| config | bound (median, certified) | weight term | activation term | rounding "
-             "term (median) | max gap | worst gap/bound | saturated | weight / activation / "
-             "rounding share | accuracy | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "term (median) | max gap | worst gap/bound | search: worst gap/bound (certified "
+             "iterates) | saturated | weight / activation / rounding share | accuracy | "
+             "seconds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, c in configs.items():
         start = time.time()
         deployed = static_deployed(model, c, calibration)
         report = pm.deployment_report(model, deployed, x)
         gap = gaps(model, deployed, x)
         certified = ~report.saturated
+        ratio = (gap / report.bound).masked_fill(report.saturated, -1.0)
+        iterates, found = gap_search(model, deployed, x[ratio.argsort(descending=True)[
+            :search[0]]], steps=search[1], box=(float(calibration.min()),
+                                                float(calibration.max())))
+        checked = pm.deployment_report(model, deployed, iterates)
+        kept = ~checked.saturated
         with torch.no_grad():
             accuracy = float((deployed(x_test).argmax(1) == y_test).double().mean())
         lines.append(f"| {label} | {float(report.bound[certified].median()):.4g} | "
@@ -199,6 +207,8 @@ def half_precision_section(samples) -> str:
                      f"{float(report.rounding_term[certified].median()):.3g} | "
                      f"{float(gap.max()):.3g} | "
                      f"{float((gap[certified] / report.bound[certified]).max()):.3g} | "
+                     f"{float((found[kept] / checked.bound[kept]).max()):.3g} "
+                     f"({int(kept.sum())}/{len(iterates)}) | "
                      f"{report.saturated_count}/{len(x)} | {report.weight_share:.1%} / "
                      f"{report.activation_share:.1%} / {report.rounding_share:.2%} | "
                      f"{accuracy:.3f} | {time.time() - start:.0f} |")
@@ -216,7 +226,8 @@ def half_precision_section(samples) -> str:
              "static W8A8 per channel (`INT8StaticQuantConfig`) with `set_local` layers in "
              "fp16/bf16 or fp32, calibrated on 128 training digits (one batch, "
              "`static_deployed`), certified by `pm.deployment_report` on the first N of the "
-             "1,797 digits and measured on them. Rounding term: the casts of the half-precision "
+             "1,797 digits and measured on them, and on the certified iterates of the SPSA "
+             "search on the gap (`--starts` starts, `--steps` steps, as above). Rounding term: the casts of the half-precision "
              "layers' inputs and their float16 arithmetic (`report.rounding_term`, per sample); "
              "the cast weights are in the weight term. INC 3.10 runs a bf16 layer in float16 "
              "(its bf16 rewrite patterns are its fp16 ones): the fc1 bf16 row is the fc1 fp16 "
@@ -258,7 +269,7 @@ def main():
     torch.set_num_threads(1)
     path = Path(args.out) / "deployed_int8.md"
     if args.half:
-        write_section(path, half_precision_section(args.samples))
+        write_section(path, half_precision_section(args.samples, (args.starts, args.steps)))
         return
     with path.open("w") as out:
         out.write("# Certificates of deployed int8 models (benchmarks/deployed_int8.py)\n\n"
