@@ -299,3 +299,21 @@ def test_an_op_computing_in_float16_other_than_a_layer_is_refused():
     with pytest.raises(pm.UnsupportedModelError, match=r"relu in 'seq.1': it computes in "
                                                        "float16"):
         pm.deployment_report(model, HalfCast(model, relu_in_half=True), torch.randn(4, 6))
+
+
+def test_an_integer_cast_in_a_deployed_model_is_still_refused():
+    """Only float-to-float casts are rounding points: truncation to int32 is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+    class Truncated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = model
+
+        def forward(self, x):
+            x = torch.fake_quantize_per_tensor_affine(x, 0.01, 0, -128, 127)
+            return self.seq[2](self.seq[1](self.seq[0](x)).to(torch.int32).float())
+    with pytest.raises(pm.UnsupportedModelError, match="a cast from torch.float32 to torch.int32 "
+                                                       "changes values"):
+        pm.deployment_report(model, Truncated(), torch.randn(4, 6))
