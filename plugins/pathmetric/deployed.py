@@ -16,7 +16,7 @@ bound is for exact arithmetic of the dequantized network (float rounding of the 
 is not in it), which every result states, except where the model rounds to half precision (Intel
 Neural Compressor's fp16/bf16 layers): a cast of an activation to float16 is a rounding point of
 error ``u |z| + eta`` per element and a conv/linear layer computing in float16 adds ``gamma_n S +
-2 n eta`` (:func:`_rounding_error`), both per sample, ``sum_v err_v G(v)``.
+(1 + gamma_n) n eta`` (:func:`_rounding_error`), both per sample, ``sum_v err_v G(v)``.
 """
 from __future__ import annotations
 
@@ -169,12 +169,13 @@ def _rounding_error(r: Rounding, node: Node, resolve) -> tuple:
 
     - a cast of ``z``: ``|fl(z) - z| <= u |z| + eta``; overflow where ``|z|`` passes the largest
       value;
-    - a layer: ``|fl(y) - y| <= gamma_n S + 2 n eta``, ``gamma_n = n u / (1 - n u)``, with ``S =
-      |W'| |z'| + |b'|`` (the layer on absolute values, in float64) and ``n`` one more than the
-      terms of its sum (the layer on ones): the sum in ``dtype`` in any order, or in a wider
-      accumulator rounded once to ``dtype`` at the end, with underflow (each product's
-      ``eta``); overflow where ``(1 + gamma_n) S + 2 n eta``, which bounds every partial sum,
-      passes the largest value (and where ``n u >= 1``, ``gamma_n = inf``).
+    - a layer: ``|fl(y) - y| <= gamma_n S + (1 + gamma_n) n eta``, ``gamma_n = (1 + u)^n - 1``,
+      with ``S = |W'| |z'| + |b'|`` (the layer on absolute values, in float64) and ``n`` one
+      more than the terms of its sum (the layer on ones): at most ``n`` roundings ``fl(a op b)
+      = (a op b)(1 + d) + e``, ``|d| <= u``, ``|e| <= eta``, on the way of each term, whether
+      the sum runs in ``dtype`` in any order or in a wider accumulator rounded once to ``dtype``
+      at the end; overflow where ``S`` plus that error, which bounds every partial sum, passes
+      the largest value.
     """
     info = torch.finfo(r.dtype)
     u, eta, top = info.eps / 2, info.smallest_normal * info.eps / 2, info.max
@@ -186,8 +187,8 @@ def _rounding_error(r: Rounding, node: Node, resolve) -> tuple:
             return node.func(*args, **kwargs)
         s = on(lambda t: t.detach().double().abs())
         n = on(lambda t: torch.ones_like(t, dtype=torch.float64)) + 1
-        gamma = torch.where(n * u < 1, n * u / (1 - n * u), torch.full_like(n, math.inf))
-        err = gamma * s + 2 * n * eta
+        gamma = torch.expm1(n * math.log1p(u))
+        err = gamma * s + (1 + gamma) * n * eta
         outside = ~(s + err <= top)
         err = err * (1 + (n + 4) * torch.finfo(torch.float64).eps)   # S and err in float64
     else:
@@ -637,7 +638,7 @@ class DeploymentReport:
     ``activation_share`` the shares of the two in the bound of the certified samples (mean);
     ``rounding_term[i]`` the term of the roundings to half precision on sample ``i`` (a cast of
     an activation to float16/bfloat16, ``sum_v (u |z_v| + eta) G(v)``, and a conv/linear layer
-    computing in it, ``sum_v (gamma_n S_v + 2 n eta) G(v)``: :func:`_rounding_error`), per
+    computing in it, ``sum_v (gamma_n S_v + (1 + gamma_n) n eta) G(v)``: :func:`_rounding_error`), per
     rounding in ``rounding_terms``, and ``rounding_share`` its share;
     ``saturated`` the per-sample flags and ``saturated_points`` how many samples each point
     saturates on (a rounding overflowing its dtype saturates too). ``safe_radius[key]`` is the

@@ -95,17 +95,19 @@ def _half_linear(deployed, x):
 
 def test_the_rounding_terms_are_those_of_the_values_the_graph_uses(model, half, data):
     """The cast of fc1's input, ``sum_j (u |z_j| + eta) G_j``, and fc1 computing in float16,
-    ``sum_i (gamma_66 S_i + 132 eta) G_i`` (64 products, the bias, the final rounding; ``S =
-    |W'| |z'| + |b'|``), with ``G`` from the dequantized fc2 after the ReLU: recomputed from
-    the graph's own values; the bound counts both (it fails if either term is dropped)."""
+    ``sum_i (gamma_66 S_i + (1 + gamma_66) 66 eta) G_i``, ``gamma_66 = (1 + u)^66 - 1`` (64
+    products, the bias, the final rounding; ``S = |W'| |z'| + |b'|``), with ``G`` from the
+    dequantized fc2 after the ReLU: recomputed from the graph's own values; the bound counts
+    both (it fails if either term is dropped)."""
     x = data[2][:32]
     report = pm.deployment_report(model, half, x)
     z, z_half, weight, bias = _half_linear(half, x)
     after = list(pm.downstream_masses(half, x).values())[-1].reshape(1, -1).double()  # fc2's input
     n = weight.shape[1] + 2
-    gamma = n * U / (1 - n * U)
+    gamma = (1 + U) ** n - 1
     cast = ((U * z.abs() + ETA) * (after @ weight.abs())).sum(dim=1)
-    layer = ((gamma * (z_half.abs() @ weight.abs().T + bias.abs()) + 2 * n * ETA) * after).sum(1)
+    s = z_half.abs() @ weight.abs().T + bias.abs()
+    layer = ((gamma * s + (1 + gamma) * n * ETA) * after).sum(dim=1)
     terms = report.rounding_terms
     assert terms["0:dequantize to float16"] == pytest.approx(cast, rel=1e-9)
     assert terms["1:aten.linear.default in float16"] == pytest.approx(layer, rel=1e-9)
