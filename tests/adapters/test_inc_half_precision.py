@@ -119,6 +119,7 @@ def test_the_rounding_terms_are_those_of_the_values_the_graph_uses(model, half, 
                  + layer[certified]).all())
     assert report.bound[certified] == pytest.approx((without + cast + layer)[certified],
                                                     rel=1e-9)
+    assert torch.equal(pm.output_bound(model, half, x), report.bound)
 
 
 def test_the_cast_weights_are_a_weight_change(model, half, calibration, data):
