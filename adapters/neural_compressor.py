@@ -18,9 +18,10 @@ Three bridges between INC's tuning loop and the path-metric engine:
   certificate of the combined change.
 
 The bound covers the weights (the fp16-stored biases of RTN layers, the fp16/bf16 casts of
-layers a PT2E config runs in half precision, BatchNorm folded as PT2E folds it for static
-configs); the deployed model's activation quantization is certified by ``pm.deployment_report``
-on the converted model (docs/deployed.md).
+layers a static config runs in half precision, read off the converted model, BatchNorm folded as
+PT2E folds it for static configs); the deployed model's activation quantization, and the casts
+and arithmetic of its half-precision layers, are certified by ``pm.deployment_report`` on the
+converted model (docs/deployed.md).
 """
 import copy
 import dataclasses
@@ -89,7 +90,10 @@ def simulate_weights(model, config):
 def quantization_bound(model, example_inputs, config):
     """Certified ``||Phi(theta) - Phi(theta')||_1`` with ``theta'`` = ``simulate_weights(model, config)``;
     for a ``PathMetricConfig``, ``theta'`` is the pruned model (``pm.prune(...).certified_bound``);
-    for a ``PrunedThenQuantizedConfig``, the pruned model's weights quantized by its RTN config."""
+    for a ``PrunedThenQuantizedConfig``, the pruned model's weights quantized by its RTN config;
+    for a static config with layers in fp16/bf16 (or a ``StaticQuantConfig``), the weights of the
+    model INC converts (``static_deployment_report(...).weight_term``, ``example_inputs`` the
+    calibration batch: the weights do not depend on it)."""
     return quantization_bound_with_log(model, example_inputs, config)[0]
 
 
@@ -104,6 +108,10 @@ def quantization_bound_with_log(model, example_inputs, config):
         prune, quant = config.config_list
         pruned = _prune(model, prune, example_inputs, inplace=False).model
         return _combined_bound(model, pruned, simulate_weights(pruned, quant), example_inputs)
+    if isinstance(config, _STATIC) and (_half_layers(model, config)
+                                        or not isinstance(config, INT8StaticQuantConfig)):
+        report = static_deployment_report(model, config, example_inputs)
+        return report.weight_term, report.log_weight_term
     if isinstance(config, INT8StaticQuantConfig):
         model = _batch_norm_folded(model, example_inputs)
     return pm.path_metric_with_log(model, simulate_weights(model, config), example_inputs)
@@ -239,6 +247,14 @@ def _pt2e_weights(model, config):
     goes through the observer INC builds (``create_quant_spec_from_config``), then
     ``quantized_decomposed.quantize_*`` / ``dequantize_*`` with the observer's qparams.
     """
+    if half := _half_layers(model, config):
+        raise ValueError(f"simulate_weights: {half} run in fp16/bf16, as INC's half-precision "
+                         "rewriter matches them (INC 3.10 runs its bf16 layers in float16 and "
+                         "leaves in float32 the conv2d calls it does not match, such as padded "
+                         "ones), which a simulation cannot tell: quantization_bound reads the "
+                         "weights off the converted model for static configs "
+                         "(static_deployment_report); for others certify the converted model "
+                         "with pm.deployment_report")
     if isinstance(config, INT8StaticQuantConfig) and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError("simulate_weights: PT2E static quantization folds BatchNorm into the preceding "
@@ -246,16 +262,14 @@ def _pt2e_weights(model, config):
                          "quantization_bound folds it as PT2E does (or fold it first: "
                          "torch.nn.utils.fusion.fuse_conv_bn_eval) and pass that model")
     modules = dict(model.named_modules())
-    out = {}
-    for name, c in _pt2e_layer_configs(model, config).items():
-        m = modules[name]
-        if c.w_dtype in _HALF:   # a layer INC runs in half precision: weight and bias cast
-            out[f"{name}.weight"] = m.weight.detach().to(_HALF[c.w_dtype]).float()
-            if m.bias is not None:
-                out[f"{name}.bias"] = m.bias.detach().to(_HALF[c.w_dtype]).float()
-        else:
-            out[f"{name}.weight"] = _observe_quantize_dequantize(m.weight.detach(), c)
-    return out
+    return {f"{name}.weight": _observe_quantize_dequantize(modules[name].weight.detach(), c)
+            for name, c in _pt2e_layer_configs(model, config).items()}
+
+
+def _half_layers(model, config):
+    """The conv2d/linear modules ``config`` sets to fp16/bf16 weights, sorted."""
+    return sorted(name for name, c in _pt2e_layer_configs(model, config).items()
+                  if c.w_dtype in _HALF)
 
 
 def _pt2e_layer_configs(model, config):
@@ -347,17 +361,23 @@ def static_deployment_report(model, config, calibration):
 
 
 def _static_bound_with_log(report, calibration):
-    """``(max(s, 1) * weight_term + activation_term, its log)`` of a static report, ``s`` the
-    largest sup-norm of the calibration batch: the certified bound at the batch's largest
-    input, for every input of that sup-norm that saturates no point (rounded up)."""
+    """``(max(s, 1) * weight_term + activation_term + rounding, its log)`` of a static report,
+    ``s`` the largest sup-norm of the calibration batch: the certified bound at the batch's
+    largest input, for every input of that sup-norm that saturates no point (rounded up).
+    ``rounding`` is the largest rounding term of the half-precision layers over the certified
+    calibration samples (0 without such layers): the rounding depends on the values, so with it
+    the bound is certified on the calibration batch."""
     inputs = calibration if isinstance(calibration, tuple) else (calibration,)
     sup = max(1.0, max(float(t.detach().abs().amax()) for t in inputs))
+    certified = report.rounding_term[~report.saturated]
+    rounding = float((certified if certified.numel() else report.rounding_term).max())
     weight = math.nextafter(sup * report.weight_term, math.inf)
     bound = math.nextafter(weight + report.activation_term, math.inf)
-    log_bound = float(torch.logaddexp(torch.tensor(math.log(sup) + report.log_weight_term,
-                                                   dtype=torch.float64),
-                                      torch.tensor(report.log_activation_term,
-                                                   dtype=torch.float64)))
+    parts = [math.log(sup) + report.log_weight_term, report.log_activation_term]
+    if rounding > 0:
+        bound = math.nextafter(bound + rounding, math.inf)
+        parts.append(math.log(rounding))
+    log_bound = float(torch.logsumexp(torch.tensor(parts, dtype=torch.float64), dim=0))
     return bound, math.nextafter(log_bound + 1e-12 * abs(log_bound), math.inf)
 
 
@@ -387,10 +407,13 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None, ca
     - ``"bound_per_saved_bit"``: increasing ``bound / (32 - bits)``, the certified error per bit
       saved per weight (configs that save nothing last).
 
-    Configs without a certificate (AutoRound, GPTQ, AWQ, HQQ, ...; a static config with layers
-    in fp16/bf16, whose casts in the converted graph the deployed certificate does not cover
-    yet) are tried after the certified ones, in config-set (INC's) order, with one warning
-    naming them (and why, for a static config).
+    A static config with layers in fp16/bf16 is ranked the same way: the certificate of its
+    converted model covers the casts of those layers' weights (the weight term), of their
+    inputs and the rounding of the layers computing in half precision
+    (``report.rounding_term``, per sample; its largest value over the batch is added).
+
+    Configs without a certificate (AutoRound, GPTQ, AWQ, HQQ, ...) are tried after the
+    certified ones, in config-set (INC's) order, with one warning naming them.
     """
     _check_eager(model)
     if order not in SAMPLER_ORDERS:
@@ -408,24 +431,19 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None, ca
     data = example_inputs if calibration is None else calibration
 
     def certificate(c):
-        """``((bound, log bound) or (None, None), report or None, why there is none or None)``."""
+        """``((bound, log bound) or (None, None), report or None)``."""
         if isinstance(c, _STATIC):
-            half = sorted(name for name, layer in _pt2e_layer_configs(model, c).items()
-                          if layer.w_dtype in _HALF)
-            if half:
-                return (None, None), None, (f"layers {half} run in fp16/bf16, whose casts in "
-                                            "the converted graph are not certified yet")
             report = static_deployment_report(model, c, data)
-            return _static_bound_with_log(report, data), report, None
+            return _static_bound_with_log(report, data), report
         return (quantization_bound_with_log(model, example_inputs, c) if _certified(c)
-                else (None, None)), None, None
+                else (None, None)), None
 
     class PathMetricSampler(Sampler):
         def __init__(self, config_source):
             configs = [config_source[i] for i in range(len(config_source))]
             results = [certificate(c) for c in configs]
-            pairs = [pair for pair, _, _ in results]
-            self.reports = [report for _, report, _ in results]
+            pairs = [pair for pair, _ in results]
+            self.reports = [report for _, report in results]
             self.bounds = [bound for bound, _ in pairs]
             self.log_bounds = [log_bound for _, log_bound in pairs]
             self.bits = [storage_bits(model, c) for c in configs]
@@ -433,10 +451,8 @@ def path_metric_sampler(model, example_inputs, order="bound", max_bound=None, ca
             others = [i for i, b in enumerate(self.bounds) if b is None]
             if others:
                 warnings.warn("path_metric_sampler: no certificate for " + ", ".join(
-                    f"#{i} {type(configs[i]).__name__}"
-                    + (f" ({results[i][2]})" if results[i][2] else "")
-                    for i in others) + "; they are tried after the certified configs, in the "
-                    "config set's order", stacklevel=2)
+                    f"#{i} {type(configs[i]).__name__}" for i in others) + "; they are tried "
+                    "after the certified configs, in the config set's order", stacklevel=2)
             self.order = sorted(certified, key=lambda i: key(self.bounds[i], self.log_bounds[i],
                                                          self.bits[i])) \
                 + others

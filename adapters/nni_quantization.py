@@ -244,9 +244,21 @@ def deployment_report_from_wrapped(model: nn.Module, wrapped: nn.Module, x):
                          "quantizer wrapped, or certify an unwrapped model with pm.output_bound")
     points, params = {}, {}
     for name, wrapper in wrappers.items():
-        if wrapper.fused_modules or wrapper.pruning_target_spaces:
-            raise ValueError(f"NNI wrapper of '{name}': fused modules or pruning masks in one "
-                             "wrapper are not certified; quantize an unfused, unpruned model")
+        if wrapper.fused_modules:
+            names = {id(m): n for n, m in wrapped.named_modules()}
+            fused = [names.get(id(m), type(m).__name__) for m in wrapper.fused_modules[1:]]
+            raise ValueError(f"NNI wrapper of '{name}': it is fused with {fused} (QAT "
+                             "conv-BatchNorm fusion, 'fuse_names'), which computes the layer's "
+                             "weight in every forward: it runs the BatchNorm on the layer's "
+                             "output (updating its statistics in training) and folds it into "
+                             "the weight before quantizing, so there is no fixed weight to "
+                             "certify; quantize without 'fuse_names' (the certificate folds a "
+                             "frozen BatchNorm after a layer into it, as the backends do)")
+        if wrapper.pruning_target_spaces:
+            raise ValueError(f"NNI wrapper of '{name}': pruning masks and quantization in one "
+                             "wrapper are not certified; certify the pruned model "
+                             "(pm.path_metric) and its quantization apart, or quantize the "
+                             "sped-up pruned model")
         for target, space in wrapper.quantization_target_spaces.items():
             if space.scale is None or space.apply_method == "bypass":
                 continue
@@ -258,6 +270,7 @@ def deployment_report_from_wrapped(model: nn.Module, wrapped: nn.Module, x):
                 side = "input" if space.type is TargetType.INPUT else "output"
                 points[(name, side, int(target.rsplit("_", 1)[-1]))] = _activation_grid(
                     wrapper, target, space)
+    _refuse_non_finite(wrapped, wrappers, params)
     deployed = deepcopy(model)   # (a wrapped model after training holds non-leaf tensors)
     modules = dict(wrapped.named_modules())
     with torch.no_grad():
@@ -269,6 +282,27 @@ def deployment_report_from_wrapped(model: nn.Module, wrapped: nn.Module, x):
                                  "pass the float model that the NNI quantizer wrapped a copy of")
             tensor.copy_(value)
     return pm.deployment_report(model, _with_points(deployed.eval(), points), x)
+
+
+def _refuse_non_finite(wrapped: nn.Module, wrappers: dict, params: dict):
+    """A ``ValueError`` naming the tensors of ``wrapped`` (and the quantized parameters
+    ``params``) that hold NaN or infinite values: no certificate covers them."""
+    tensors = {**dict(wrapped.named_parameters()), **dict(wrapped.named_buffers()), **params}
+    bad = [name for name, t in tensors.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    dorefa = any(str(space.apply_method).startswith("dorefa") for w in wrappers.values()
+                 for space in w.quantization_target_spaces.values())
+    raise ValueError(
+        f"the NNI-wrapped model holds NaN or infinite values in {bad[:4]}"
+        + (f" and {len(bad) - 4} more" if len(bad) > 4 else "") + ": its quantizer's training "
+        "wrote them"
+        + (" (NNI 3.0's DoReFaQuantizer divides each sample's output gradient by its largest "
+           "magnitude, 0/0 where that gradient is zero, and one optimizer step spreads the NaN "
+           "to every parameter)" if dorefa else "")
+        + "; no certificate covers them: certify the wrapped model while its tensors are finite "
+        "(before such a step, or with a training whose gradients stay finite)")
 
 
 def quantizer_wrapped(model: nn.Module) -> bool:

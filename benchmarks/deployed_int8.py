@@ -18,8 +18,12 @@ rounding) from the ``--starts`` certified samples with the largest gap/bound, ``
 in the box of the calibration values: its iterates are certified too, and the worst gap/bound
 over the certified iterates is recorded.
 
+``--half`` runs only the digits CNN under INC static configs with layers in fp16/bf16 (issue 22
+item 4: the casts and the half-precision layer's rounding in the certificate, and the INC
+sampler's order of those configs) and writes that section of the results file in place.
+
     python benchmarks/deployed_int8.py [--models digits,resnet18] [--backends "INC static"]
-        [--samples 1000] [--starts 4] [--steps 20] [--out DIR]
+        [--samples 1000] [--starts 4] [--steps 20] [--out DIR] [--half]
 """
 from __future__ import annotations
 
@@ -208,6 +212,93 @@ def digits_table(out):
         lines = []
 
 
+HALF_SECTION = "## INC static with layers in fp16/bf16 (digits CNN)"
+
+
+def half_precision_section(samples, search) -> str:
+    """The digits CNN under INC static W8A8 (per channel) with layers in fp16/bf16: per config
+    the certificate of the converted model on ``samples`` digits against the measured gaps and
+    along the gap search ``search = (starts, steps)`` (as in :func:`row`), and the order of
+    ``path_metric_sampler`` over the configs (calibration: 128 training digits)."""
+    from neural_compressor.torch.quantization import INT8StaticQuantConfig
+
+    from pathmetric.adapters.neural_compressor import path_metric_sampler, static_deployed
+
+    def config(**layers):
+        c = INT8StaticQuantConfig()
+        for name, dtype in layers.items():
+            c.set_local(name, INT8StaticQuantConfig(w_dtype=dtype, act_dtype=dtype))
+        return c
+    x_train, y_train, x_test, y_test = digits.load_digits_tensors()
+    model = digits.pretrained((x_train, y_train, x_test, y_test)).eval()
+    calibration, x = x_train[:128], torch.cat([x_train, x_test])[:samples]
+    configs = {"W8A8": config(), "fc1 fp32": config(fc1="fp32"), "fc1 fp16": config(fc1="fp16"),
+               "fc1 bf16": config(fc1="bf16"), "fc1, fc2 fp16": config(fc1="fp16", fc2="fp16")}
+    lines = ["| config | bound (median, certified) | weight term | activation term | rounding "
+             "term (median) | max gap | worst gap/bound | search: worst gap/bound (certified "
+             "iterates) | saturated | weight / activation / rounding share | accuracy | "
+             "seconds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, c in configs.items():
+        start = time.time()
+        deployed = static_deployed(model, c, calibration)
+        report = pm.deployment_report(model, deployed, x)
+        gap = gaps(model, deployed, x)
+        certified = ~report.saturated
+        ratio = (gap / report.bound).masked_fill(report.saturated, -1.0)
+        iterates, found = gap_search(model, deployed, x[ratio.argsort(descending=True)[
+            :search[0]]], steps=search[1], box=(float(calibration.min()),
+                                                float(calibration.max())))
+        checked = pm.deployment_report(model, deployed, iterates)
+        kept = ~checked.saturated
+        with torch.no_grad():
+            accuracy = float((deployed(x_test).argmax(1) == y_test).double().mean())
+        lines.append(f"| {label} | {float(report.bound[certified].median()):.4g} | "
+                     f"{report.weight_term:.4g} | {report.activation_term:.4g} | "
+                     f"{float(report.rounding_term[certified].median()):.3g} | "
+                     f"{float(gap.max()):.3g} | "
+                     f"{float((gap[certified] / report.bound[certified]).max()):.3g} | "
+                     f"{float((found[kept] / checked.bound[kept]).max()):.3g} "
+                     f"({int(kept.sum())}/{len(iterates)}) | "
+                     f"{report.saturated_count}/{len(x)} | {report.weight_share:.1%} / "
+                     f"{report.activation_share:.1%} / {report.rounding_share:.2%} | "
+                     f"{accuracy:.3f} | {time.time() - start:.0f} |")
+        print(lines[-1], flush=True)
+    names = list(configs)
+    sampler = path_metric_sampler(model, calibration)(list(configs.values()))
+    int8 = [i for i, name in enumerate(names) if "fp16" not in name and "bf16" not in name]
+    before = sorted(int8, key=sampler.bounds.__getitem__) + [i for i in range(len(names))
+                                                             if i not in int8]
+    lines += ["", "Sampler (`path_metric_sampler(model, calibration)`, order `bound`): "
+              + ", ".join(f"{names[i]} ({sampler.bounds[i]:.5g})" for i in sampler) + ".",
+              "Before (the fp16/bf16 configs uncertified, tried last in the set's order): "
+              + ", ".join(names[i] for i in before) + "."]
+    about = ("`python benchmarks/deployed_int8.py --half --samples N` (one torch thread): INC "
+             "static W8A8 per channel (`INT8StaticQuantConfig`) with `set_local` layers in "
+             "fp16/bf16 or fp32, calibrated on 128 training digits (one batch, "
+             "`static_deployed`), certified by `pm.deployment_report` on the first N of the "
+             "1,797 digits and measured on them, and on the certified iterates of the SPSA "
+             "search on the gap (`--starts` starts, `--steps` steps, as above). Rounding term: the casts of the half-precision "
+             "layers' inputs and their float16 arithmetic (`report.rounding_term`, per sample); "
+             "the cast weights are in the weight term. INC 3.10 runs a bf16 layer in float16 "
+             "(its bf16 rewrite patterns are its fp16 ones): the fc1 bf16 row is the fc1 fp16 "
+             "model. Accuracy: the 450 test digits (float model 0.989).")
+    return "\n".join([HALF_SECTION, "", about, ""] + lines) + "\n"
+
+
+def write_section(path: Path, section: str):
+    """``section`` (from its ``## `` title) in the results file ``path``, in place of the one with
+    the same title, or appended."""
+    text = path.read_text() if path.exists() else ""
+    title = section.split("\n", 1)[0]
+    if title in text:
+        head, rest = text.split(title, 1)
+        tail = rest[rest.index("\n## "):] if "\n## " in rest else ""
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
 HEADER = ("| model | backend | points | bound | max gap | worst gap/bound | search: worst "
           "gap/bound (certified iterates) | saturated | weight share | activation share | "
           "seconds |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -222,9 +313,14 @@ def main():
     parser.add_argument("--starts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--half", action="store_true", help="only the INC fp16/bf16 section "
+                                                            "(digits CNN), written in place")
     args = parser.parse_args()
     torch.set_num_threads(1)
     path = Path(args.out) / "deployed_int8.md"
+    if args.half:
+        write_section(path, half_precision_section(args.samples, (args.starts, args.steps)))
+        return
     with path.open("w") as out:
         out.write("# Certificates of deployed int8 models (benchmarks/deployed_int8.py)\n\n"
                   f"{args.samples} inputs per model from its calibration distribution "

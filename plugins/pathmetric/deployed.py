@@ -13,7 +13,10 @@ for every ``x`` on which no point saturates; a sample on which one does gets ``i
 term compares the float model folded as the backend folded it (a BatchNorm after a layer folded
 into the layer) with the weights the backend dequantizes, on the quantized model's graph. The
 bound is for exact arithmetic of the dequantized network (float rounding of the deployed kernels
-is not in it), which every result states.
+is not in it), which every result states, except where the model rounds to half precision (Intel
+Neural Compressor's fp16/bf16 layers): a cast of an activation to float16 is a rounding point of
+error ``u |z| + eta`` per element and a conv/linear layer computing in float16 adds ``gamma_n S +
+(1 + gamma_n) n eta`` (:func:`_rounding_error`), both per sample, ``sum_v err_v G(v)``.
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ from . import metric
 from .core.algebras import NormLifting, total_of
 from .core.capture import as_tuple
 from .core.interpreter import named_tensors
-from .core.ir import Graph, Node, Param, ParamView, Value, fact
+from .core.ir import Graph, Node, Param, ParamView, Value, fact, values_read
 from .core.replay import replay
-from .core.rules import aten, batch_norm_scale, batch_norm_shift, lookup, quantization
+from .core.rules import aten, batch_norm_scale, batch_norm_shift, lookup, quantization, structure
 from .core.scaled import Scaled, scaled_sum, times_pow2, to_float
 from .core.support import capture
 from .errors import UnsupportedModelError
@@ -40,6 +43,9 @@ from .metric import certified_distance, log_round_up, round_up
 
 ARITHMETIC = ("exact: the bound is for the dequantized network computed exactly; the rounding of "
               "the deployed float/integer kernels is not included")
+ROUNDED = ("exact but the half-precision layers: the float16/bfloat16 casts and the rounding of "
+           "the conv/linear layers computing in float16/bfloat16 are included (any summation "
+           "order); the rounding of the other deployed float/integer kernels is not")
 CHUNK = 64   # samples per walk of the quantized graph (saturation checks)
 OBSERVING = ("the observers of {names} are on: the certificate is for the grids these "
              "fake-quantization modules hold now (as converting the model deploys them); the "
@@ -108,6 +114,104 @@ def _grid_tensors(node, grid, shape, scale, zero):
 def _refusal(node: Node, why: str):
     return UnsupportedModelError(f"{node.rule_name} in '{node.module or '<model>'}': {why}",
                                  [(node.rule_name, node.module, why)])
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """A rounding to the narrower floating ``dtype`` in a deployed graph, at the node of index
+    ``node``: a cast of an activation to ``dtype`` (``layer`` False: Intel Neural Compressor's
+    half-precision layers cast their input), or a conv/linear layer computing in ``dtype``
+    (``layer`` True). Its error is per sample (:func:`_rounding_error`)."""
+    key: str
+    node: int
+    dtype: torch.dtype
+    layer: bool
+
+
+def _roundings(graph: Graph) -> list:
+    """The rounding points of ``graph``, in order: every cast to a narrower floating dtype
+    (:func:`~pathmetric.core.rules.structure.rounding`) and every conv/linear layer reading a
+    value in that dtype. A value in a rounded dtype may only be cast (back) or read by such a
+    layer: any other op computing in it is refused, its rounding is not certified."""
+    out: list = []
+    narrow: dict = {}   # node index -> the rounded dtype its value is in
+    for index, node in graph.operations():
+        dtypes = {narrow[v.node] for v in values_read(node) if v.node in narrow}
+        dtype = structure.rounding(graph, node)
+        name = str(dtype or node.dtype).removeprefix("torch.")
+        if dtype is not None:
+            source = graph.nodes[node.roles["x"].node]
+            what = "input" if node.roles["x"].node in graph.inputs else (source.module
+                                                                        or source.rule_name)
+            out.append(Rounding(f"{len(out)}:{what} to {name}", index, dtype, False))
+            narrow[index] = dtype
+        elif node.rule.quantization == "cast":   # a value-preserving cast: back to float32
+            if node.dtype in dtypes:
+                narrow[index] = node.dtype
+        elif dtypes:
+            if not (fact(node, "affine", "whether it is a conv/linear-like layer")
+                    and dtypes == {node.dtype}):
+                raise _refusal(node, f"it computes in {name} (a value a cast rounded): the "
+                                     "deployed certificate bounds the rounding of a conv/linear "
+                                     "layer run in half precision and of casts only; cast back "
+                                     "to float32 before this op")
+            out.append(Rounding(f"{len(out)}:{node.module or node.rule_name} in {name}", index,
+                                node.dtype, True))
+            narrow[index] = node.dtype
+    return out
+
+
+def _rounding_error(r: Rounding, node: Node, resolve) -> tuple:
+    """``(err, overflow)`` of the rounding ``r`` on one walk of the deployed graph: ``err`` bounds
+    the error of each element of the node's output (float64, batch first), ``overflow`` says per
+    sample whether some element may pass the largest value of ``r.dtype`` (``u`` half its
+    ``eps``, ``eta`` half its subnormal spacing, round to nearest):
+
+    - a cast of ``z``: ``|fl(z) - z| <= u |z| + eta``; overflow where ``|z|`` passes the largest
+      value;
+    - a layer: ``|fl(y) - y| <= gamma_n S + (1 + gamma_n) n eta``, ``gamma_n = (1 + u)^n - 1``,
+      with ``S = |W'| |z'| + |b'|`` (the layer on absolute values, in float64) and ``n`` one
+      more than the terms of its sum (the layer on ones): at most ``n`` roundings ``fl(a op b)
+      = (a op b)(1 + d) + e``, ``|d| <= u``, ``|e| <= eta``, on the way of each term, whether
+      the sum runs in ``dtype`` in any order or in a wider accumulator rounded once to ``dtype``
+      at the end; overflow where ``S`` plus that error, which bounds every partial sum, passes
+      the largest value.
+    """
+    info = torch.finfo(r.dtype)
+    u, eta, top = info.eps / 2, info.smallest_normal * info.eps / 2, info.max
+    if r.layer:
+        def on(f):
+            """The layer on ``f`` of each of its tensors (input, weight, bias)."""
+            args, kwargs = node.call(lambda leaf: f(t) if isinstance(t := resolve(leaf),
+                                                                     torch.Tensor) else t)
+            return node.func(*args, **kwargs)
+        s = on(lambda t: t.detach().double().abs())
+        n = on(lambda t: torch.ones_like(t, dtype=torch.float64)) + 1
+        gamma = torch.expm1(n * math.log1p(u))
+        err = gamma * s + (1 + gamma) * n * eta
+        outside = ~(s + err <= top)
+        err = err * (1 + (n + 4) * torch.finfo(torch.float64).eps)   # S and err in float64
+    else:
+        z = resolve(node.roles["x"]).detach().double()
+        err = (u * z.abs() + eta) * (1 + torch.finfo(torch.float64).eps)
+        outside = ~(z.abs() <= top)
+    return err, outside.reshape(outside.shape[0], -1).any(dim=1)
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded up by one step where it is positive (0 stays 0)."""
+    return torch.where(t > 0, torch.nextafter(t, torch.full_like(t, math.inf)), t)
+
+
+def _downstream_of(graph: Graph, indices) -> set:
+    """The indices of the nodes that read, directly or not, the value of a node of ``indices``."""
+    users, seen, todo = graph.users(), set(), list(indices)
+    while todo:
+        for j in users[todo.pop()]:
+            if j not in seen:
+                seen.add(j)
+                todo.append(j)
+    return seen
 
 
 class _Downstream(NormLifting):
@@ -268,9 +372,11 @@ def _frozen(quantized: nn.Module, inputs) -> nn.Module:
     """``quantized``, or, when it quantizes a weight at every call, a copy where that weight is
     quantized once, so that the layer reads the weight ``theta'`` the model uses:
 
-    - a ``GraphModule`` that quantizes a constant (Intel Neural Compressor's converted graphs:
-      ``quantize_per_channel(weight)`` then ``dequantize_per_channel``): the quantize is computed
-      once into an integer buffer, as ``convert_pt2e(fold_quantize=True)`` does;
+    - a ``GraphModule`` that quantizes or casts a constant (Intel Neural Compressor's converted
+      graphs: ``quantize_per_channel(weight)`` then ``dequantize_per_channel``; ``weight.to(
+      float16)`` and ``bias.to(float16)`` of a layer run in half precision): the quantize or cast
+      is computed once into a buffer (as ``convert_pt2e(fold_quantize=True)`` does), which the
+      layer reads: the values the graph uses;
     - a fake-quantization module applied to a parameter or buffer (``torch.ao`` QAT layers'
       ``weight_fake_quant``, the weight fake-quants of ``prepare_qat_pt2e`` graphs): the tensor
       holds its fake-quantized value (the module's grid, observer off:
@@ -278,7 +384,7 @@ def _frozen(quantized: nn.Module, inputs) -> nn.Module:
 
     The copy is kept while the model's parameters and buffers are unchanged."""
     constant = [n for n in quantized.graph.nodes if n.op == "call_function"
-                and getattr(lookup(n.target), "quantization", None) == "point"
+                and getattr(lookup(n.target), "quantization", None) in ("point", "cast")
                 and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"] \
         if isinstance(quantized, torch.fx.GraphModule) else []
     if not constant and not any(quantization.module_kind(type(m)) == "fake_quantize"
@@ -296,7 +402,7 @@ def _frozen(quantized: nn.Module, inputs) -> nn.Module:
 
 
 def _fold_constant_quantize(frozen: torch.fx.GraphModule, names: set):
-    """Each quantize node of ``names`` (on a constant) computed once into an integer buffer."""
+    """Each quantize or cast node of ``names`` (on a constant) computed once into a buffer."""
     for k, node in enumerate(n for n in frozen.graph.nodes if n.op == "call_function"
                              and n.name in names):
         args = torch.fx.node.map_arg(node.args, lambda a: functools.reduce(  # type: ignore
@@ -345,9 +451,11 @@ def _fold_weight_fake_quantize(frozen: nn.Module, inputs):
 
 def _operations(graph: Graph, quantization_too: bool) -> list:
     """The operations of ``graph`` but the identity maps (the rules stating ``identity``:
-    dropout in eval mode, which an export may drop) and, if ``quantization_too``, the quantize,
-    dequantize and grid computations (the rules stating a ``quantization`` part)."""
+    dropout in eval mode, which an export may drop), the casts (the identity, or a rounding point
+    of the deployed model) and, if ``quantization_too``, the quantize, dequantize and grid
+    computations (the rules stating a ``quantization`` part)."""
     return [(i, n) for i, n in graph.operations() if not n.rule.identity
+            and n.rule.quantization != "cast"
             and not (quantization_too and n.rule.quantization is not None)]
 
 
@@ -420,7 +528,7 @@ def _renamed(node: Node, renames: dict) -> Node:
     roles = {role: renames[role][1] if role in renames else value
              for role, value in node.roles.items()}
     return Node(node.rule_name, node.func, args, kwargs, node.module, node.module_type, node.shape,
-                inplace=node.inplace, roles=roles, rule=node.rule)
+                inplace=node.inplace, dtype=node.dtype, roles=roles, rule=node.rule)
 
 
 def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
@@ -472,11 +580,13 @@ def _deployed_pair(model: nn.Module, quantized: nn.Module, inputs):
 
 # ---------------------------------------------------------------- per-sample saturation
 
-def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
+def _point_inputs(graph: Graph, model: nn.Module, inputs, points, roundings=()) -> dict:
     """``{point key: (z, scale, zero point)}``: the value each point quantizes, and its grid, when
     the captured graph of the quantized model runs on ``inputs`` (upstream points quantized, as
-    deployed: :func:`~pathmetric.core.replay.replay`)."""
+    deployed: :func:`~pathmetric.core.replay.replay`); ``{rounding key: (err, overflow)}`` of
+    each rounding on that run (:func:`_rounding_error`)."""
     wanted = {p.node: p.key for p in points}
+    rounded = {r.node: r for r in roundings}
     out = {}
 
     def record(index, node, resolve):
@@ -484,12 +594,14 @@ def _point_inputs(graph: Graph, model: nn.Module, inputs, points) -> dict:
             grid = quantization.grid(node)
             out[wanted[index]] = (resolve(node.roles["x"]), resolve(grid.scale),
                                   resolve(grid.zero_point))
+        if index in rounded:
+            out[rounded[index].key] = _rounding_error(rounded[index], node, resolve)
     with torch.no_grad():
         replay(graph, model, inputs, before=record)
     return out
 
 
-def _walks(graph: Graph, model: nn.Module, inputs, points):
+def _walks(graph: Graph, model: nn.Module, inputs, points, roundings=()):
     """``(rows, values)`` pairs of :func:`_point_inputs`: walks of ``CHUNK`` samples at a time
     (the walk holds every activation of its samples), or, when a point is dynamic (its scale
     computed from the tensor it quantizes), one walk per sample, so that every scale is the one
@@ -497,7 +609,7 @@ def _walks(graph: Graph, model: nn.Module, inputs, points):
     step = 1 if any(p.dynamic for p in points) else CHUNK
     for i in range(0, inputs[0].shape[0], step):
         rows = slice(i, i + step)
-        yield rows, _point_inputs(graph, model, [t[rows] for t in inputs], points)
+        yield rows, _point_inputs(graph, model, [t[rows] for t in inputs], points, roundings)
 
 
 def _saturated(point: Point, z: torch.Tensor, scale, zero) -> torch.Tensor:
@@ -524,10 +636,15 @@ class DeploymentReport:
     term of the dynamic points on sample ``i`` (``(s_t(x_i) / 2) sum_v G(v)``, the scale of
     each computed from sample ``i`` alone: the model run on one sample); ``weight_share`` /
     ``activation_share`` the shares of the two in the bound of the certified samples (mean);
+    ``rounding_term[i]`` the term of the roundings to half precision on sample ``i`` (a cast of
+    an activation to float16/bfloat16, ``sum_v (u |z_v| + eta) G(v)``, and a conv/linear layer
+    computing in it, ``sum_v (gamma_n S_v + (1 + gamma_n) n eta) G(v)``: :func:`_rounding_error`), per
+    rounding in ``rounding_terms``, and ``rounding_share`` its share;
     ``saturated`` the per-sample flags and ``saturated_points`` how many samples each point
-    saturates on. ``safe_radius[key]`` is the input radius ``r`` such that no ``x`` with
-    ``||x||_inf <= r`` saturates the point (``inf`` at a dynamic point and where a clamp bounds
-    the value inside the grid; 0 where ``||x||_inf <= 1`` is not shown safe),
+    saturates on (a rounding overflowing its dtype saturates too). ``safe_radius[key]`` is the
+    input radius ``r`` such that no ``x`` with ``||x||_inf <= r`` saturates the point (``inf`` at
+    a dynamic point and where a clamp bounds the value inside the grid; 0 where ``||x||_inf <=
+    1`` is not shown safe, and at a point downstream of a rounding to half precision),
     ``safe_input_radius`` its minimum over the points. ``arithmetic`` says which arithmetic the
     bound is for.
     """
@@ -543,6 +660,9 @@ class DeploymentReport:
     weight_share: float
     activation_share: float
     dynamic_term: torch.Tensor
+    rounding_term: torch.Tensor
+    rounding_terms: dict = field(default_factory=dict)
+    rounding_share: float = 0.0
     safe_radius: dict = field(default_factory=dict)
     safe_input_radius: float = math.inf
     arithmetic: str = ARITHMETIC
@@ -571,7 +691,9 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     """The certificate of ``quantized`` (the float ``model`` deployed: fake-quant or PT2E
     quantize/dequantize points in its forward, weights dequantized as its backend does) on the
     batch ``x``: per sample ``max(||x||_inf, 1) * d(theta, theta') + sum_t sum_v (s_v / 2)
-    G_theta'(v)``, rounded up, ``inf`` for a sample on which a point saturates. A model a
+    G_theta'(v)`` plus, at each rounding to half precision, ``sum_v err_v(x) G_theta'(v)``
+    (:func:`_rounding_error`), rounded up, ``inf`` for a sample on which a point saturates or a
+    value overflows the half-precision dtype. A model a
     framework wrapped goes to the report its adapter registered (:func:`register_wrapped`)."""
     inputs = as_tuple(x)
     if any(t.dim() == 0 for t in inputs):
@@ -585,21 +707,25 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     quantized = _frozen(quantized, inputs)
     graph, paired, theta, theta_q = _deployed_pair(model, quantized, inputs)
     points = _points(graph, quantized)
+    roundings = _roundings(graph)
     parts, error = certified_distance(paired, theta, theta_q)
     weight, log_weight = (round_up(sum(to_float(float(p.m), p.e) for p in parts), error),
                           log_round_up(parts, error))
-    masses, g_error = _downstream(paired, quantized, points, overrides=theta_q)
+    masses, g_error = _downstream(paired, quantized, points + roundings, overrides=theta_q)
     terms, t_error = _activation_terms(points, masses, g_error)
     radii = _safe_radii(paired, quantized, points, overrides=theta_q)
+    after = _downstream_of(graph, [r.node for r in roundings])
+    radii.update({p.key: 0.0 for p in points if p.node in after})
     total = [t for p in points if not p.dynamic for t in [terms[p.key]]]
     activation = round_up(to_float(float(scaled_sum(total).m), scaled_sum(total).e),
                           t_error) if total else 0.0
     log_activation = log_round_up(total, t_error) if total else -math.inf
     n = inputs[0].shape[0]
     saturated = torch.zeros(n, dtype=torch.bool)
-    per_point = dict.fromkeys(terms, 0)
+    per_point = dict.fromkeys([*terms, *(r.key for r in roundings)], 0)
     dynamic = torch.zeros(n, dtype=torch.float64)   # sum of (s_t(x) / 2) sum_v G(v), per sample
-    for rows, values in _walks(graph, quantized, inputs, points):
+    rounded = {r.key: torch.zeros(n, dtype=torch.float64) for r in roundings}
+    for rows, values in _walks(graph, quantized, inputs, points, roundings):
         for p in points:
             z, scale, zero = values[p.key]
             if p.dynamic:
@@ -610,13 +736,27 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
             flags = _saturated(p, z, scale, zero)
             per_point[p.key] += int(flags.sum())
             saturated[rows] |= flags
+        for r in roundings:   # sum_v err_v G(v), per sample
+            err, flags = values[r.key]
+            grad, exponent = masses[r.key]
+            moved = torch.where(grad > 0, err.cpu() * grad.cpu(), 0.0)
+            rounded[r.key][rows] = torch.ldexp(moved.reshape(moved.shape[0], -1).sum(dim=1),
+                                               torch.tensor(float(exponent)))
+            per_point[r.key] += int(flags.sum())
+            saturated[rows] |= flags
     dynamic = torch.nextafter(dynamic * (1 + t_error), torch.full_like(dynamic, math.inf))
+    u = torch.finfo(torch.float64).eps / 2
+    k = sum(masses[r.key][0].numel() for r in roundings) + len(roundings) + 4
+    r_error = (1 + g_error) * (1 + 2 * k * u / (1 - k * u)) - 1
+    rounded = {key: _up(t * (1 + r_error)) for key, t in rounded.items()}
+    rounding = _up(sum(rounded.values(), torch.zeros(n, dtype=torch.float64)) * (1 + k * u))
     sup = torch.stack([t.detach().reshape(t.shape[0], -1).abs().amax(dim=1).double().cpu()
                        for t in inputs]).amax(dim=0).clamp(min=1.0)
     per_sample = torch.nextafter(activation + dynamic, torch.full_like(dynamic, math.inf))
-    bound = sup * weight + per_sample
-    bound = torch.nextafter(bound, torch.full_like(bound, math.inf))
-    log_bound = torch.logaddexp(sup.log() + log_weight,
+    bound = _up(sup * weight + per_sample)
+    if roundings:
+        bound = _up(bound + rounding)
+    log_bound = torch.logaddexp(torch.logaddexp(sup.log() + log_weight, rounding.log()),
                                 torch.logaddexp(torch.full_like(sup, log_activation),
                                                 dynamic.log()))
     log_bound = torch.nextafter(log_bound + 1e-12 * log_bound.abs(), torch.full_like(sup, math.inf))
@@ -624,20 +764,23 @@ def deployment_report(model: nn.Module, quantized: nn.Module, x) -> DeploymentRe
     log_bound[saturated] = math.inf
     certified = ~saturated
     if bool(certified.any()) and math.isfinite(weight) and math.isfinite(activation):
-        weight_part = sup[certified] * weight
-        shares = weight_part / (weight_part + per_sample[certified])
-        weight_share = float(shares.nan_to_num(0.0).mean())
+        weight_part, rounding_part = sup[certified] * weight, rounding[certified]
+        whole = weight_part + per_sample[certified] + rounding_part
+        weight_share = float((weight_part / whole).nan_to_num(0.0).mean())
+        rounding_share = float((rounding_part / whole).nan_to_num(0.0).mean())
     else:
-        weight_share = math.nan
+        weight_share = rounding_share = math.nan
     return DeploymentReport(
         bound=bound, log_bound=log_bound, weight_term=weight, log_weight_term=log_weight,
         activation_term=activation, log_activation_term=log_activation,
         activation_terms={p.key: round_up(to_float(float(terms[p.key].m), terms[p.key].e),
                                           t_error) for p in points if not p.dynamic},
-        dynamic_term=dynamic, safe_radius=radii,
+        dynamic_term=dynamic, rounding_term=rounding, rounding_terms=rounded,
+        rounding_share=rounding_share, safe_radius=radii,
         safe_input_radius=min(radii.values(), default=math.inf),
         saturated=saturated, saturated_points=per_point, weight_share=weight_share,
-        activation_share=1.0 - weight_share if not math.isnan(weight_share) else math.nan,
+        activation_share=1.0 - weight_share - rounding_share, arithmetic=ROUNDED if roundings
+        else ARITHMETIC,
         notes=[OBSERVING.format(names=", ".join(observing[:3]) + (", ..." if len(observing) > 3
                                                                    else ""))] if observing else [])
 

@@ -401,17 +401,15 @@ def test_sampler_tries_nf4_after_the_certified_configs(model, x):
 
 
 def test_half_precision_layers_are_a_change_in_the_bound(model, x):
-    """issue 22 item 4: a layer INC runs in fp16/bf16 has its weight and bias cast; the bound
-    includes that change (bf16's coarser rounding gives a larger one) and the storage counts
-    16 bits for it."""
+    """issue 22 item 4: the linear layers INC runs in fp16/bf16 have their weight and bias cast,
+    read off the converted graph (INC 3.10 runs its bf16 layers in float16 too: the same
+    bound); the bound includes that change and the storage counts 16 bits for them."""
 
     def config(dtype):
         return INT8StaticQuantConfig().set_local(
             nn.Linear, INT8StaticQuantConfig(w_dtype=dtype, act_dtype=dtype))
     fp32, fp16, bf16 = (quantization_bound(model, x, config(d)) for d in ("fp32", "fp16", "bf16"))
-    assert fp32 < fp16 < bf16
-    weights = simulate_weights(model, config("bf16"))
-    assert torch.equal(weights["fc1.bias"], model.fc1.bias.detach().bfloat16().float())
+    assert fp32 < fp16 and bf16 == pytest.approx(fp16, rel=1e-9)
     assert storage_bits(model, config("fp16")) < storage_bits(model, config("fp32"))
 
 
@@ -454,16 +452,3 @@ def test_sampler_ranks_static_configs_by_the_full_certificate(data):
     # calibrated on other digits, the ranking's certificate is that of the other calibration
     other = path_metric_sampler(model, data[2][:4], calibration=calibration)(configs[:2])
     assert other.bounds == pytest.approx(full[:2], rel=1e-9)
-
-
-def test_sampler_tries_half_precision_static_configs_after_the_certified_ones(data):
-    """A static config with layers in fp16/bf16 has no full certificate yet (the casts of the
-    converted graph are not covered): the sampler says so and tries it last."""
-    model = pretrained(data).eval()
-    half = INT8StaticQuantConfig().set_local(
-        nn.Linear, INT8StaticQuantConfig(w_dtype="fp16", act_dtype="fp16"))
-    with pytest.warns(UserWarning, match=r"#0 INT8StaticQuantConfig \(layers \['fc1', 'fc2'\] "
-                                         "run in fp16/bf16"):
-        sampler = path_metric_sampler(model, data[0][:32])([half, INT8StaticQuantConfig()])
-    assert list(sampler) == [1, 0] and sampler.bounds[0] is None and sampler.reports[0] is None
-    assert sampler.bounds[1] > 0

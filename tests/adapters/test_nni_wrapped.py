@@ -12,6 +12,7 @@ pytest.importorskip("nni", reason="the nni extra is not installed")
 import nni  # noqa: E402
 from nni.compression import TorchEvaluator  # noqa: E402
 from nni.compression.quantization import (  # noqa: E402
+    DoReFaQuantizer,
     LsqQuantizer,
     PtqQuantizer,
     QATQuantizer,
@@ -111,3 +112,26 @@ def test_output_bound_certifies_a_wrapped_model_through_the_adapter(data, monkey
     with pytest.raises(pm.UnsupportedModelError,
                        match="ModuleWrapper.*import pathmetric.adapters.nni"):
         pm.output_bound(model, wrapped, x)
+
+
+def test_a_wrapped_model_with_nan_weights_is_refused_naming_the_cause(data):
+    """NNI 3.0's DoReFaQuantizer divides each output gradient by its largest magnitude (0/0 on
+    an all-zero gradient): one step writes NaN into every parameter, and the refusal says so."""
+    model, x_train, y_train, x = data
+    config_list = [{**TARGETS[0], "target_names": ["weight"]}]
+    wrapped = _wrapped(DoReFaQuantizer, model, x_train, y_train, config_list, steps=1)
+    with pytest.raises(ValueError, match=r"NNI-wrapped model holds NaN or infinite values in "
+                                         r"\['conv1.bias'.*DoReFaQuantizer divides"):
+        pm.deployment_report(model, wrapped, x)
+
+
+def test_a_live_conv_batch_norm_fusion_is_refused_naming_it(data):
+    """QAT with ``fuse_names``: NNI folds bn1 into conv1's weight in every forward."""
+    model, x_train, y_train, x = data
+    config_list = [{**{k: v for k, v in TARGETS[0].items() if k != "op_types"},
+                    "op_names": ["conv1"], "target_names": ["_input_", "weight"],
+                    "fuse_names": [("conv1", "bn1")]}]
+    wrapped = _wrapped(QATQuantizer, model, x_train, y_train, config_list, steps=1)
+    with pytest.raises(ValueError, match=r"NNI wrapper of 'conv1': it is fused with \['bn1'\] "
+                                         r"\(QAT conv-BatchNorm fusion"):
+        pm.deployment_report(model, wrapped, x)

@@ -250,3 +250,70 @@ def test_a_dropout_on_one_side_only_is_matched_as_the_identity():
     deployed = WithPoints(nn.Sequential(model[0], model[1], model[3]), {0: 0.01, 2: 0.01})
     report = pm.deployment_report(model, deployed, torch.randn(8, 4))
     assert report.weight_term == 0.0 and len(report.activation_terms) == 2
+
+
+# ---------------------------------------------------------------- casts to half precision
+
+class HalfCast(nn.Module):
+    """``seq`` (linear, ReLU, linear) with a fine fake-quantization point on its input and the
+    ReLU's output cast to float16 and back (its input, if ``relu_in_half``: the ReLU computes
+    in float16)."""
+
+    def __init__(self, seq, relu_in_half=False):
+        super().__init__()
+        self.seq, self.relu_in_half = seq, relu_in_half
+
+    def forward(self, x):
+        x = torch.fake_quantize_per_tensor_affine(x, 1e-6, 0, -2**31, 2**31 - 1)
+        if self.relu_in_half:
+            return self.seq[2](self.seq[1](self.seq[0](x).half()).float())
+        return self.seq[2](self.seq[1](self.seq[0](x)).half().float())
+
+
+def test_a_float16_cast_in_a_deployed_model_is_a_rounding_point():
+    """The cast's error ``u |z| + eta`` dominates the gap here (the input grid's step is 1e-6,
+    the weights are shared): the bound holds only with the cast's term, which is per sample
+    ``sum_v (2^-11 |z_v| + eta) G(v)``, ``G`` the second layer's column masses."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    deployed = HalfCast(model)
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    report = pm.deployment_report(model, deployed, x)
+    with torch.no_grad():
+        gap = (model(x) - deployed(x)).abs().sum(dim=1).double()
+        z = model[1](model[0](torch.fake_quantize_per_tensor_affine(x, 1e-6, 0, -2**31,
+                                                                    2**31 - 1))).double()
+    fp16 = torch.finfo(torch.float16)
+    g = model[2].weight.detach().double().abs().sum(dim=0)
+    cast = ((fp16.eps / 2 * z.abs() + fp16.smallest_normal * fp16.eps / 2) * g).sum(dim=1)
+    assert list(report.rounding_terms) == ["0:seq.1 to float16"]
+    assert report.rounding_terms["0:seq.1 to float16"] == pytest.approx(cast, rel=1e-9)
+    assert report.weight_term == 0.0 and not report.saturated.any()
+    assert (gap <= report.bound).all()
+    assert (gap > report.activation_term).any()   # without the cast's term it would not hold
+
+
+def test_an_op_computing_in_float16_other_than_a_layer_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    with pytest.raises(pm.UnsupportedModelError, match=r"relu in 'seq.1': it computes in "
+                                                       "float16"):
+        pm.deployment_report(model, HalfCast(model, relu_in_half=True), torch.randn(4, 6))
+
+
+def test_an_integer_cast_in_a_deployed_model_is_still_refused():
+    """Only float-to-float casts are rounding points: truncation to int32 is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+    class Truncated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = model
+
+        def forward(self, x):
+            x = torch.fake_quantize_per_tensor_affine(x, 0.01, 0, -128, 127)
+            return self.seq[2](self.seq[1](self.seq[0](x)).to(torch.int32).float())
+    with pytest.raises(pm.UnsupportedModelError, match="a cast from torch.float32 to torch.int32 "
+                                                       "changes values"):
+        pm.deployment_report(model, Truncated(), torch.randn(4, 6))

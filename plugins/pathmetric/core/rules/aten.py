@@ -72,7 +72,7 @@ for _op, _eager in [
     (aten.reshape.default, torch.reshape), (aten.permute.default, torch.permute),
     (aten.transpose.int, torch.transpose), (aten.squeeze.dim, torch.squeeze),
     (aten.unsqueeze.default, torch.unsqueeze), (aten.clone.default, torch.clone),
-    (aten.contiguous.default, Tensor.contiguous),
+    (aten.contiguous.default, Tensor.contiguous), (aten.to.dtype, Tensor.to),
 ]:
     alias(_op, _eager)
 

@@ -82,7 +82,9 @@ class Rule:
       coordinate (a :class:`~pathmetric.core.ir.ParamView`, read by capture);
     - ``quantization``: its part in a deployed model's quantization (``"point"``: a quantize or
       fake-quantize, whose node records a grid; ``"dequantize"``; ``"qparams"``: a dynamic
-      point's grid computed from the activation); None for every other op;
+      point's grid computed from the activation; ``"cast"``: a dtype change, a rounding point
+      where it rounds to a narrower floating dtype, :func:`~pathmetric.core.rules.structure.rounding`);
+      None for every other op;
     - ``identity``: its op is the identity map of the function analysed (dropout in eval mode),
       so an export or a backend may drop it: two graphs of one function are compared without it
       (the deployed model against the float one);

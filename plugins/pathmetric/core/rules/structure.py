@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..ir import Buffer
+from ..ir import Buffer, Value
 from .pooling import adaptive_avg_pool
 from .registry import ACTIVATION, POOLING, STRUCTURE, Tensor, ntuple, offset, rule, spatial_dims
 
@@ -67,22 +67,50 @@ def rearrange(ev, x, *args, func, **kwargs):
 
 
 @rule("cast", Tensor.to, Tensor.float, Tensor.double, Tensor.type_as, Tensor.cpu, Tensor.cuda,
-      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type, family=ACTIVATION)
+      Tensor.detach, torch.detach, Tensor.half, Tensor.bfloat16, Tensor.type, family=ACTIVATION,
+      quantization="cast")
 def cast(ev, x, *args, func=None, **kwargs):
     """Device changes and value-preserving dtype changes (the same dtype, a wider floating
     dtype: float16 -> float32 -> float64, or back to dtype ``D`` from a value that only widening
     casts made from a ``D`` value: ``h.double().float()``): the identity, as the lifted network
-    keeps its own precision. A cast that rounds or truncates values (to an integer, bool or
-    narrower floating dtype, ``.half()`` on float32, ``(h.double() * 1.5).float()``) changes the
-    function and is refused."""
+    keeps its own precision. A cast that rounds to a narrower floating dtype (:func:`rounding`)
+    inside a deployed model (a graph with quantization points: Intel Neural Compressor's
+    half-precision layers) is a rounding point, the identity here (a copy, so that the gradient
+    there is the mass downstream of the cast alone) whose error ``u |z| + eta`` the deployed
+    analysis adds. Any other cast that rounds or truncates values (to an integer or bool dtype;
+    to a narrower floating dtype outside a deployed model) changes the function and is
+    refused."""
+    if _preserves(ev.graph, ev.node):
+        return x
+    if rounding(ev.graph, ev.node) is not None and ev.graph.quantized():
+        return ev.fixed(x, torch.clone, terms=0)
     source, target = ev.graph.nodes[ev.node.roles["x"].node].dtype, ev.node.dtype
-    if not preserves_values(source, target) and not preserves_values(
-            widened_from(ev.graph, ev.node.roles["x"].node), target):
-        raise ev.unsupported(f"a cast from {source} to {target} changes values (rounding or "
-                             "truncation), which the path-lifting model does not contain; cast "
-                             "the whole model instead, or quantize it with a recognised "
-                             "quantization op")
-    return x
+    raise ev.unsupported(f"a cast from {source} to {target} changes values (rounding or "
+                         "truncation), which the path-lifting model does not contain; cast "
+                         "the whole model instead, or quantize it with a recognised "
+                         "quantization op (a float16/bfloat16 cast inside a model with "
+                         "quantization points is certified by pm.deployment_report)")
+
+
+def _preserves(graph, node) -> bool:
+    """Whether the cast ``node`` keeps every value of its input (:func:`preserves_values`, also
+    through the widening casts that made its input)."""
+    source = graph.nodes[node.roles["x"].node].dtype
+    return preserves_values(source, node.dtype) or preserves_values(
+        widened_from(graph, node.roles["x"].node), node.dtype)
+
+
+def rounding(graph, node) -> torch.dtype | None:
+    """The floating dtype a cast node rounds its value to: a cast between floating dtypes that
+    does not preserve values (to float16 or bfloat16 from float32), whose result is the nearest
+    value of that dtype, ``|fl(z) - z| <= u |z| + eta`` (``u`` half the dtype's ``eps``, ``eta``
+    half its subnormal spacing) while ``|z|`` is at most the dtype's largest value; None for a
+    value-preserving cast and for any other node."""
+    if node.rule.quantization != "cast" or not isinstance(node.roles.get("x"), Value):
+        return None
+    source = graph.nodes[node.roles["x"].node].dtype
+    floating = all(isinstance(d, torch.dtype) and d.is_floating_point for d in (source, node.dtype))
+    return node.dtype if floating and not _preserves(graph, node) else None
 
 
 def widened_from(graph, index):
@@ -90,7 +118,7 @@ def widened_from(graph, index):
     value-preserving casts back to the first value that is not one (every value of a widening
     cast's output is a value of its input's dtype)."""
     node = graph.nodes[index]
-    while node.rule_name == "cast":
+    while node.rule.quantization == "cast":
         producer = graph.nodes[node.roles["x"].node]
         if not preserves_values(producer.dtype, node.dtype):
             break
