@@ -69,7 +69,7 @@ def _evaluate_once(graph, model, report):
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _PLAIN = {bool, int, float, str, type(None), complex, bytes}
-_VALUES = (torch.dtype, torch.device, torch.memory_format, torch.layout, enum.Enum, slice, range)
+_VALUES = (torch.dtype, torch.device, torch.memory_format, torch.layout, enum.Enum, range)
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
           "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
@@ -99,6 +99,9 @@ def _fingerprint(value, depth=0):
                                for k, v in value.items())
     if isinstance(value, (set, frozenset)):
         return (kind, frozenset(_fingerprint(v, depth + 1) for v in value))
+    if isinstance(value, slice):   # unhashable before Python 3.12
+        return (kind,) + tuple(_fingerprint(v, depth + 1)
+                               for v in (value.start, value.stop, value.step))
     if isinstance(value, _VALUES):
         return (kind, value)
     if kind.__module__ == "numpy":
