@@ -37,6 +37,8 @@ def test_certify_json_matches_the_library(tmp_path, capsys):
     assert out["safe_input_radius"] == report.safe_input_radius
     assert out["safe_radius"] == report.safe_radius
     assert "exact" in out["arithmetic"]
+    assert out["dynamic_term"] == report.dynamic_term.tolist()
+    assert out["rounding_term"] == report.rounding_term.tolist() and out["rounding_terms"] == {}
 
 
 def test_certify_refuses_inputs_of_the_wrong_shape(tmp_path, capsys):

@@ -62,13 +62,22 @@ def cmd_certify(args, load, emit, table) -> int:
         "weight_share": report.weight_share, "activation_share": report.activation_share,
         "max_certified_bound": float(certified.max()) if len(certified) else math.inf,
         "safe_input_radius": report.safe_input_radius, "safe_radius": report.safe_radius,
+        "dynamic_term": report.dynamic_term.tolist(),
+        "rounding_term": report.rounding_term.tolist(),
+        "rounding_terms": {key: t.tolist() for key, t in report.rounding_terms.items()},
+        "rounding_share": report.rounding_share,
         "bounds": report.bound.tolist(), "arithmetic": report.arithmetic}
+    per_sample = "".join(
+        f" + the {what} term of each sample (largest {float(t.max()):.6e})"
+        for what, t in (("dynamic-point", report.dynamic_term),
+                        ("half-precision rounding", report.rounding_term)) if bool(t.any()))
     rows = [(key, term, report.saturated_points[key])
             for key, term in report.activation_terms.items()]
     text = "\n".join([
         f"deployed model {args.quantized} against {args.model}, {len(inputs)} inputs",
         f"||R(x) - Rq(x)||_1 <= max(||x||_inf, 1) * {report.weight_term:.6e} + "
-        f"{report.activation_term:.6e}  (bound for exact arithmetic)",
+        f"{report.activation_term:.6e}" + per_sample,
+        f"arithmetic: {report.arithmetic}",
         f"saturated samples (not certified, bound inf): {report.saturated_count} of {len(inputs)}",
         f"largest certified bound: {result['max_certified_bound']:.6e}",
         f"no point saturates for ||x||_inf <= {report.safe_input_radius:.6g}", "",
