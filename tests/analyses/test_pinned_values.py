@@ -1,5 +1,6 @@
-"""Every certificate and score equal, to 1e-12 relative, to the values of the engine before the
-memory work of issue 23 (commit 5934995), on three small models with random weights.
+"""Every certificate and score equal, to 1e-12 relative (float32 results: to float32's rounding,
+``F32_RELATIVE``), to the values of the engine before the memory work of issue 23 (commit
+5934995), on three small models with random weights.
 
 ``PINNED`` was printed by ``python tests/analyses/test_pinned_values.py`` on that commit; a
 change of the engine's memory layout (scratch memory, layer-by-layer passes, chunked products)
@@ -26,6 +27,11 @@ from pathmetric.prune import _kth_smallest
 
 torch.set_num_threads(1)
 RELATIVE = 1e-12
+#: float32 results (``*_f32`` keys) move within float32's rounding between machines (oneDNN
+#: picks a convolution's kernel, and its order of summation, by the CPU's instruction set:
+#: measured 1.3e-6 on resnet18 between two machines of this project) and between blocked and
+#: whole passes; the certificate's a priori error bound covers any order
+F32_RELATIVE = 1e-5
 
 
 class SmallVGG(nn.Module):
@@ -177,14 +183,15 @@ def values(blocked_only=False, names=("resnet18", "vgg", "unet")) -> dict:
     return out
 
 
-def close(a: float, b: float) -> bool:
+def close(a: float, b: float, relative: float = RELATIVE) -> bool:
     if math.isinf(a) or math.isinf(b) or a == b:
         return a == b
-    return abs(a - b) <= RELATIVE * max(abs(a), abs(b))
+    return abs(a - b) <= relative * max(abs(a), abs(b))
 
 
 def _moved(found):
-    return {k: (found[k], PINNED[k]) for k in found if not close(found[k], PINNED[k])}
+    return {k: (found[k], PINNED[k]) for k in found if not close(
+        found[k], PINNED[k], F32_RELATIVE if "_f32" in k else RELATIVE)}
 
 
 def test_every_certificate_and_score_equals_the_pinned_value():
@@ -203,8 +210,7 @@ def test_analyses_by_blocks_of_output_channels_equal_the_pinned_value(monkeypatc
     monkeypatch.setattr(PairLifting, "BLOCK_ENTRIES", 1000)
     monkeypatch.setattr(sensitivity, "BLOCK_ENTRIES", 1000)
     found = values(blocked_only=True, names=("vgg", "unet"))
-    moved = {k: v for k, v in _moved(found).items()
-             if "f32" not in k or abs(v[0] - v[1]) > 1e-5 * abs(v[1])}
+    moved = _moved(found)
     assert not moved, f"{len(moved)} values moved, e.g. {list(moved.items())[:5]}"
 
 
