@@ -23,7 +23,8 @@ from torch.utils import _pytree as pytree
 from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from . import rules
 from .ir import Graph, Param, ParamView, function_name, references
-from .isolation import changes_refused, first_parameter, forward, parameter_values, sample_inputs
+from .isolation import (changes_refused, first_parameter, forward, parameter_values,
+                        restore_parameters, sample_inputs)
 from .recorder import Recorder, storage
 from .replay import check_per_sample
 
@@ -87,15 +88,18 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
         recorder.add_input(x)
     values = parameter_values(model)
     first = [x.clone() for x in inputs]   # as drawn: a forward may write into its input
-    out, changed, _ = forward(model, inputs, "its forward", values, recorder)
+    out, changed, _ = forward(model, inputs, "its forward", None, recorder)
     report = SupportReport(unsupported=recorder.unsupported)
     graph = _graph_of(recorder, out, inputs, report)
-    if changed and report.ok:
-        report.unsupported.append(changes_refused(changed))
-    elif graph is not None and report.ok:
+    if graph is not None and report.ok and not changed:
+        # the check's runs compare the parameters with ``values``: a write of this run too
         problem = check_per_sample(model, graph, examples, generator, first, out, values)
         if problem:
             report.unsupported.append(problem)
+    else:
+        changed += [n for n in restore_parameters(model, values) if n not in changed]
+        if changed and report.ok:
+            report.unsupported.append(changes_refused(changed))
     low = sorted({str(t.dtype) for t in list(model.parameters()) + list(inputs)
                   if t.dtype in (torch.float16, torch.bfloat16)})
     if low:
