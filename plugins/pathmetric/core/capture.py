@@ -88,8 +88,10 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
         recorder.add_input(x)
     values = parameter_values(model)
     first = [x.clone() for x in inputs]   # as drawn: a forward may write into its input
-    out, changed, _ = forward(model, inputs, "its forward", None, recorder)
+    out, changed, drew = forward(model, inputs, "its forward", None, recorder)
     report = SupportReport(unsupported=recorder.unsupported)
+    if drew:   # (Python's or NumPy's generator: the recorder checks torch's after every call)
+        report.unsupported.append(("forward", "", drew))
     graph = _graph_of(recorder, out, inputs, report)
     if graph is not None and report.ok and not changed:
         # the check's runs compare the parameters with ``values``: a write of this run too

@@ -10,7 +10,6 @@ import sys
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from ..errors import ModelCaptureError, UnsupportedModelError
 from .rules.quantization import module_forward
@@ -21,40 +20,46 @@ class RandomDraws:
     CUDA device's when CUDA is initialised), Python's ``random`` module and NumPy's legacy
     ``np.random`` (when NumPy is loaded). A call that moves one, or that is handed a
     ``torch.Generator``, draws random numbers, so the function analysed would not be a function
-    of the input. :meth:`restore` puts the generators back as they were at the start. Generator
-    objects the model holds itself (``random.Random()``, ``np.random.default_rng()``) are not
-    seen: the per-sample and replay checks of capture are what catch those, by chance."""
+    of the input. The recorder checks torch's generators after every call (about a microsecond);
+    Python's and NumPy's take about 50 to read, so they are checked over a whole run
+    (:func:`forward`). :meth:`restore` puts the generators back as they were at the start.
+    Generator objects the model holds itself (``random.Random()``, ``np.random.default_rng()``)
+    are not seen: the per-sample and replay checks of capture are what catch those, by chance."""
 
     def __init__(self):
         self.start = self.states()
         self.last = self.start
 
     @staticmethod
-    def states() -> dict:
-        states = {"torch": torch.random.get_rng_state(), "python": random.getstate()}
+    def states(everything=True) -> dict:
+        """The generators' states: torch's, and Python's and NumPy's with ``everything``."""
+        states = {"torch": torch.random.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             states["cuda"] = torch.cuda.get_rng_state()
-        numpy = sys.modules.get("numpy")
-        if numpy is not None:
-            _, key, *rest = numpy.random.get_state()
-            states["numpy"] = (key.tobytes(), *rest)
+        if everything:
+            states["python"] = random.getstate()
+            numpy = sys.modules.get("numpy")
+            if numpy is not None:
+                _, key, *rest = numpy.random.get_state()
+                states["numpy"] = (key.tobytes(), *rest)
         return states
 
-    def moved(self) -> bool:
-        """Whether a generator moved since the last check (the check moves ``last`` along)."""
-        now = self.states()
-        moved = now.keys() != self.last.keys() or not all(
-            torch.equal(a, self.last[k]) if isinstance(a, torch.Tensor) else a == self.last[k]
-            for k, a in now.items())
-        self.last = now
+    def moved(self, everything=True) -> bool:
+        """Whether a generator (torch's alone unless ``everything``) moved since the last check
+        (the check moves ``last`` along)."""
+        now = self.states(everything)
+        moved = not all(k in self.last and (torch.equal(a, self.last[k]) if isinstance(
+            a, torch.Tensor) else a == self.last[k]) for k, a in now.items())
+        self.last = {**self.last, **now}
         return moved
 
-    def drawn_by(self, args, kwargs) -> str | None:
-        """Why the call just made draws random numbers, or None."""
-        if any(isinstance(x, torch.Generator) for x in pytree.tree_leaves((args, kwargs))):
+    def drawn_by(self, arguments=(), everything=True) -> str | None:
+        """Why the call just made, with ``arguments`` (flattened), draws random numbers, or None
+        (:meth:`moved`)."""
+        if any(isinstance(x, torch.Generator) for x in arguments):
             return ("draws random numbers from the torch.Generator passed to it: the function "
                     "analysed must be deterministic")
-        if self.moved():
+        if self.moved(everything):
             return ("draws random numbers (a global random generator moved: torch's, Python's "
                     "random or NumPy's np.random): the function analysed must be deterministic "
                     "(dropout with training=True, torch.rand*, bernoulli, RReLU in training mode, "
@@ -208,8 +213,8 @@ def model_untouched(model, values=None):
 
 def forward(model, inputs, what, values, recorder=None):
     """``model(*inputs)`` in eval mode without gradients, the model left as it was
-    (:func:`model_untouched`, its parameters compared with their copy ``values``) and the random
-    generators too; returns the output, the names of the parameters and buffers forward changed
+    (:func:`model_untouched`, its parameters compared with their copy ``values`` if given) and
+    the random generators too; returns the output, the names of the parameters and buffers forward changed
     and why it draws random numbers (or None)."""
     paths = recorder.paths if recorder is not None else None
     draws = recorder.random if recorder is not None else RandomDraws()
@@ -218,7 +223,7 @@ def forward(model, inputs, what, values, recorder=None):
             with eval_mode_with_paths(model, paths), recorder or contextlib.nullcontext():
                 out = _called(model, inputs, what)
         finally:
-            drew = (draws.drawn_by((), {}) if recorder is None else None)
+            drew = draws.drawn_by()
             draws.restore()
     return out, changed, drew
 
