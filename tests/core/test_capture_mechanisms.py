@@ -132,6 +132,10 @@ BATCH_OPS = {
     "sum(0)": lambda m, h: h.sum(0, keepdim=True).expand_as(h),
     "x - x.mean(0)": lambda m, h: h - h.mean(0),
     "branch on the batch size": lambda m, h: h * 2 if h.shape[0] == 1 else h,
+    # the identity on a batch of two rows: why the per-sample check runs a batch of three
+    "roll then flip over dim 0": lambda m, h: torch.roll(h, 1, 0).flip(0),
+    "roll by two over dim 0": lambda m, h: torch.roll(h, 2, 0),
+    "branch on a batch of more than two": lambda m, h: h * 2 if h.shape[0] > 2 else h,
 }
 
 
