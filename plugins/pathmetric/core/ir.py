@@ -226,6 +226,17 @@ class Graph:
                     out[ref.node].append(j)
         return out
 
+    def last_reads(self, kept=()) -> dict:
+        """Node index -> the nodes whose values it is the last to read: an evaluation may drop
+        them once it has run (the outputs, head outputs and ``kept`` nodes excepted), so that
+        memory is reused as in the model's own forward."""
+        keep = {v.node for v in list(self.outputs) + list(self.head_outputs)} | set(kept)
+        drops: dict = {}
+        for i, readers in self.users().items():
+            if readers and i not in keep:
+                drops.setdefault(max(readers), []).append(i)
+        return drops
+
     @property
     def inputs(self) -> tuple:
         """Indices of the nodes that are model inputs, in order."""

@@ -28,11 +28,7 @@ def replay(graph: Graph, model: nn.Module, inputs, before=None):
     named.update(model.named_buffers())
     results: list = []
     reference = graph.resolver(named)
-    kept = {v.node for v in graph.head_outputs or graph.outputs}
-    last = {i: max(readers) for i, readers in graph.users().items() if readers and i not in kept}
-    dropped: dict = {}
-    for i, j in last.items():
-        dropped.setdefault(j, []).append(i)
+    drops = graph.last_reads()
     fed = {storage(x) for x in inputs}
 
     def resolve(x):
@@ -50,11 +46,11 @@ def replay(graph: Graph, model: nn.Module, inputs, before=None):
             before(index, node, resolve)
         args, kwargs = node.call(resolve)
         written = node.args[0] if node.inplace else None
-        if node.inplace and not (isinstance(written, Value) and last.get(written.node) == index
-                                 and storage(args[0]) not in fed):
+        if node.inplace and not (isinstance(written, Value) and written.node in drops.get(
+                index, ()) and storage(args[0]) not in fed):
             args = (args[0].clone(),) + tuple(args[1:])
         results.append(node.func(*args, **kwargs))
-        for i in dropped.get(index, ()):
+        for i in drops.get(index, ()):
             results[i] = None
     return [resolve(v) for v in graph.head_outputs or graph.outputs]
 
