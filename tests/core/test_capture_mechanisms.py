@@ -330,6 +330,21 @@ def test_a_parameter_written_with_torch_functions_disabled_is_refused_and_restor
     refused(WritesUnseen(how, once, _fake_quantized), X, r"changes \['head.weight'\]")
 
 
+class WritesOnABatch(Net):
+    """Adds to a parameter in place (its version counter bumped) on a batch alone, so that the
+    recorded run (batch size 1) does not."""
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            with torch.no_grad():
+                self.head.weight.add_(1.0)
+        return super().forward(x)
+
+
+def test_a_parameter_written_in_place_on_a_batch_alone_is_refused_and_restored():
+    refused(WritesOnABatch(), X, r"changes \['head.weight'\]")
+
+
 def test_every_public_call_leaves_counters_lists_and_flags_as_they_were():
     for model in (Counter(), TrainOverride()):
         model.train()
