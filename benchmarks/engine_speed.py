@@ -33,7 +33,6 @@ from torch import nn
 import pathmetric as pm
 from pathmetric.core.support import forget
 
-
 CLOCK = time.perf_counter   # time.process_time with --clock cpu
 
 

@@ -23,8 +23,14 @@ from torch.utils import _pytree as pytree
 from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from . import rules
 from .ir import Graph, Param, ParamView, function_name, references
-from .isolation import (changes_refused, first_parameter, forward, parameter_values,
-                        restore_parameters, sample_inputs)
+from .isolation import (
+    changes_refused,
+    first_parameter,
+    forward,
+    parameter_values,
+    restore_parameters,
+    sample_inputs,
+)
 from .recorder import Recorder, storage
 from .replay import check_per_sample
 

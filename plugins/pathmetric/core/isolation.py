@@ -33,7 +33,7 @@ class RandomDraws:
     @staticmethod
     def states(everything=True) -> dict:
         """The generators' states: torch's, and Python's and NumPy's with ``everything``."""
-        states = {"torch": torch.random.get_rng_state()}
+        states: dict = {"torch": torch.random.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             states["cuda"] = torch.cuda.get_rng_state()
         if everything:
