@@ -330,6 +330,21 @@ def test_a_parameter_written_with_torch_functions_disabled_is_refused_and_restor
     refused(WritesUnseen(how, once, _fake_quantized), X, r"changes \['head.weight'\]")
 
 
+class WritesThenFails(WritesUnseen):
+    def forward(self, x):
+        super().forward(x)
+        raise ValueError("the model's own error")
+
+
+@pytest.mark.parametrize("how", ["data", "numpy"])
+def test_a_forward_that_writes_unseen_then_fails_leaves_the_parameters_as_they_were(how):
+    model = WritesThenFails(how)
+    before = model_state(model)
+    with pytest.raises(pm.ModelCaptureError, match="the model's own error"):
+        pm.path_norm(model, X)
+    assert same_state(before, model_state(model))
+
+
 class WritesOnABatch(Net):
     """Adds to a parameter in place (its version counter bumped) on a batch alone, so that the
     recorded run (batch size 1) does not."""

@@ -94,7 +94,11 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
         recorder.add_input(x)
     values = parameter_values(model)
     first = [x.clone() for x in inputs]   # as drawn: a forward may write into its input
-    out, changed, drew = forward(model, inputs, "its forward", None, recorder)
+    try:   # (the parameters are compared with ``values`` after the last run: below)
+        out, changed, drew = forward(model, inputs, "its forward", None, recorder)
+    except Exception:
+        restore_parameters(model, values)
+        raise
     report = SupportReport(unsupported=recorder.unsupported)
     if drew:   # (Python's or NumPy's generator: the recorder checks torch's after every call)
         report.unsupported.append(("forward", "", drew))
