@@ -214,8 +214,8 @@ def model_untouched(model, values=None):
 def forward(model, inputs, what, values, recorder=None):
     """``model(*inputs)`` in eval mode without gradients, the model left as it was
     (:func:`model_untouched`, its parameters compared with their copy ``values`` if given) and
-    the random generators too; returns the output, the names of the parameters and buffers forward changed
-    and why it draws random numbers (or None)."""
+    the random generators too; returns the output, the names of the parameters and buffers
+    forward changed and why it draws random numbers (or None)."""
     paths = recorder.paths if recorder is not None else None
     draws = recorder.random if recorder is not None else RandomDraws()
     with model_untouched(model, values) as changed:
