@@ -128,12 +128,6 @@ def _put_back(container, items):
 _NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
 
 
-def parameter_values(model) -> dict:
-    """A copy of every parameter's values (name -> tensor): what :func:`restore_parameters`
-    compares the parameters with (taken once for the runs of one capture)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
 def identical(a, b) -> bool:
     """``torch.equal(a, b)``, through NumPy for CPU float tensors (a memory-bound comparison,
     about twice as fast as torch's on one thread)."""
@@ -144,9 +138,10 @@ def identical(a, b) -> bool:
 
 
 def restore_parameters(model, values) -> list:
-    """The names of the parameters whose values differ from their copy ``values``
-    (:func:`parameter_values`), the copy written back: a write the recorder cannot see (into
-    ``p.data`` under ``torch._C.DisableTorchFunction``, through numpy) bumps no version counter."""
+    """The names of the parameters whose values differ from their copy ``values`` (name ->
+    tensor, taken once for the runs of a capture), the copy written back: a write the recorder
+    cannot see (into ``p.data`` under ``torch._C.DisableTorchFunction``, through numpy) bumps no
+    version counter."""
     changed = []
     with torch.no_grad():
         for name, p in model.named_parameters():
