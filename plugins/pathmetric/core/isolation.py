@@ -28,13 +28,13 @@ class RandomDraws:
 
     def __init__(self):
         self.start = self.states()
-        self.last = self.start
+        self.last = dict(self.start)
 
     @staticmethod
     def states(everything=True) -> dict:
         """The generators' states: torch's, and Python's and NumPy's with ``everything``."""
         states: dict = {"torch": torch.random.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():   # (only where CUDA is available)
             states["cuda"] = torch.cuda.get_rng_state()
         if everything:
             states["python"] = random.getstate()
@@ -48,9 +48,9 @@ class RandomDraws:
         """Whether a generator (torch's alone unless ``everything``) moved since the last check
         (the check moves ``last`` along)."""
         now = self.states(everything)
-        moved = not all(k in self.last and (torch.equal(a, self.last[k]) if isinstance(
+        moved = any(k not in self.last or not (torch.equal(a, self.last[k]) if isinstance(
             a, torch.Tensor) else a == self.last[k]) for k, a in now.items())
-        self.last = {**self.last, **now}
+        self.last.update(now)
         return moved
 
     def drawn_by(self, arguments=(), everything=True) -> str | None:
