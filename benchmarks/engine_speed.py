@@ -1,7 +1,7 @@
 """Engine speed on a zoo model, every ratio measured side by side in one run.
 
 Usage: python benchmarks/engine_speed.py [--model resnet50] [--size 224] [--repeat 5]
-       [--threads 1,2] [--quick] [--out benchmarks/results/engine_speed.md]
+       [--threads 1,2] [--quick] [--clock wall|cpu] [--out benchmarks/results/engine_speed.md]
 
 Times (best of --repeat, warm unless stated) against one float32 forward (and forward+backward)
 of the same model at 1x3xSxS:
@@ -14,6 +14,9 @@ of the same model at 1x3xSxS:
 - a SynFlow-style score (|theta| everywhere, ones input, one backward), with how its numbers
   differ from ours (max-pooling, BatchNorm).
 
+``--clock cpu`` times each call by the process's CPU time instead of the wall clock: with one
+torch thread, what the call computed, without the time other processes took the core for on a
+shared machine (their contention for memory bandwidth still counts).
 ``--quick`` times the forward and the path_norm rows only, the cold one as the best of
 ``--repeat`` captures anew (``forget`` before each): the capture path, for the A/B of
 ``engine_speed_ab.py`` on a loaded machine.
@@ -30,6 +33,8 @@ from torch import nn
 import pathmetric as pm
 from pathmetric.core.support import forget
 
+CLOCK = time.perf_counter   # time.process_time with --clock cpu
+
 
 def best_time(fn, repeat, warmup=0):
     """Shortest of ``repeat`` timed calls of ``fn`` after ``warmup`` untimed ones."""
@@ -37,9 +42,9 @@ def best_time(fn, repeat, warmup=0):
         fn()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return min(times)
 
 
@@ -171,8 +176,12 @@ def main(argv=None):
                         "table each")
     parser.add_argument("--quick", action="store_true", help="the forward and path_norm rows "
                         "only, cold as the best of --repeat")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: the "
+                        "process's CPU time (one thread)")
     parser.add_argument("--out", default="benchmarks/results/engine_speed.md")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.model)(weights=None).eval()
     x = torch.randn(1, 3, args.size, args.size)

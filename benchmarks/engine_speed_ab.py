@@ -1,7 +1,7 @@
 """Engine speed of this tree against another checkout, alternated in one session.
 
 Usage: python benchmarks/engine_speed_ab.py --baseline ../old-checkout [--rounds 4] [--threads 1]
-       [--model resnet50] [--quick] [--out benchmarks/results/engine_speed_ab.md]
+       [--model resnet50] [--quick] [--clock wall|cpu] [--out benchmarks/results/engine_speed_ab.md]
 
 On a shared machine the ratios of ``engine_speed.py`` move by 10-20 % from one session to the
 next (the float32 forward they divide by moves too). This script separates that noise from a code
@@ -52,7 +52,7 @@ def run(tree, args, out: pathlib.Path) -> dict:
         env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(tree) / "plugins"),
                                              env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_speed.py"), "--threads",
-                    args.threads, "--model", args.model, "--out", str(out)]
+                    args.threads, "--model", args.model, "--clock", args.clock, "--out", str(out)]
                    + (["--quick"] if args.quick else []),
                    check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
     return rows(out.read_text())
@@ -65,6 +65,8 @@ def main():
     parser.add_argument("--threads", default="1")
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--quick", action="store_true", help="engine_speed.py --quick")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="engine_speed.py --clock")
     parser.add_argument("--out", default="benchmarks/results/engine_speed_ab.md")
     args = parser.parse_args()
     recorded = rows((ROOT / "benchmarks/results/engine_speed.md").read_text())
@@ -90,7 +92,8 @@ def main():
                      f"{base:.2f}x | {ours:.2f}x | {mid[0]:.2f}x / {mid[1]:.2f}x | "
                      f"{mid[1] / mid[0]:.2f} | {mark:.2f}x | {100 * (ours / mark - 1):+.1f} % |")
     report = (f"# Engine speed A/B: {args.model}, {args.threads} thread(s), best of "
-              f"{args.rounds} alternated runs of engine_speed.py{' --quick' * args.quick} per "
+              f"{args.rounds} alternated runs of engine_speed.py{' --quick' * args.quick}"
+              f"{' --clock cpu' * (args.clock == 'cpu')} per "
               f"engine\n\nbaseline: "
               f"`{args.baseline}`\n\n" + "\n".join(lines) + "\n")
     print(report)

@@ -132,6 +132,10 @@ BATCH_OPS = {
     "sum(0)": lambda m, h: h.sum(0, keepdim=True).expand_as(h),
     "x - x.mean(0)": lambda m, h: h - h.mean(0),
     "branch on the batch size": lambda m, h: h * 2 if h.shape[0] == 1 else h,
+    # the identity on a batch of two rows: why the per-sample check runs a batch of three
+    "roll then flip over dim 0": lambda m, h: torch.roll(h, 1, 0).flip(0),
+    "roll by two over dim 0": lambda m, h: torch.roll(h, 2, 0),
+    "branch on a batch of more than two": lambda m, h: h * 2 if h.shape[0] > 2 else h,
 }
 
 
@@ -294,24 +298,66 @@ def test_a_buffer_rebound_or_data_written_in_forward_is_refused_and_restored():
 
 
 class WritesUnseen(Net):
-    """Writes into a parameter's memory where the recorder cannot see it (no version bump)."""
+    """Writes into a parameter's memory where the recorder cannot see it (no version bump); with
+    ``once``, on the capture's recorded run alone (batch size 1)."""
 
-    def __init__(self, how):
-        super().__init__()
-        self.how = how
+    def __init__(self, how, once=False, step=None):
+        super().__init__(step)
+        self.how, self.once = how, once
 
     def forward(self, x):
         with torch._C.DisableTorchFunction():
-            if self.how == "data":
+            if self.once and x.shape[0] > 1:
+                pass
+            elif self.how == "data":
                 self.head.weight.data.mul_(0.5)
             else:
                 self.head.weight.detach().numpy()[0, 0] += 1.0
         return super().forward(x)
 
 
+def _fake_quantized(m, h):
+    return torch.fake_quantize_per_tensor_affine(h, 0.01, 0, -128, 127)
+
+
+@pytest.mark.parametrize("once", [False, True])
 @pytest.mark.parametrize("how", ["data", "numpy"])
-def test_a_parameter_written_with_torch_functions_disabled_is_refused_and_restored(how):
-    refused(WritesUnseen(how), X, r"changes \['head.weight'\]")
+def test_a_parameter_written_with_torch_functions_disabled_is_refused_and_restored(how, once):
+    """Refused whether every run writes or only the recorded one (the parameters are compared
+    with their copy after the per-sample check's run), and on a graph with quantization points,
+    whose per-sample check may draw new samples again, as well."""
+    refused(WritesUnseen(how, once), X, r"changes \['head.weight'\]")
+    refused(WritesUnseen(how, once, _fake_quantized), X, r"changes \['head.weight'\]")
+
+
+class WritesThenFails(WritesUnseen):
+    def forward(self, x):
+        super().forward(x)
+        raise ValueError("the model's own error")
+
+
+@pytest.mark.parametrize("how", ["data", "numpy"])
+def test_a_forward_that_writes_unseen_then_fails_leaves_the_parameters_as_they_were(how):
+    model = WritesThenFails(how)
+    before = model_state(model)
+    with pytest.raises(pm.ModelCaptureError, match="the model's own error"):
+        pm.path_norm(model, X)
+    assert same_state(before, model_state(model))
+
+
+class WritesOnABatch(Net):
+    """Adds to a parameter in place (its version counter bumped) on a batch alone, so that the
+    recorded run (batch size 1) does not."""
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            with torch.no_grad():
+                self.head.weight.add_(1.0)
+        return super().forward(x)
+
+
+def test_a_parameter_written_in_place_on_a_batch_alone_is_refused_and_restored():
+    refused(WritesOnABatch(), X, r"changes \['head.weight'\]")
 
 
 def test_every_public_call_leaves_counters_lists_and_flags_as_they_were():

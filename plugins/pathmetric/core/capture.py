@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 from ..errors import ModelCaptureError, SupportReport, UnsupportedModelError
 from . import rules
 from .ir import Graph, Param, ParamView, function_name, references
-from .isolation import changes_refused, first_parameter, forward, parameter_values, sample_inputs
+from .isolation import changes_refused, first_parameter, forward, restore_parameters, sample_inputs
 from .recorder import Recorder, storage
 from .replay import check_per_sample
 
@@ -56,11 +56,13 @@ def check_capturable(model):
                 "(model.to_empty(device=...) and load_state_dict)")
 
 
-def all_finite(tensor) -> bool:
-    """Whether every entry of ``tensor`` is finite. One reduction decides it when the sum is
-    finite (an infinite or NaN entry makes the sum infinite or NaN); a sum that overflows is
-    decided entry by entry."""
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+def check_finite(name, tensor):
+    """ValueError if ``tensor`` (the parameter or buffer ``name``) is a float tensor with a NaN or
+    infinite entry. One reduction decides it when the sum is finite (an infinite or NaN entry
+    makes the sum infinite or NaN); a sum that overflows is decided entry by entry."""
+    if tensor.is_floating_point() and not (bool(torch.isfinite(tensor.sum()))
+                                           or bool(torch.isfinite(tensor).all())):
+        raise ValueError(f"'{name}' holds NaN or infinite values")
 
 
 def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportReport]:
@@ -73,9 +75,11 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
     uses it."""
     check_capturable(model)
     examples = as_tuple(example_inputs)
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.is_floating_point() and not all_finite(tensor):
-            raise ValueError(f"'{name}' holds NaN or infinite values")
+    values: dict = {}   # the parameters' copy (restore_parameters), each checked in cache
+    for name, p in model.named_parameters():
+        check_finite(name, values.setdefault(name, p.detach().clone()))
+    for name, b in model.named_buffers():
+        check_finite(name, b)
     generator = torch.Generator().manual_seed(0)
     inputs = sample_inputs(examples, generator, first_parameter(model))
     params = {id(p): n for n, p in model.named_parameters()}
@@ -85,17 +89,25 @@ def record(model: nn.Module, example_inputs) -> tuple[Graph | None, SupportRepor
     recorder = Recorder(params, buffers, [], state, {storage(p) for p in model.parameters()})
     for x in inputs:
         recorder.add_input(x)
-    values = parameter_values(model)
     first = [x.clone() for x in inputs]   # as drawn: a forward may write into its input
-    out, changed, _ = forward(model, inputs, "its forward", values, recorder)
+    try:   # (the parameters are compared with ``values`` after the last run: below)
+        out, changed, drew = forward(model, inputs, "its forward", None, recorder)
+    except Exception:
+        restore_parameters(model, values)
+        raise
     report = SupportReport(unsupported=recorder.unsupported)
+    if drew:   # (Python's or NumPy's generator: the recorder checks torch's after every call)
+        report.unsupported.append(("forward", "", drew))
     graph = _graph_of(recorder, out, inputs, report)
-    if changed and report.ok:
-        report.unsupported.append(changes_refused(changed))
-    elif graph is not None and report.ok:
+    if graph is not None and report.ok and not changed:
+        # the check's runs compare the parameters with ``values``: a write of this run too
         problem = check_per_sample(model, graph, examples, generator, first, out, values)
         if problem:
             report.unsupported.append(problem)
+    else:
+        changed += [n for n in restore_parameters(model, values) if n not in changed]
+        if changed and report.ok:
+            report.unsupported.append(changes_refused(changed))
     low = sorted({str(t.dtype) for t in list(model.parameters()) + list(inputs)
                   if t.dtype in (torch.float16, torch.bfloat16)})
     if low:

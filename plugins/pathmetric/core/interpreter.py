@@ -226,6 +226,7 @@ class Interpreter:
         self.derived_memo = ({}, {})
         values: list = []
         kept = {}
+        drops = self.graph.last_reads(keep)   # (memory reused, as in the model's forward)
 
         def resolve(x):
             if isinstance(x, Value):
@@ -253,6 +254,8 @@ class Interpreter:
             values.append(out)
             if index in keep:
                 kept[index] = out
+            for i in drops.get(index, ()):
+                values[i] = None
         self.node = None
         outputs = [values[v.node] if v.item is None else values[v.node][v.item]
                    for v in self.graph.outputs]

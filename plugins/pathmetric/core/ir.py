@@ -226,6 +226,17 @@ class Graph:
                     out[ref.node].append(j)
         return out
 
+    def last_reads(self, kept=()) -> dict:
+        """Node index -> the nodes whose values it is the last to read: an evaluation may drop
+        them once it has run (the outputs, head outputs and ``kept`` nodes excepted), so that
+        memory is reused as in the model's own forward."""
+        keep = {v.node for v in list(self.outputs) + list(self.head_outputs)} | set(kept)
+        drops: dict = {}
+        for i, readers in self.users().items():
+            if readers and i not in keep:
+                drops.setdefault(max(readers), []).append(i)
+        return drops
+
     @property
     def inputs(self) -> tuple:
         """Indices of the nodes that are model inputs, in order."""
@@ -345,15 +356,41 @@ def fact(node: Node, name: str, what: str):
     return value
 
 
+def leaves(tree) -> list:
+    """``pytree.tree_leaves(tree)``, plain tuples, lists and dicts walked here: torch's walk asks
+    every node for its pytree type (about a microsecond each, ten times the walk itself); any
+    other container pytree knows (a named tuple, ``torch.Size``, a registered class) is its."""
+    kind = type(tree)
+    if kind is tuple or kind is list:
+        return [leaf for item in tree for leaf in leaves(item)]
+    if kind is dict:
+        return [leaf for item in tree.values() for leaf in leaves(item)]
+    if kind in pytree.SUPPORTED_NODES or isinstance(tree, tuple):
+        return pytree.tree_leaves(tree)
+    return [tree]
+
+
+def mapped(function, tree):
+    """``pytree.tree_map(function, tree)``, plain tuples, lists and dicts rebuilt here
+    (:func:`leaves`)."""
+    kind = type(tree)
+    if kind is tuple or kind is list:
+        return kind(mapped(function, item) for item in tree)
+    if kind is dict:
+        return {key: mapped(function, item) for key, item in tree.items()}
+    if kind in pytree.SUPPORTED_NODES or isinstance(tree, tuple):
+        return pytree.tree_map(function, tree)
+    return function(tree)
+
+
 def values_read(node: Node) -> list:
     """The :class:`Value` references among ``node``'s arguments (nested too): what it reads."""
-    return [x for x in pytree.tree_leaves((node.args, node.kwargs)) if isinstance(x, Value)]
+    return [x for x in leaves((node.args, node.kwargs)) if isinstance(x, Value)]
 
 
 def references(args, kwargs) -> tuple:
     """The parameter and buffer references among ``args`` and ``kwargs`` (nested too)."""
-    return tuple(x for x in pytree.tree_leaves((args, kwargs))
-                 if isinstance(x, (Param, Buffer, ParamView)))
+    return tuple(x for x in leaves((args, kwargs)) if isinstance(x, (Param, Buffer, ParamView)))
 
 
 
@@ -386,7 +423,7 @@ def _shown(value) -> str:
 
 def arguments_key(args, kwargs):
     """``(args, kwargs)`` with every leaf replaced by its :func:`constant_key`."""
-    return pytree.tree_map(constant_key, (tuple(args), dict(kwargs)))
+    return mapped(constant_key, (tuple(args), dict(kwargs)))
 
 
 def node_signature(node: Node) -> tuple:

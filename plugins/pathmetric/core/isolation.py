@@ -10,7 +10,6 @@ import sys
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from ..errors import ModelCaptureError, UnsupportedModelError
 from .rules.quantization import module_forward
@@ -21,40 +20,46 @@ class RandomDraws:
     CUDA device's when CUDA is initialised), Python's ``random`` module and NumPy's legacy
     ``np.random`` (when NumPy is loaded). A call that moves one, or that is handed a
     ``torch.Generator``, draws random numbers, so the function analysed would not be a function
-    of the input. :meth:`restore` puts the generators back as they were at the start. Generator
-    objects the model holds itself (``random.Random()``, ``np.random.default_rng()``) are not
-    seen: the per-sample and replay checks of capture are what catch those, by chance."""
+    of the input. The recorder checks torch's generators after every call (about a microsecond);
+    Python's and NumPy's take about 50 to read, so they are checked over a whole run
+    (:func:`forward`). :meth:`restore` puts the generators back as they were at the start.
+    Generator objects the model holds itself (``random.Random()``, ``np.random.default_rng()``)
+    are not seen: the per-sample and replay checks of capture are what catch those, by chance."""
 
     def __init__(self):
         self.start = self.states()
-        self.last = self.start
+        self.last = dict(self.start)
 
     @staticmethod
-    def states() -> dict:
-        states = {"torch": torch.random.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+    def states(everything=True) -> dict:
+        """The generators' states: torch's, and Python's and NumPy's with ``everything``."""
+        states: dict = {"torch": torch.random.get_rng_state()}
+        if torch.cuda.is_initialized():   # (only where CUDA is available)
             states["cuda"] = torch.cuda.get_rng_state()
-        numpy = sys.modules.get("numpy")
-        if numpy is not None:
-            _, key, *rest = numpy.random.get_state()
-            states["numpy"] = (key.tobytes(), *rest)
+        if everything:
+            states["python"] = random.getstate()
+            numpy = sys.modules.get("numpy")
+            if numpy is not None:
+                _, key, *rest = numpy.random.get_state()
+                states["numpy"] = (key.tobytes(), *rest)
         return states
 
-    def moved(self) -> bool:
-        """Whether a generator moved since the last check (the check moves ``last`` along)."""
-        now = self.states()
-        moved = now.keys() != self.last.keys() or not all(
-            torch.equal(a, self.last[k]) if isinstance(a, torch.Tensor) else a == self.last[k]
-            for k, a in now.items())
-        self.last = now
+    def moved(self, everything=True) -> bool:
+        """Whether a generator (torch's alone unless ``everything``) moved since the last check
+        (the check moves ``last`` along)."""
+        now = self.states(everything)
+        moved = any(k not in self.last or not (torch.equal(a, self.last[k]) if isinstance(
+            a, torch.Tensor) else a == self.last[k]) for k, a in now.items())
+        self.last.update(now)
         return moved
 
-    def drawn_by(self, args, kwargs) -> str | None:
-        """Why the call just made draws random numbers, or None."""
-        if any(isinstance(x, torch.Generator) for x in pytree.tree_leaves((args, kwargs))):
+    def drawn_by(self, arguments=(), everything=True) -> str | None:
+        """Why the call just made, with ``arguments`` (flattened), draws random numbers, or None
+        (:meth:`moved`)."""
+        if any(isinstance(x, torch.Generator) for x in arguments):
             return ("draws random numbers from the torch.Generator passed to it: the function "
                     "analysed must be deterministic")
-        if self.moved():
+        if self.moved(everything):
             return ("draws random numbers (a global random generator moved: torch's, Python's "
                     "random or NumPy's np.random): the function analysed must be deterministic "
                     "(dropout with training=True, torch.rand*, bernoulli, RReLU in training mode, "
@@ -102,17 +107,21 @@ def eval_mode_with_paths(model: nn.Module, paths: list | None):
             handle.remove()
 
 
+_CONTAINERS = (dict, list, set)
+
+
 def _contents(value):
-    """A copy of the items of a mutable container (list, dict, set), None for anything else."""
+    """A copy of the items of a mutable container (list, dict, set)."""
     if isinstance(value, dict):
         return dict(value)
-    if isinstance(value, (list, set)):
-        return list(value) if isinstance(value, list) else set(value)
-    return None
+    return list(value) if isinstance(value, list) else set(value)
 
 
 def _put_back(container, items):
-    """Refill ``container`` with the ``items`` :func:`_contents` copied from it."""
+    """Refill ``container`` with the ``items`` :func:`_contents` copied from it (nothing to do
+    for one that was and is empty, as most hook dicts are)."""
+    if not items and not container:
+        return
     if isinstance(container, list):
         container[:] = items
     else:
@@ -120,10 +129,31 @@ def _put_back(container, items):
         container.update(items)
 
 
-def parameter_values(model) -> dict:
-    """A copy of every parameter's values (name -> tensor): what :func:`model_untouched`
-    compares the parameters with after a run (taken once for the runs of one capture)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
+
+
+def identical(a, b) -> bool:
+    """``torch.equal(a, b)``, through NumPy for large CPU float tensors (a memory-bound
+    comparison, about twice as fast as torch's on one thread; the conversion costs a few
+    microseconds, more than torch takes on a small tensor)."""
+    if a.numel() >= 1 << 16 and a.device.type == "cpu" and a.dtype in _NUMPY_FLOATS \
+            and a.shape == b.shape and b.device.type == "cpu" and b.dtype == a.dtype:
+        return bool((a.detach().numpy() == b.detach().numpy()).all())
+    return torch.equal(a, b)
+
+
+def restore_parameters(model, values) -> list:
+    """The names of the parameters whose values differ from their copy ``values`` (name ->
+    tensor, taken once for the runs of a capture), the copy written back: a write the recorder
+    cannot see (into ``p.data`` under ``torch._C.DisableTorchFunction``, through numpy) bumps no
+    version counter."""
+    changed = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not identical(p.data, values[name]):
+                p.data.copy_(values[name])
+                changed.append(name)
+    return changed
 
 
 @contextlib.contextmanager
@@ -131,18 +161,17 @@ def model_untouched(model, values=None):
     """Leave ``model`` exactly as it was: every module's ``__dict__`` (plain attributes, flags,
     the parameter, buffer, submodule and hook dicts, and the items of other lists, dicts and
     sets it holds: forward may rebind or append to them), every parameter's ``data``,
-    ``requires_grad`` and ``grad``, parameter values equal to ``values`` (their copy,
-    :func:`parameter_values`, if given: a write the recorder cannot see, into ``p.data`` under
-    ``torch._C.DisableTorchFunction`` or through numpy, bumps no version counter), and buffer
-    values bit for bit (train-mode batch statistics write into them inside the op). Yields a
-    list that then names the parameters and buffers that forward rebound or wrote into: a
-    refusal, as the function analysed would not be the model's (writes into parameters through
-    the recorder already went to copies)."""
+    ``requires_grad`` and ``grad``, parameter values equal to ``values`` (their copy, if given:
+    :func:`restore_parameters`; without it a write that bumps no version counter is left for a
+    later comparison to find), and buffer values bit for bit (train-mode batch statistics write
+    into them inside the op). Yields a list that then names the parameters and buffers that
+    forward rebound or wrote into: a refusal, as the function analysed would not be the model's
+    (writes into parameters through the recorder already went to copies)."""
     modules = []
     for module in model.modules():
         state = dict(module.__dict__)
-        modules.append((module, state, {k: c for k, v in state.items()
-                                        if (c := _contents(v)) is not None}))
+        modules.append((module, state, {k: _contents(v) for k, v in state.items()
+                                        if isinstance(v, _CONTAINERS)}))
     params = [(n, p, p.data, p.requires_grad, p.grad, p._version)
               for n, p in model.named_parameters()]
     buffers = [(n, b, b.detach().clone()) for n, b in model.named_buffers()]
@@ -167,9 +196,6 @@ def model_untouched(model, values=None):
                     changed.append(name)
                 elif p._version != version:
                     changed.append(name)
-                elif values is not None and not torch.equal(p.data, values[name]):
-                    p.data.copy_(values[name])
-                    changed.append(name)
                 if p.requires_grad != requires_grad:
                     p.requires_grad_(requires_grad)
                 if p.grad is not grad:
@@ -178,16 +204,18 @@ def model_untouched(model, values=None):
                 if tensor.dtype != copy.dtype or tensor.shape != copy.shape:
                     tensor.data = copy
                     changed.append(name)
-                elif not torch.equal(tensor, copy):
+                elif not identical(tensor, copy):
                     tensor.copy_(copy)
                     changed.append(name)
+            if values is not None:
+                changed.extend(n for n in restore_parameters(model, values) if n not in changed)
 
 
 def forward(model, inputs, what, values, recorder=None):
     """``model(*inputs)`` in eval mode without gradients, the model left as it was
-    (:func:`model_untouched`, its parameters compared with their copy ``values``) and the random
-    generators too; returns the output, the names of the parameters and buffers forward changed
-    and why it draws random numbers (or None)."""
+    (:func:`model_untouched`, its parameters compared with their copy ``values`` if given) and
+    the random generators too; returns the output, the names of the parameters and buffers
+    forward changed and why it draws random numbers (or None)."""
     paths = recorder.paths if recorder is not None else None
     draws = recorder.random if recorder is not None else RandomDraws()
     with model_untouched(model, values) as changed:
@@ -195,7 +223,7 @@ def forward(model, inputs, what, values, recorder=None):
             with eval_mode_with_paths(model, paths), recorder or contextlib.nullcontext():
                 out = _called(model, inputs, what)
         finally:
-            drew = (draws.drawn_by((), {}) if recorder is None else None)
+            drew = draws.drawn_by()
             draws.restore()
     return out, changed, drew
 
@@ -208,8 +236,9 @@ def changes_refused(changed) -> tuple:
 
 
 def sample_inputs(examples, generator, like=None):
-    """Random inputs of the example shapes with batch size 1, in the model's dtype and device
-    (only the shapes of ``example_inputs`` matter)."""
+    """Random inputs of the example shapes with batch size 1, drawn in the model's dtype (a
+    float64 draw cast down takes ten times as long) and moved to its device (only the shapes of
+    ``example_inputs`` matter)."""
     out = []
     for x in examples:
         if x.dim() == 0:
@@ -222,7 +251,7 @@ def sample_inputs(examples, generator, like=None):
         shape = (1,) + tuple(x.shape[1:])
         dtype = like.dtype if like is not None and like.is_floating_point() else x.dtype
         device = like.device if like is not None else x.device
-        out.append(torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype))
+        out.append(torch.randn(shape, generator=generator, dtype=dtype).to(device))
     return out
 
 

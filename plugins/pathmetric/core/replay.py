@@ -11,19 +11,25 @@ from torch.utils import _pytree as pytree
 from ..errors import ModelCaptureError
 from .ir import Graph, Value
 from .isolation import changes_refused, first_parameter, forward, sample_inputs
+from .recorder import storage
 
 
 def replay(graph: Graph, model: nn.Module, inputs, before=None):
     """Evaluate the captured graph with the model's own semantics (used to validate a capture).
 
-    In-place calls write into a copy, so the replay computes what the graph says, not what an
-    aliasing write would do to other tensors. ``before(index, node, resolve)``, when given, is
-    called before each operation runs, ``resolve`` giving the values of the run so far (graph
-    values, the model's parameters and buffers)."""
+    An in-place call writes into a copy when the tensor it writes is read again (by a later
+    operation, as an output), is not a graph value or shares memory with an input, so the
+    replay computes what the graph says, not what an aliasing write would do to other tensors
+    (the recorder refuses a read of an alias that an in-place call changed); a value is dropped
+    after its last reader. ``before(index, node, resolve)``, when given, is called before each
+    operation runs, ``resolve`` giving the values it reads (graph values, the model's
+    parameters and buffers)."""
     named: dict = dict(model.named_parameters())
     named.update(model.named_buffers())
     results: list = []
     reference = graph.resolver(named)
+    drops = graph.last_reads()
+    fed = {storage(x) for x in inputs}
 
     def resolve(x):
         if isinstance(x, Value):
@@ -39,9 +45,13 @@ def replay(graph: Graph, model: nn.Module, inputs, before=None):
         if before is not None:
             before(index, node, resolve)
         args, kwargs = node.call(resolve)
-        if node.inplace:
+        written = node.args[0] if node.inplace else None
+        if node.inplace and not (isinstance(written, Value) and written.node in drops.get(
+                index, ()) and storage(args[0]) not in fed):
             args = (args[0].clone(),) + tuple(args[1:])
         results.append(node.func(*args, **kwargs))
+        for i in drops.get(index, ()):
+            results[i] = None
     return [resolve(v) for v in graph.head_outputs or graph.outputs]
 
 
@@ -126,9 +136,10 @@ def _check_draw(model, graph, examples, generator, first, first_out, values):
     a flip is the identity on two, and a permutation of three rows that fixes two is the
     identity) and row 1 the graph's replay on its sample (nothing escaped capture: a value
     computed outside torch or with torch functions disabled, input-dependent control flow). The
-    run must not draw random numbers or change the model (its parameters compared with their
-    copy ``values``) either. A model that cannot run on a batch
-    (``x.view(1, -1)``) is checked on one new sample alone."""
+    run must not draw random numbers or change the model either (its parameters compared with
+    their copy ``values``, which also finds a write of the recording run that bumped no version
+    counter). A model that cannot run on a batch (``x.view(1, -1)``) is checked on one new
+    sample alone."""
     others = [sample_inputs(examples, generator, first_parameter(model)) for _ in range(2)]
     batch = [torch.cat(rows) for rows in zip(first, *others)]
     alone = output_tensors(first_out)
