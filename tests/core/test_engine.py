@@ -278,6 +278,49 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
     assert not any(graph.scratch.owns(out[0].m) for out in outputs)
 
 
+def test_the_walk_frees_each_value_after_its_last_reader():
+    """Both passes hold the values later nodes read (here the residual input, until the sum),
+    not every value of the network: a 64-layer chain keeps the lifted memory of about one
+    layer, and the result is the one computed with every value kept."""
+    import weakref
+
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(64))
+
+        def forward(self, x):
+            skip = x = self.layers[0](x)
+            for layer in self.layers[1:]:
+                x = torch.relu(layer(x))
+            return x + skip
+
+    model = Chain().eval()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.layers[3].weight.mul_(0.5)
+    x = torch.zeros(1, 16)
+    graph = capture_module.capture(model, x)
+    for algebra, args in ((NormLifting, (model,)),
+                          (PairLifting, (named_tensors(model), named_tensors(other)))):
+        made, alive = [], []
+
+        class Watched(algebra):
+            def linear(self, *args, **kwargs):
+                alive.append(sum(ref() is not None for ref in made))
+                out = super().linear(*args, **kwargs)
+                made.extend(weakref.ref(part.m) for part in out)
+                return out
+        with torch.no_grad():
+            outputs, _ = Watched(graph, *args).run()
+        assert max(alive) <= 2 * len(outputs[0]) + 1  # the layer's input, the skip (A, D)
+        whole = {index: None for index in range(len(graph.nodes))}
+        with torch.no_grad():
+            expected, _ = algebra(graph, *args).run(keep=whole)
+        assert [float(part.m.sum()) for part in outputs[0]] == [
+            float(part.m.sum()) for part in expected[0]]
+
+
 def test_scratch_grows_by_doubling_only_up_to_what_it_keeps(monkeypatch):
     """Past ``KEEP_BYTES`` a scratch buffer is the size asked for, never twice the previous one
     (VGG's 25088 x 4096 classifier ran out of memory on the doubled pair-pass buffers)."""

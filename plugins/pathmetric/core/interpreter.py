@@ -16,7 +16,7 @@ import torch
 
 from ..errors import UnsupportedModelError
 from . import rules
-from .ir import Buffer, Derived, Graph, Param, ParamView, Value
+from .ir import Buffer, Derived, Graph, Param, ParamView, Value, values_read
 
 
 def precision_dtype(precision) -> torch.dtype:
@@ -220,12 +220,28 @@ class Interpreter:
                 self.scratch.release()
             self.scratch = None
 
+    def _dead_after(self, keep) -> dict:
+        """Node index -> the nodes whose values no later node reads (freed once it has run),
+        outputs and ``keep`` nodes excepted: the walk holds the live values only, as a float32
+        forward does, not every value of the network."""
+        last = {index: index for index in range(len(self.graph.nodes))}
+        for index, node in enumerate(self.graph.nodes):
+            for ref in values_read(node):
+                last[ref.node] = index
+        held = set(keep) | {v.node for v in self.graph.outputs}
+        dead: dict = {}
+        for index, end in last.items():
+            if index not in held:
+                dead.setdefault(end, []).append(index)
+        return dead
+
     def _run(self, keep):
         self._check_precision()
         self._check_buffers()
         self.derived_memo = ({}, {})
         values: list = []
         kept = {}
+        dead = self._dead_after(keep)
 
         def resolve(x):
             if isinstance(x, Value):
@@ -253,6 +269,8 @@ class Interpreter:
             values.append(out)
             if index in keep:
                 kept[index] = out
+            for done in dead.get(index, ()):
+                values[done] = None
         self.node = None
         outputs = [values[v.node] if v.item is None else values[v.node][v.item]
                    for v in self.graph.outputs]
