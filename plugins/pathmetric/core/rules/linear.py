@@ -29,12 +29,52 @@ def _check_param(name):
     return check
 
 
+#: a float64 convolution on the CPU forms its unfolded input (``in/groups * prod(kernel)`` entries
+#: per output position: 9 times a 3x3 conv's input) whole; past this many entries it runs by
+#: blocks of output rows (:func:`convolve`)
+COLUMN_ENTRIES = 1 << 22
+
+
+def convolve(func, x, w, stride, padding, dilation, groups):
+    """``func(x, w, None, stride, padding, dilation, groups)``, by blocks of output rows (dim 2)
+    when the unfolded input of a float64 CPU convolution passes :data:`COLUMN_ENTRIES`: output
+    row ``r`` reads input rows ``r s - p + d j`` (``j < k``), a block reads its own rows (zero
+    rows where they fall in the padding), so each output entry is the same sum of the same
+    products. Peak: the output and one block's unfolded input, not the whole unfolded input."""
+    if (x.dtype != torch.float64 or x.device.type != "cpu" or isinstance(padding, str)
+            or x.dim() != w.dim()):  # an unbatched input, a padding computed by torch
+        return func(x, w, None, stride, padding, dilation, groups)
+    n = w.dim() - 2
+    stride, padding, dilation = ((v,) * n if isinstance(v, int) else tuple(v)
+                                 for v in (stride, padding, dilation))
+    sizes = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1)
+             // stride[i] + 1 for i in range(n)]  # the output's spatial sizes
+    per_row = x.shape[0] * math.prod(w.shape[1:]) * math.prod(sizes[1:])
+    rows = max(1, COLUMN_ENTRIES // max(1, per_row))
+    if rows >= sizes[0]:
+        return func(x, w, None, stride, padding, dilation, groups)
+    height, reach = x.shape[2], dilation[0] * (w.shape[2] - 1) + 1
+    out = None
+    for first in range(0, sizes[0], rows):
+        last = min(first + rows, sizes[0])  # output rows [first, last) read input rows [top, bottom)
+        top = first * stride[0] - padding[0]
+        bottom = (last - 1) * stride[0] - padding[0] + reach
+        block = x[:, :, max(0, top):min(height, bottom)]
+        if top < 0 or bottom > height:
+            block = F.pad(block, [0, 0] * (n - 1) + [max(0, -top), max(0, bottom - height)])
+        y = func(block, w, None, stride, (0,) + padding[1:], dilation, groups)
+        if out is None:
+            out = y.new_empty(y.shape[:2] + (sizes[0],) + y.shape[3:])
+        out[:, :, first:last].copy_(y)
+    return out
+
+
 @rule("conv", F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
       check=_check_param("convolution"), family=WEIGHTED_LAYER)
 def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, func):
     """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
     w = ev.param(None, weight)
-    y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, dilation, groups), w,
+    y = ev.linear(x, lambda m, p: convolve(func, m, p, stride, padding, dilation, groups), w,
                   terms=math.prod(ev.param_shape(weight)[1:]) + 2,
                   stack_dim=1 if groups == 1 else None)
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
