@@ -211,7 +211,7 @@ def test_analyses_by_blocks_of_output_channels_equal_the_pinned_value(monkeypatc
 
 def test_convolutions_by_blocks_of_output_rows_equal_the_pinned_value(monkeypatch):
     """Unfolded inputs of at most 1000 entries: every float64 convolution of the three models
-    runs by blocks of output rows (as the U-Net's at 512 x 512 does, by blocks of 2**22). The
+    runs by blocks of output rows (as the U-Net's at 512 x 512 does, by blocks of 2**24). The
     forward sums are the same, in the same order; the gradients of the scores sum the blocks'
     contributions to a weight in another order: every value the pinned one to 1e-12."""
     monkeypatch.setattr(linear, "COLUMN_ENTRIES", 1000)
