@@ -278,6 +278,73 @@ def test_scratch_memory_is_reused_safely_across_calls_and_threads():
     assert not any(graph.scratch.owns(out[0].m) for out in outputs)
 
 
+def test_the_walk_frees_each_value_after_its_last_reader():
+    """Both passes hold the values later nodes read (here the residual input, until the sum),
+    not every value of the network: a 64-layer chain keeps the lifted memory of about one
+    layer, and the result is the one computed with every value kept."""
+    import weakref
+
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(64))
+
+        def forward(self, x):
+            skip = x = self.layers[0](x)
+            for layer in self.layers[1:]:
+                x = torch.relu(layer(x))
+            return x + skip
+
+    model = Chain().eval()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.layers[3].weight.mul_(0.5)
+    x = torch.zeros(1, 16)
+    graph = capture_module.capture(model, x)
+    for algebra, args in ((NormLifting, (model,)),
+                          (PairLifting, (named_tensors(model), named_tensors(other)))):
+        made, alive = [], []
+
+        class Watched(algebra):
+            def linear(self, *args, **kwargs):
+                alive.append(sum(ref() is not None for ref in made))
+                out = super().linear(*args, **kwargs)
+                made.extend(weakref.ref(part.m) for part in out)
+                return out
+        with torch.no_grad():
+            outputs, _ = Watched(graph, *args).run()
+        assert max(alive) <= 2 * len(outputs[0]) + 1  # the layer's input, the skip (A, D)
+        whole = {index: None for index in range(len(graph.nodes))}
+        with torch.no_grad():
+            expected, _ = algebra(graph, *args).run(keep=whole)
+        assert [float(part.m.sum()) for part in outputs[0]] == [
+            float(part.m.sum()) for part in expected[0]]
+
+
+@pytest.mark.parametrize("func, shape, kernel, stride, padding, dilation, groups", [
+    (F.conv2d, (2, 4, 17, 13), (3, 3), 1, 1, 1, 1), (F.conv2d, (2, 4, 31, 9), (7, 7), 2, 3, 1, 1),
+    (F.conv2d, (1, 4, 15, 15), (3, 3), 1, 2, 2, 2), (F.conv2d, (1, 4, 22, 10), (3, 3), 3, 0, 1, 1),
+    (F.conv2d, (1, 4, 19, 12), (3, 5), (2, 1), (1, 2), 1, 1), (F.conv1d, (1, 3, 40), (3,), 2, 1, 1, 1),
+    (F.conv3d, (1, 3, 9, 8, 7), (3, 3, 3), 1, 1, 1, 1)])
+def test_a_float64_convolution_by_blocks_of_output_rows_is_the_convolution(
+        monkeypatch, func, shape, kernel, stride, padding, dilation, groups):
+    """Blocks of one output row (the padding rows made explicit at both ends): the whole
+    convolution and its gradients to rounding (each entry the same sum of the same products; a
+    BLAS may order a one-row block's sum otherwise, and a weight's gradient sums the blocks)."""
+    from pathmetric.core.rules import linear
+    monkeypatch.setattr(linear, "COLUMN_ENTRIES", 1)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, dtype=torch.float64, generator=generator).requires_grad_()
+    w = torch.rand((6, shape[1] // groups) + kernel, dtype=torch.float64,
+                   generator=generator).requires_grad_()
+    whole = func(x, w, None, stride, padding, dilation, groups)
+    blocks = linear.convolve(func, x, w, stride, padding, dilation, groups)
+    torch.testing.assert_close(blocks, whole, rtol=1e-14, atol=0)
+    expected = torch.autograd.grad(whole.sum(), (x, w))
+    for got, want in zip(torch.autograd.grad(blocks.sum(), (x, w)), expected):
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+
+
 def test_scratch_grows_by_doubling_only_up_to_what_it_keeps(monkeypatch):
     """Past ``KEEP_BYTES`` a scratch buffer is the size asked for, never twice the previous one
     (VGG's 25088 x 4096 classifier ran out of memory on the doubled pair-pass buffers)."""

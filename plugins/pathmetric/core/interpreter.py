@@ -226,7 +226,7 @@ class Interpreter:
         self.derived_memo = ({}, {})
         values: list = []
         kept = {}
-        drops = self.graph.last_reads(keep)   # (memory reused, as in the model's forward)
+        drops = self.graph.last_reads(keep)   # the live values only, as the model's forward
 
         def resolve(x):
             if isinstance(x, Value):

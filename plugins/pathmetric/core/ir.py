@@ -227,14 +227,14 @@ class Graph:
         return out
 
     def last_reads(self, kept=()) -> dict:
-        """Node index -> the nodes whose values it is the last to read: an evaluation may drop
-        them once it has run (the outputs, head outputs and ``kept`` nodes excepted), so that
-        memory is reused as in the model's own forward."""
+        """Node index -> the nodes whose values it is the last to read (a value nothing reads:
+        its own node): an evaluation may drop them once it has run (the outputs, head outputs
+        and ``kept`` nodes excepted), so that memory is reused as in the model's own forward."""
         keep = {v.node for v in list(self.outputs) + list(self.head_outputs)} | set(kept)
         drops: dict = {}
         for i, readers in self.users().items():
-            if readers and i not in keep:
-                drops.setdefault(max(readers), []).append(i)
+            if i not in keep:
+                drops.setdefault(max(readers, default=i), []).append(i)
         return drops
 
     @property

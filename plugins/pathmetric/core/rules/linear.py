@@ -29,12 +29,93 @@ def _check_param(name):
     return check
 
 
+#: a float64 convolution on the CPU forms its unfolded input (``in/groups * prod(kernel)`` entries
+#: per output position: 9 times a 3x3 conv's input) whole; past this many entries (128 MB) it
+#: runs by blocks of output rows (:func:`convolve`). Smaller blocks leave the heap fragmented by
+#: their outputs (2**22 raised vgg16's weight_scores by 80 MB of freed, unreturned memory).
+COLUMN_ENTRIES = 1 << 24
+
+
+def convolve(func, x, w, stride, padding, dilation, groups):
+    """``func(x, w, None, stride, padding, dilation, groups)``, by blocks of output rows (dim 2)
+    when the unfolded input of a float64 CPU convolution passes :data:`COLUMN_ENTRIES`: output
+    row ``r`` reads input rows ``r s - p + d j`` (``j < k``), a block reads its own rows (zero
+    rows where they fall in the padding), so each output entry is the same sum of the same
+    products. Peak: the output and one block's unfolded input, not the whole unfolded input; the
+    backward (:class:`_ByRows`) goes by the same blocks."""
+    if (x.dtype != torch.float64 or x.device.type != "cpu" or isinstance(padding, str)
+            or x.dim() != w.dim()):  # an unbatched input, a padding computed by torch
+        return func(x, w, None, stride, padding, dilation, groups)
+    n = w.dim() - 2
+    stride, padding, dilation = ((v,) * n if isinstance(v, int) else tuple(v)
+                                 for v in (stride, padding, dilation))
+    sizes = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1)
+             // stride[i] + 1 for i in range(n)]  # the output's spatial sizes
+    per_row = x.shape[0] * math.prod(w.shape[1:]) * math.prod(sizes[1:])
+    rows = max(1, COLUMN_ENTRIES // max(1, per_row))
+    if rows >= sizes[0]:
+        return func(x, w, None, stride, padding, dilation, groups)
+    geometry = (stride, padding, dilation, groups, rows, sizes[0])
+    return _ByRows.apply(x, w, func, geometry)
+
+
+def _row_blocks(x, w, geometry):
+    """``(output rows [first, last), input rows [low, high), the block's input)`` of every block
+    of :func:`convolve`, the padding rows of dim 2 made explicit at the ends."""
+    stride, padding, dilation, _, rows, out_rows = geometry
+    height, reach = x.shape[2], dilation[0] * (w.shape[2] - 1) + 1
+    for first in range(0, out_rows, rows):
+        last = min(first + rows, out_rows)
+        top = first * stride[0] - padding[0]
+        bottom = (last - 1) * stride[0] - padding[0] + reach
+        low, high = max(0, top), min(height, bottom)
+        block = x[:, :, low:high]
+        if top < 0 or bottom > height:
+            block = F.pad(block, [0, 0] * (x.dim() - 3) + [low - top, bottom - high])
+        yield first, last, (low, high, low - top), block
+
+
+class _ByRows(torch.autograd.Function):
+    """The convolution of :func:`convolve` by blocks of output rows, forward and backward (each
+    block's input gradient added into its rows, the weight gradients summed): autograd through
+    slices would build a whole-size gradient per block."""
+
+    @staticmethod
+    def forward(ctx, x, w, func, geometry):
+        stride, padding, dilation, groups, _, out_rows = geometry
+        ctx.save_for_backward(x, w)
+        ctx.geometry = geometry
+        out = None
+        for first, last, _, block in _row_blocks(x, w, geometry):
+            y = func(block, w, None, stride, (0,) + padding[1:], dilation, groups)
+            if out is None:
+                out = y.new_empty(y.shape[:2] + (out_rows,) + y.shape[3:])
+            out[:, :, first:last] = y
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups, _, _ = ctx.geometry
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        for first, last, (low, high, skip), block in _row_blocks(x, w, ctx.geometry):
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                grad[:, :, first:last], block, w, None, stride, (0,) + padding[1:], dilation,
+                False, (0,) * (w.dim() - 2), groups, (grad_x is not None, grad_w is not None, False))
+            if grad_x is not None:
+                grad_x[:, :, low:high] += gx[:, :, skip:skip + high - low]
+            if grad_w is not None:
+                grad_w += gw
+        return grad_x, grad_w, None, None
+
+
 @rule("conv", F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
       check=_check_param("convolution"), family=WEIGHTED_LAYER)
 def conv(ev, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, func):
     """``y = W * x + b`` with ``|W|^q`` and ``|b|^q`` (stride, padding, dilation, groups kept)."""
     w = ev.param(None, weight)
-    y = ev.linear(x, lambda m, p: func(m, p, None, stride, padding, dilation, groups), w,
+    y = ev.linear(x, lambda m, p: convolve(func, m, p, stride, padding, dilation, groups), w,
                   terms=math.prod(ev.param_shape(weight)[1:]) + 2,
                   stack_dim=1 if groups == 1 else None)
     return _with_bias(ev, y, bias, 1, len(ev.out_shape()))
