@@ -82,6 +82,14 @@ MIXES_SAMPLES = ("batch dimension", "", "a sample's output changes when other sa
                  "analysed must map each sample alone")
 
 
+def _escaped(model, where: str, end: str) -> tuple:
+    """The refusal of a graph whose replay ``where`` differs from the model's run."""
+    return ("capture", "", f"the captured graph of {type(model).__name__} does not reproduce "
+                           f"the model {where}: an operation escaped capture (a value computed "
+                           "outside torch or under torch._C.DisableTorchFunction, "
+                           f"input-dependent Python control flow){end}")
+
+
 def _check_quantized_draw(model, graph, examples, generator, first, first_out, values):
     """:func:`_check_draw` for a graph with quantization points, whose rows are compared only
     with rows of batches of the same size: a float value on a rounding boundary rounds to two
@@ -120,11 +128,8 @@ def _check_quantized_draw(model, graph, examples, generator, first, first_out, v
                for c, t in zip(run, out)):
         return MIXES_SAMPLES
     if len(got) != len(out) or not all(close(t, g) for t, g in zip(out, got)):
-        return ("capture", "", f"the captured graph of {type(model).__name__} does not "
-                               "reproduce the model on a batch of three samples: an operation "
-                               "escaped capture (a value computed outside torch or under "
-                               "torch._C.DisableTorchFunction, input-dependent Python control "
-                               "flow) or the model branches on the batch size")
+        return _escaped(model, "on a batch of three samples",
+                        " or the model branches on the batch size")
     return None
 
 
@@ -172,13 +177,6 @@ def _check_draw(model, graph, examples, generator, first, first_out, values):
             single = None if rows[0] is None else output_tensors(
                 forward(model, inputs, "a sample alone", values)[0])  # which went wrong
             if single is not None and not all(close(e, t) for e, t in zip(expected, single)):
-                return ("batch dimension", "", "a sample's output changes when other samples "
-                                               "are in the batch: an op mixes samples across "
-                                               "the batch dimension; the function analysed must "
-                                               "map each sample alone")
-            return ("capture", "", f"the captured graph of {type(model).__name__} does not "
-                                   "reproduce the model on another input: an operation escaped "
-                                   "capture (a value computed outside torch or under "
-                                   "torch._C.DisableTorchFunction, input-dependent Python "
-                                   "control flow). Please report the model.")
+                return MIXES_SAMPLES
+            return _escaped(model, "on another input", ". Please report the model.")
     return None
